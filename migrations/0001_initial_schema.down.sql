@@ -1,0 +1,3 @@
+DROP TABLE user_settings;
+DROP TABLE messages;
+DROP TABLE users;

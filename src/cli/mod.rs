@@ -1,0 +1,120 @@
+//! Command-line interface: parsing (clap) and dispatch. Each command lives in its own
+//! module; errors are shown here, at the edge.
+
+mod demo;
+mod migrations;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use botdb::Config;
+use botdb::embedded::EmbeddedPostgres;
+use clap::{Parser, Subcommand};
+
+/// botdb: PostgreSQL persistence for AI chat bots (users, dialogues, settings).
+///
+/// The database comes from DATABASE_URL, or DB_HOST / DB_PORT / DB_NAME / DB_USER /
+/// DB_PASSWORD (a .env file is read too). `demo` runs on a throwaway local PostgreSQL
+/// when neither DATABASE_URL nor DB_HOST is set.
+#[derive(Debug, Parser)]
+#[command(name = "botdb", version, about, long_about)]
+struct Cli {
+    /// Log filter when RUST_LOG is unset (e.g. `info`, `botdb=debug,sqlx=info`).
+    #[arg(
+        long,
+        global = true,
+        default_value = "botdb=info,sqlx=warn",
+        env = "BOTDB_LOG"
+    )]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply every pending migration (alembic upgrade head).
+    Migrate {
+        /// Stop after this version instead of going to head.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<i64>,
+    },
+    /// Revert the newest migration, or the newest N (alembic downgrade -1).
+    Rollback {
+        /// How many migrations to revert.
+        #[arg(short = 'n', long = "steps", default_value_t = 1)]
+        steps: usize,
+    },
+    /// Show the newest applied migration (alembic current).
+    Current,
+    /// List every migration, applied (with date) or pending.
+    History,
+    /// Create the next reversible migration pair in the migrations directory.
+    New {
+        /// What the migration does, e.g. "add user language".
+        name: String,
+        /// Where the migrations are.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
+    /// Compare the live schema with the one the migrations define; exit 1 listing each
+    /// difference.
+    Check,
+    /// Run the reference's example operations end to end and print the result.
+    Demo,
+}
+
+/// Parses the command line, runs the command, and turns errors into messages and exit
+/// codes: 0 success, 1 `check` found differences, 2 error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    botdb::telemetry::init(&cli.log);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::New { name, dir } = &command {
+        let (up, down) = botdb::migrate::new_migration(dir, name)?;
+        println!("created {}\ncreated {}", up.display(), down.display());
+        println!("the migrations are embedded at build time: rebuild botdb to apply it");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::from_env().context("reading the configuration")?;
+    actix::System::new().block_on(async move {
+        match command {
+            Command::Migrate { to } => migrations::migrate(&config, to).await,
+            Command::Rollback { steps } => migrations::rollback(&config, steps).await,
+            Command::Current => migrations::current(&config).await,
+            Command::History => migrations::history(&config).await,
+            Command::Check => migrations::check(&config).await,
+            Command::Demo => {
+                let (config, _server) = server_for(&config).await?;
+                demo::run(&config).await
+            }
+            Command::New { .. } => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+/// The configured server, or, when none is configured, a throwaway one (returned too,
+/// so it lives as long as the caller needs it) with the configured database created.
+async fn server_for(config: &Config) -> anyhow::Result<(Config, Option<EmbeddedPostgres>)> {
+    if !config.server_is_default() {
+        return Ok((config.clone(), None));
+    }
+    eprintln!("no DATABASE_URL or DB_HOST set: starting a throwaway PostgreSQL (removed on exit)");
+    let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+        .await
+        .context("starting the embedded PostgreSQL")??;
+    let name = config.database_name();
+    server.create_database(&name).await?;
+    Ok((server.config_from(config, &name), Some(server)))
+}

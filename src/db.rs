@@ -1,0 +1,244 @@
+//! [`Database`]: the pool (the reference's `engine`), the session scope (its
+//! `session_factory` plus `async with session.begin()`), and graceful close.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::config::{Config, Limits};
+use crate::error::{Error, Result};
+use crate::migrate::{self, MigrationStatus};
+
+/// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct Database {
+    pool: PgPool,
+    limits: Limits,
+    /// The server's URL without its password, for logs and `Debug`.
+    server: Arc<str>,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("server", &self.server)
+            .field("pool", &self.pool_status())
+            .finish()
+    }
+}
+
+/// A snapshot of the pool's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStatus {
+    /// Open connections (idle + in use).
+    pub size: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// Connections checked out by callers.
+    pub in_use: u32,
+    /// The most the pool opens (`pool_size + max_overflow`).
+    pub max: u32,
+    /// `true` after [`Database::close`] started.
+    pub closed: bool,
+}
+
+impl Database {
+    /// Builds the pool and opens its `pool_size` permanent connections.
+    ///
+    /// The pool keeps `pool_size` connections open, opens up to `pool_size +
+    /// max_overflow` under load and closes the extra ones once idle for
+    /// `idle_timeout`; with `pre_ping` it checks a connection's life before handing it
+    /// out (only those idle at least `pre_ping_idle`, if that is set); it replaces
+    /// connections older than `recycle`; with `echo` every statement is logged through
+    /// `tracing` (target `sqlx::query`, level INFO).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL or rejected credentials,
+    /// [`Error::Unavailable`] when the server cannot be reached within the pool timeout.
+    /// No error contains the password.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let options = config.connect_options()?;
+        let pool = pool_options(config)
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_error(config, e))?;
+        tracing::debug!(server = %config.redacted_url(), "database pool ready");
+        Ok(Self::from_pool(pool, config))
+    }
+
+    /// Builds the pool without connecting; connections open on first use.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL.
+    pub fn connect_lazy(config: &Config) -> Result<Self> {
+        let pool = pool_options(config).connect_lazy_with(config.connect_options()?);
+        Ok(Self::from_pool(pool, config))
+    }
+
+    fn from_pool(pool: PgPool, config: &Config) -> Self {
+        Database {
+            pool,
+            limits: config.limits,
+            server: config.redacted_url().into(),
+        }
+    }
+
+    /// The underlying sqlx pool (the reference's `engine`), for queries of your own.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The text limits this database was configured with; build inputs with them
+    /// ([`Limits::message`], [`Limits::system_prompt`]).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The server's URL, password redacted.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Runs `body` in one transaction: the unit of work.
+    ///
+    /// `body` gets the transaction's connection and may run any mix of reads and writes
+    /// (the repository functions in [`crate::repo`] take it). When `body` returns `Ok`
+    /// the transaction is committed and, only once the commit succeeded, the value is
+    /// returned: an `Ok` from `session` means committed. When `body` returns `Err` or
+    /// panics, the transaction is rolled back before the error is returned or the panic
+    /// resumed. When the returned future is dropped before it finishes, the transaction
+    /// is rolled back as the connection goes back to the pool.
+    ///
+    /// ```no_run
+    /// # async fn f(db: botdb::Database) -> botdb::Result<()> {
+    /// use botdb::{model::Role, repo};
+    /// let msg = db.limits().message(42, Role::User, "hello")?;
+    /// db.session(async |tx| {
+    ///     repo::users::upsert(&mut *tx, 42).await?;
+    ///     repo::messages::append(&mut *tx, &msg).await
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `body`'s error; [`Error::Unavailable`] when no connection can be had or the
+    /// commit fails for lack of a connection; [`Error::ShuttingDown`] after
+    /// [`close`](Self::close).
+    pub async fn session<T, F>(&self, body: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    {
+        let mut tx = self.pool.begin().await?;
+        match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
+            Ok(Ok(value)) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
+                }
+                Err(err)
+            }
+            Err(panic) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback after a panic failed; the connection is discarded");
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Graceful shutdown: stops handing out connections (later callers get
+    /// [`Error::ShuttingDown`]), waits for every checked-out connection to come back
+    /// (a running query is not cut), then closes them all.
+    ///
+    /// It waits as long as a checked-out connection is held; bound it with
+    /// [`close_within`](Self::close_within).
+    pub async fn close(&self) {
+        self.pool.close().await;
+        tracing::debug!(server = %self.server, "database pool closed");
+    }
+
+    /// [`close`](Self::close), giving up after `limit`. Returns `true` if every connection
+    /// was returned and closed in time; otherwise the pool stays closed to new callers and
+    /// the stragglers are closed when they come back.
+    pub async fn close_within(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, self.close()).await.is_ok()
+    }
+
+    /// `true` once [`close`](Self::close) has started.
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// How many connections are open, idle and in use.
+    pub fn pool_status(&self) -> PoolStatus {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        PoolStatus {
+            size,
+            idle,
+            in_use: size - idle,
+            max: self.pool.options().get_max_connections(),
+            closed: self.pool.is_closed(),
+        }
+    }
+
+    /// Applies every pending migration (`upgrade head`) on a dedicated connection and
+    /// returns the ones this call applied (none when another process did it first).
+    ///
+    /// # Errors
+    /// See [`migrate::upgrade`].
+    pub async fn migrate(&self) -> Result<Vec<MigrationStatus>> {
+        let mut conn = migrate::connect(&self.pool.connect_options()).await?;
+        let result = migrate::upgrade(&mut conn).await;
+        // Closing the connection also releases the advisory lock if `upgrade` failed.
+        let _ = conn.close().await;
+        result
+    }
+}
+
+fn pool_options(config: &Config) -> PgPoolOptions {
+    let pool = &config.pool;
+    let mut options = PgPoolOptions::new()
+        .min_connections(pool.size)
+        .max_connections(pool.max_connections())
+        .acquire_timeout(pool.timeout)
+        .idle_timeout(pool.idle_timeout)
+        .max_lifetime(pool.recycle)
+        .test_before_acquire(pool.pre_ping && pool.pre_ping_idle.is_zero());
+    if pool.pre_ping && !pool.pre_ping_idle.is_zero() {
+        let threshold = pool.pre_ping_idle;
+        options = options.before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= threshold {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        });
+    }
+    options
+}
+
+/// Turns a failed first connection into an error that names the server (never the
+/// password) and says what to check.
+fn connect_error(config: &Config, err: sqlx::Error) -> Error {
+    match Error::from(err) {
+        Error::Unavailable { reason, source } => Error::Unavailable {
+            reason: format!(
+                "cannot connect to {} within {:?} ({reason}); is the server running? (DB_POOL_TIMEOUT bounds the wait)",
+                config.redacted_url(),
+                config.pool.timeout
+            ),
+            source,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,231 @@
+//! The one error type of botdb.
+//!
+//! Every fallible function in the crate returns [`Result<T>`](Result). The variants are
+//! the decisions a caller can take: fix the input ([`Error::InvalidInput`]), treat the row
+//! as absent ([`Error::NotFound`]), retry later ([`Error::Unavailable`],
+//! [`Error::Overloaded`]), stop sending ([`Error::ShuttingDown`]), or fix the deployment
+//! ([`Error::Config`], [`Error::Migration`]). Nothing in a message ever contains a password
+//! or the content of a chat message.
+
+use std::borrow::Cow;
+
+/// `Result` with botdb's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in botdb.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller passed a value botdb refuses to store (NUL byte, oversize text, a
+    /// setting out of range, a non-positive user id). Nothing was written.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The name of the offending field (`content`, `max_history_messages`, ...).
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The row the request needs does not exist (for example, a message for a user botdb
+    /// has never seen). Nothing was written.
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// What was looked for (`user`, `user_settings`, ...).
+        entity: &'static str,
+        /// Its key, as text.
+        id: String,
+    },
+
+    /// The write collides with existing data (a unique key, a serialization failure).
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    /// PostgreSQL cannot be reached or refused the connection for a transient reason:
+    /// the server is down, the network broke, no pooled connection came free within the
+    /// pool timeout. Retrying later may succeed; nothing of the failed call was committed.
+    #[error("database unavailable: {reason}")]
+    Unavailable {
+        /// What failed, in words.
+        reason: String,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<sqlx::Error>,
+    },
+
+    /// A bounded queue is full: the request was refused at once, not queued.
+    #[error("overloaded: {what} already holds {limit} pending requests")]
+    Overloaded {
+        /// The queue that is full (an actor's name).
+        what: &'static str,
+        /// Its bound.
+        limit: usize,
+    },
+
+    /// The system is shutting down (or the pool was closed) and accepts no new work.
+    #[error("botdb is shutting down; the request was not accepted")]
+    ShuttingDown,
+
+    /// Applying, reverting or validating migrations failed.
+    #[error("migration error: {0}")]
+    Migration(String),
+
+    /// A configuration value is missing or malformed, or the server rejected the
+    /// credentials. `key` names the setting to fix.
+    #[error("configuration error in {key}: {message}")]
+    Config {
+        /// The variable or setting at fault (`DB_POOL_SIZE`, `DATABASE_URL`, ...).
+        key: Cow<'static, str>,
+        /// What was expected.
+        message: String,
+    },
+
+    /// A failure inside botdb that is not the caller's fault (a worker panicked, a
+    /// reply channel was dropped). The request was not acknowledged.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(key: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `true` when the same request may succeed if retried later
+    /// ([`Unavailable`](Error::Unavailable), [`Overloaded`](Error::Overloaded), and
+    /// serialization conflicts).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Overloaded { .. } => true,
+            Error::Conflict(msg) => msg.starts_with("serialization"),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE code of the underlying database error, if any.
+    pub fn sqlstate(&self) -> Option<String> {
+        let source = match self {
+            Error::Database(e) => e,
+            Error::Unavailable { source: Some(e), .. } => e,
+            _ => return None,
+        };
+        source
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned())
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// Classifies a driver error by what the caller can do about it.
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut => Error::Unavailable {
+                reason: "no database connection became available within the pool timeout".into(),
+                source: Some(err),
+            },
+            sqlx::Error::PoolClosed => Error::ShuttingDown,
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => Error::Unavailable {
+                reason: "connection to the database failed".into(),
+                source: Some(err),
+            },
+            sqlx::Error::Protocol(_) => Error::Unavailable {
+                reason: "the database connection broke mid-message".into(),
+                source: Some(err),
+            },
+            sqlx::Error::Configuration(e) => Error::config("database connection options", e.to_string()),
+            sqlx::Error::RowNotFound => Error::not_found("row", "(query returned no row)"),
+            sqlx::Error::Database(ref db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                classify_sqlstate(&code, db.message(), db.constraint()).unwrap_or(Error::Database(err))
+            }
+            other => Error::Database(other),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        use sqlx::migrate::MigrateError as M;
+        match err {
+            M::Execute(e) => match Error::from(e) {
+                Error::Database(e) => Error::Migration(e.to_string()),
+                other => other,
+            },
+            M::VersionMismatch(v) => Error::Migration(format!(
+                "migration {} was edited after it was applied: its checksum no longer matches \
+                 the one recorded in _sqlx_migrations (restore the original file, or add a new \
+                 migration instead of changing an applied one)",
+                crate::migrate::describe_version(v)
+            )),
+            M::VersionMissing(v) => Error::Migration(format!(
+                "the database has migration {v} applied, which this build of botdb does not know \
+                 (was it migrated by a newer botdb?)"
+            )),
+            M::Dirty(v) => Error::Migration(format!(
+                "migration {} is marked as partially applied; fix it by hand and delete its row \
+                 from _sqlx_migrations",
+                crate::migrate::describe_version(v)
+            )),
+            other => Error::Migration(other.to_string()),
+        }
+    }
+}
+
+/// Maps the SQLSTATE classes a caller can act on; `None` leaves it as [`Error::Database`].
+fn classify_sqlstate(code: &str, message: &str, constraint: Option<&str>) -> Option<Error> {
+    let unavailable = |reason: &str| Error::Unavailable {
+        reason: format!("{reason} (SQLSTATE {code}: {message})"),
+        source: None,
+    };
+    Some(match code {
+        // connection_exception class, admin/crash shutdown, cannot_connect_now,
+        // too_many_connections, query cancelled by a shutdown
+        c if c.starts_with("08") => unavailable("connection to the database lost"),
+        "57P01" | "57P02" | "57P03" => unavailable("the database server is shutting down or restarting"),
+        "53300" => unavailable("the database server has no free connection slots"),
+        "28P01" | "28000" => Error::config(
+            "DB_USER / DB_PASSWORD",
+            format!("the server rejected the credentials ({message})"),
+        ),
+        "3D000" => Error::config("DB_NAME", format!("the database does not exist ({message})")),
+        "23505" => Error::Conflict(format!(
+            "unique constraint {} violated",
+            constraint.unwrap_or("(unnamed)")
+        )),
+        "23503" => Error::not_found(
+            "referenced row",
+            format!("(foreign key {})", constraint.unwrap_or("(unnamed)")),
+        ),
+        "23514" => Error::InvalidInput {
+            field: "row",
+            reason: format!("check constraint {} violated", constraint.unwrap_or("(unnamed)")),
+        },
+        "22021" => Error::invalid("text", "contains a byte sequence PostgreSQL cannot store (NUL?)"),
+        "40001" | "40P01" => Error::Conflict(format!("serialization failure or deadlock: {message}")),
+        _ => return None,
+    })
+}

@@ -1,0 +1,59 @@
+//! # botdb
+//!
+//! The persistence subsystem of AI chat bots built on actix: users, every message of
+//! each user's dialogue with the model (soft-deleted, never physically removed), and
+//! per-user settings, in PostgreSQL through sqlx.
+//!
+//! It does what the reference design (async SQLAlchemy 2.0 + asyncpg + Alembic) does:
+//! a pooled [`Database`] with a transactional [`Database::session`] scope and a graceful
+//! [`Database::close`]; the reference's schema and migration history with reversible
+//! migrations; the reference's operations as repository functions.
+//!
+//! ```no_run
+//! # async fn f() -> botdb::Result<()> {
+//! use botdb::{Config, Database, model::Role, repo};
+//!
+//! let db = Database::connect(&Config::from_env()?).await?;
+//! db.migrate().await?;
+//! let hello = db.limits().message(42, Role::User, "hello")?;
+//! let history = db
+//!     .session(async |tx| {
+//!         repo::users::upsert(&mut *tx, 42).await?;
+//!         repo::messages::append(&mut *tx, &hello).await?;
+//!         repo::messages::history(&mut *tx, 42, 20).await
+//!     })
+//!     .await?;
+//! db.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
+//!   settings, `.env`) or a builder; the password is a secret that never prints.
+//! - [`db`]: [`Database`]: the pool, the session scope, close, migrate.
+//! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on.
+//! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]) and
+//!   validated inputs ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
+//! - [`repo`]: the SQL, one module per table, as functions over any executor.
+//! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]) and the operator verbs
+//!   (upgrade, downgrade, current, history, new).
+//! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
+//! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
+//!   tests).
+//! - [`telemetry`]: the `tracing` subscriber.
+//!
+//! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
+
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod error;
+pub mod migrate;
+pub mod model;
+pub mod repo;
+pub mod telemetry;
+
+pub use config::{Config, Limits, PoolConfig};
+pub use db::{Database, PoolStatus};
+pub use error::{Error, Result};

@@ -1,0 +1,113 @@
+//! `users`: get, create, register (user + settings in one transaction), upsert, touch.
+
+use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
+
+use crate::error::{Error, Result};
+use crate::model::{Content, User, UserSettings, check_history_limit, check_user_id};
+use crate::repo::settings;
+
+/// The user with this id, or `None`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a non-positive id; database errors.
+pub async fn get<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<Option<User>> {
+    check_user_id(id)?;
+    Ok(
+        sqlx::query_as::<_, User>("SELECT id, created_at, updated_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(ex)
+            .await?,
+    )
+}
+
+/// Creates a user.
+///
+/// # Errors
+/// [`Error::Conflict`] when the user exists; [`Error::InvalidInput`] for a bad id.
+pub async fn create<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<User> {
+    check_user_id(id)?;
+    sqlx::query_as::<_, User>("INSERT INTO users (id) VALUES ($1) RETURNING id, created_at, updated_at")
+        .bind(id)
+        .fetch_one(ex)
+        .await
+        .map_err(|e| match Error::from(e) {
+            Error::Conflict(_) => Error::Conflict(format!("user {id} already exists")),
+            other => other,
+        })
+}
+
+/// Creates the user if absent, otherwise refreshes its `updated_at`: what a bot does on
+/// every update it receives.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a bad id; database errors.
+pub async fn upsert<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<User> {
+    check_user_id(id)?;
+    Ok(sqlx::query_as::<_, User>(
+        "INSERT INTO users (id) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET updated_at = now() \
+         RETURNING id, created_at, updated_at",
+    )
+    .bind(id)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// Refreshes `updated_at` (the database sets it to the transaction time).
+///
+/// # Errors
+/// [`Error::NotFound`] when the user does not exist.
+pub async fn touch<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<User> {
+    check_user_id(id)?;
+    sqlx::query_as::<_, User>(
+        "UPDATE users SET updated_at = now() WHERE id = $1 RETURNING id, created_at, updated_at",
+    )
+    .bind(id)
+    .fetch_optional(ex)
+    .await?
+    .ok_or_else(|| Error::not_found("user", id))
+}
+
+/// Creates a user together with its settings, in ONE transaction (a savepoint when `conn`
+/// is already inside one): both rows or neither.
+///
+/// # Errors
+/// [`Error::Conflict`] when the user exists; [`Error::InvalidInput`] for a bad id or
+/// `max_history_messages` out of range.
+pub async fn register(
+    conn: &mut PgConnection,
+    id: i64,
+    max_history_messages: i32,
+    system_prompt: Option<&Content>,
+) -> Result<(User, UserSettings)> {
+    check_user_id(id)?;
+    check_history_limit("max_history_messages", i64::from(max_history_messages))?;
+    let mut tx = Acquire::<'_>::begin(&mut *conn).await?;
+    let user = create(&mut *tx, id).await?;
+    let settings = settings::insert(&mut *tx, id, max_history_messages, system_prompt).await?;
+    tx.commit().await?;
+    Ok((user, settings))
+}
+
+/// Deletes a user who has no messages (their settings go with them, ON DELETE CASCADE).
+/// Returns `false` when there was no such user.
+///
+/// # Errors
+/// [`Error::Conflict`] when the user has messages: history is never physically removed,
+/// so the foreign key refuses (ON DELETE RESTRICT).
+pub async fn delete<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<bool> {
+    check_user_id(id)?;
+    match sqlx::query::<Postgres>("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(ex)
+        .await
+    {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(e) => Err(match Error::from(e) {
+            Error::NotFound { .. } => {
+                Error::Conflict(format!("user {id} has messages; history is never deleted"))
+            }
+            other => other,
+        }),
+    }
+}
