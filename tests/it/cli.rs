@@ -1,0 +1,261 @@
+//! The `botdb` binary: the operator verbs, check's exit code, concurrency, tampering, and
+//! the demo on the embedded default.
+
+use std::process::Output;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::TestDb;
+
+/// `botdb ARGS` with `env`, from an empty directory (no stray `.env`), nothing inherited
+/// that names a database.
+fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .kill_on_drop(true);
+    for var in [
+        "DATABASE_URL",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "DB_USER",
+        "DB_PASSWORD",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), botdb(args, env).output())
+        .await
+        .expect("botdb finished")
+        .expect("botdb ran")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn operator_verbs_migrate_current_history_rollback() {
+    let t = TestDb::empty().await;
+    let env = t.env();
+    let o = run(&["current"], &env).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "no migration applied");
+
+    let o = run(&["migrate"], &env).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).lines().filter(|l| l.starts_with("applied ")).count(),
+        4,
+        "{}",
+        stdout(&o)
+    );
+
+    let o = run(&["current"], &env).await;
+    assert_eq!(stdout(&o).trim(), "0004 integrity and ordering (head)");
+
+    let o = run(&["rollback"], &env).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "reverted 0004 integrity and ordering");
+
+    let o = run(&["history"], &env).await;
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0003") && l.contains("applied") && l.contains("20")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0004") && l.contains("pending")),
+        "{out}"
+    );
+
+    let o = run(&["rollback", "-n", "3"], &env).await;
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    let o = run(&["migrate", "--to", "2"], &env).await;
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    let o = run(&["migrate"], &env).await;
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn check_exits_zero_when_clean_and_one_listing_differences() {
+    let t = TestDb::new().await;
+    let o = run(&["check"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("ok:"));
+
+    sqlx::raw_sql("ALTER TABLE messages ADD COLUMN language TEXT; DROP INDEX ix_users_id")
+        .execute(&mut t.conn().await)
+        .await
+        .unwrap();
+    let o = run(&["check"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("unexpected column messages.language: text NULL"),
+        "{out}"
+    );
+    assert!(out.contains("missing    index ix_users_id"), "{out}");
+    assert!(stderr(&o).contains("2 difference(s)"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn two_migrate_commands_at_once_one_applies_the_other_finds_nothing_to_do() {
+    let t = TestDb::empty().await;
+    let env = t.env();
+    let (a, b) = tokio::join!(run(&["migrate"], &env), run(&["migrate"], &env));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{} {}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let mut outs = [stdout(&a), stdout(&b)];
+    outs.sort_by_key(|o| o.contains("nothing to do"));
+    assert_eq!(
+        outs[0].lines().filter(|l| l.starts_with("applied")).count(),
+        4,
+        "{outs:?}"
+    );
+    assert!(outs[1].starts_with("nothing to do"), "{outs:?}");
+}
+
+#[tokio::test]
+async fn a_tampered_migration_fails_with_its_name() {
+    let t = TestDb::new().await;
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = sha384('edited') WHERE version = 2")
+        .execute(&mut t.conn().await)
+        .await
+        .unwrap();
+    let o = run(&["migrate"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("0002") && err.contains("edited after it was applied"),
+        "{err}"
+    );
+    let o = run(&["history"], &t.env()).await;
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("0002") && l.contains("EDITED"))
+    );
+}
+
+#[tokio::test]
+async fn new_creates_the_next_reversible_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("migrations")).unwrap();
+    std::fs::write(dir.path().join("migrations/0004_x.up.sql"), "").unwrap();
+    let o = botdb(&["new", "add user language"], &[])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        dir.path()
+            .join("migrations/0005_add_user_language.up.sql")
+            .is_file()
+    );
+    assert!(
+        dir.path()
+            .join("migrations/0005_add_user_language.down.sql")
+            .is_file()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_names_the_variable() {
+    let o = run(&["current"], &[("DB_POOL_SIZE", "lots".into())]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("DB_POOL_SIZE") && stderr(&o).contains("whole number"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
+async fn demo_runs_the_reference_operations_on_a_configured_server() {
+    let t = TestDb::empty().await;
+    let o = run(&["demo"], &t.env()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("max_history_messages 50 -> 100"), "{out}");
+    assert!(out.contains("soft-deleted 6 messages"), "{out}");
+    let password = crate::helpers::server_password();
+    if !password.is_empty() {
+        assert!(
+            !out.contains(&password) && !stderr(&o).contains(&password),
+            "the password was printed"
+        );
+    }
+}
+
+/// The embedded cluster's directory, from the demo's log line.
+fn cluster_dir(line: &str) -> Option<std::path::PathBuf> {
+    let start = line.find("dir=")? + 4;
+    let dir = line[start..].split_whitespace().next()?;
+    Some(dir.trim_end_matches('\u{1b}').into())
+}
+
+#[tokio::test]
+async fn demo_on_the_embedded_default_prints_the_result_and_removes_the_cluster() {
+    let o = run(&["demo"], &[("NO_COLOR", "1".into())]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("soft-deleted 6 messages"), "{}", stdout(&o));
+    let err = stderr(&o);
+    let dir = err
+        .lines()
+        .find_map(cluster_dir)
+        .expect("the demo names its cluster directory");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[tokio::test]
+async fn the_embedded_cluster_is_removed_even_when_botdb_is_killed() {
+    let mut child = botdb(&["demo"], &[("NO_COLOR", "1".into())])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let dir = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the demo names its cluster directory");
+        if let Some(dir) = cluster_dir(&line) {
+            break dir;
+        }
+    };
+    assert!(dir.exists());
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "killed mid-run, not finished: {status:?}"
+    );
+    let removed = crate::helpers::eventually(Duration::from_secs(30), async || !dir.exists()).await;
+    assert!(removed, "{} left behind after SIGKILL", dir.display());
+}

@@ -1,0 +1,10 @@
+//! botdb's integration tests: one binary, real PostgreSQL, a fresh database per test.
+
+mod helpers;
+
+mod cli;
+mod errors;
+mod migrations;
+mod pool;
+mod repos;
+mod session;

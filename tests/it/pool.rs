@@ -1,0 +1,260 @@
+//! Pool behaviour: size + overflow, the 16th caller, idle overflow closed, pre-ping,
+//! recycle, echo, close.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use botdb::Error;
+
+use crate::helpers::{TestDb, eventually, server_connections};
+
+#[tokio::test]
+async fn fifteen_checkouts_use_fifteen_connections_and_the_sixteenth_waits_then_times_out() {
+    let t = TestDb::with(|b| {
+        b.pool_size(5)
+            .max_overflow(10)
+            .pool_timeout(Duration::from_secs(1))
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        held.push(t.db.pool().acquire().await.expect("one of the 15"));
+    }
+    let mut observer = t.conn().await;
+    assert_eq!(server_connections(&mut observer, &t.name).await, 15);
+    assert_eq!(t.db.pool_status().in_use, 15);
+
+    let err = botdb::Error::from(
+        t.db.pool()
+            .acquire()
+            .await
+            .expect_err("the 16th must not get a 16th connection"),
+    );
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert_eq!(
+        server_connections(&mut observer, &t.name).await,
+        15,
+        "no 16th server connection"
+    );
+}
+
+#[tokio::test]
+async fn the_sixteenth_caller_gets_a_connection_once_one_is_returned() {
+    let t = TestDb::with(|b| {
+        b.pool_size(5)
+            .max_overflow(10)
+            .pool_timeout(Duration::from_secs(30))
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        held.push(t.db.pool().acquire().await.unwrap());
+    }
+    let pool = t.db.pool().clone();
+    let mut sixteenth = tokio::spawn(async move { pool.acquire().await.map(|_| ()) });
+    // Still waiting while all 15 are out.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut sixteenth)
+            .await
+            .is_err()
+    );
+    held.pop();
+    sixteenth
+        .await
+        .unwrap()
+        .expect("the 16th caller got the returned connection");
+    let mut observer = t.conn().await;
+    assert!(server_connections(&mut observer, &t.name).await <= 15);
+}
+
+#[tokio::test]
+async fn overflow_connections_are_closed_after_the_idle_timeout() {
+    let t = TestDb::with(|b| {
+        b.pool_size(5)
+            .max_overflow(10)
+            .idle_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        held.push(t.db.pool().acquire().await.unwrap());
+    }
+    drop(held);
+    assert!(t.db.pool_status().size >= 5);
+    let db = t.db.clone();
+    let shrunk = eventually(Duration::from_secs(20), async || {
+        let s = db.pool_status();
+        s.size == 5
+    })
+    .await;
+    assert!(shrunk, "pool still holds {:?}", t.db.pool_status());
+    let mut observer = t.conn().await;
+    let name = t.name.clone();
+    assert!(
+        eventually(Duration::from_secs(10), async || server_connections(
+            &mut observer,
+            &name
+        )
+        .await
+            == 5)
+        .await
+    );
+}
+
+async fn backend_pid(db: &botdb::Database) -> botdb::Result<i32> {
+    Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(db.pool())
+        .await?)
+}
+
+async fn terminate(t: &TestDb, pid: i32) {
+    let mut admin = t.conn().await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let gone = eventually(Duration::from_secs(10), async || {
+        sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(gone);
+}
+
+#[tokio::test]
+async fn pre_ping_replaces_a_killed_connection_without_an_error() {
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0)).await;
+    let pid = backend_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    let new_pid = backend_pid(&t.db)
+        .await
+        .expect("pre-ping hides the dead connection");
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn without_pre_ping_the_killed_connection_reaches_the_caller() {
+    // The control for the test above: it shows that the kill is real.
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0).pre_ping(false)).await;
+    let pid = backend_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    let err = backend_pid(&t.db)
+        .await
+        .expect_err("a dead connection was handed out");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn pre_ping_with_an_idle_threshold_still_catches_a_killed_idle_connection() {
+    let t = TestDb::with(|b| {
+        b.pool_size(1)
+            .max_overflow(0)
+            .pre_ping_idle(Duration::from_millis(1))
+    })
+    .await;
+    let pid = backend_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    assert_ne!(backend_pid(&t.db).await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn recycle_replaces_connections_older_than_the_limit() {
+    let t = TestDb::with(|b| {
+        b.pool_size(1)
+            .max_overflow(0)
+            .recycle(Some(Duration::from_millis(300)))
+    })
+    .await;
+    let first = backend_pid(&t.db).await.unwrap();
+    let db = t.db.clone();
+    let replaced = eventually(Duration::from_secs(20), async || {
+        backend_pid(&db).await.unwrap() != first
+    })
+    .await;
+    assert!(replaced, "the connection was never recycled");
+}
+
+#[tokio::test]
+async fn close_waits_for_a_running_query_and_does_not_cut_it() {
+    let t = TestDb::new().await;
+    let finished_at = Arc::new(Mutex::new(None));
+    let pool = t.db.pool().clone();
+    let done = finished_at.clone();
+    let query = tokio::spawn(async move {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT pg_sleep(1)").execute(&mut *conn).await?;
+        *done.lock().unwrap() = Some(Instant::now());
+        drop(conn);
+        Ok::<_, sqlx::Error>(())
+    });
+    // Wait until the server is actually running it.
+    let mut observer = t.conn().await;
+    let name = t.name.clone();
+    let running = eventually(Duration::from_secs(10), async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
+             AND query LIKE 'SELECT pg_sleep%')",
+        )
+        .bind(&name)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(running);
+    t.db.close().await;
+    let closed_at = Instant::now();
+    let query_finished = finished_at
+        .lock()
+        .unwrap()
+        .expect("close returned before the query finished");
+    assert!(query_finished <= closed_at);
+    query.await.unwrap().expect("the running query succeeded");
+    assert!(t.db.is_closed());
+    let err = botdb::Error::from(t.db.pool().acquire().await.unwrap_err());
+    assert!(matches!(err, Error::ShuttingDown), "{err:?}");
+    assert_eq!(server_connections(&mut observer, &t.name).await, 0);
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+async fn statements_logged(echo: bool) -> String {
+    let t = TestDb::with(|b| b.echo(echo)).await;
+    let capture = Capture::default();
+    let subscriber = botdb::telemetry::subscriber("sqlx=trace", capture.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    sqlx::query("SELECT 42 AS echo_marker")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+}
+
+#[tokio::test]
+async fn echo_logs_every_statement_through_tracing() {
+    assert!(statements_logged(true).await.contains("SELECT 42 AS echo_marker"));
+    assert!(!statements_logged(false).await.contains("echo_marker"));
+}
