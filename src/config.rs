@@ -68,7 +68,38 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "65536",
         "longest message content accepted, in characters",
     ),
+    (
+        "BOTDB_MAX_PENDING",
+        "10000",
+        "requests an actor holds (queued + running) before Overloaded",
+    ),
+    (
+        "BOTDB_DRAIN_TIMEOUT",
+        "30",
+        "seconds Shutdown waits for accepted requests to finish",
+    ),
 ];
+
+/// Settings of the actor layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActorConfig {
+    /// Requests one table actor holds at most (waiting in its per-user queues plus
+    /// running); past it a request fails at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded).
+    pub max_pending: usize,
+    /// How long Shutdown waits for accepted requests to finish before it closes the pool
+    /// anyway (and reports the stragglers).
+    pub drain_timeout: Duration,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            max_pending: 10_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Pool settings, named as in the reference (SQLAlchemy's `create_async_engine`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +191,8 @@ pub struct Config {
     pub echo: bool,
     /// Text size limits.
     pub limits: Limits,
+    /// Actor layer settings.
+    pub actors: ActorConfig,
     /// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`).
     pub application_name: String,
 }
@@ -171,6 +204,7 @@ impl fmt::Debug for Config {
             .field("pool", &self.pool)
             .field("echo", &self.echo)
             .field("limits", &self.limits)
+            .field("actors", &self.actors)
             .field("application_name", &self.application_name)
             .finish()
     }
@@ -208,6 +242,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             echo: false,
             limits: Limits::default(),
+            actors: ActorConfig::default(),
             application_name: "botdb".into(),
         }
     }
@@ -327,6 +362,22 @@ impl Config {
                 &v,
                 "a whole number of characters from 1 to 10000000",
                 |v| v.parse().ok(),
+            )?);
+        }
+        if let Some(v) = get("BOTDB_MAX_PENDING") {
+            b = b.max_pending(parse_env(
+                "BOTDB_MAX_PENDING",
+                &v,
+                "a whole number of requests from 1 to 10000000",
+                |v| v.parse().ok(),
+            )?);
+        }
+        if let Some(v) = get("BOTDB_DRAIN_TIMEOUT") {
+            b = b.drain_timeout(parse_env(
+                "BOTDB_DRAIN_TIMEOUT",
+                &v,
+                "seconds (more than 0)",
+                |v| parse_secs(v).filter(|d| !d.is_zero()),
             )?);
         }
         let mut config = b.build()?;
@@ -561,6 +612,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// Requests one actor holds at most before Overloaded (`BOTDB_MAX_PENDING`).
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.config.actors.max_pending = n;
+        self
+    }
+
+    /// How long Shutdown waits for accepted requests (`BOTDB_DRAIN_TIMEOUT`).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.actors.drain_timeout = timeout;
+        self
+    }
+
     /// `application_name` reported to the server.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.config.application_name = name.into();
@@ -632,6 +695,21 @@ impl ConfigBuilder {
             return Err(Error::config(
                 "max_system_prompt_chars",
                 "expected at least 1 character",
+            ));
+        }
+        if config.actors.max_pending == 0 || config.actors.max_pending > 10_000_000 {
+            return Err(Error::config(
+                "BOTDB_MAX_PENDING",
+                format!(
+                    "expected 1 to 10000000 requests, got {}",
+                    config.actors.max_pending
+                ),
+            ));
+        }
+        if config.actors.drain_timeout.is_zero() {
+            return Err(Error::config(
+                "BOTDB_DRAIN_TIMEOUT",
+                "expected more than 0 seconds",
             ));
         }
         if let Server::Parts { port: 0, .. } = config.server {
@@ -817,6 +895,8 @@ mod tests {
             ("DB_POOL_TIMEOUT", "0", "more than 0"),
             ("DB_ECHO", "2", "true or false"),
             ("DB_MAX_CONTENT_CHARS", "0", "characters"),
+            ("BOTDB_MAX_PENDING", "0", "requests"),
+            ("BOTDB_DRAIN_TIMEOUT", "never", "seconds"),
             (
                 "DATABASE_URL",
                 "not a url",

@@ -154,6 +154,25 @@ impl Database {
         }
     }
 
+    /// Runs `body` on one pooled connection without an explicit transaction: each
+    /// statement `body` runs is its own (implicit) transaction, committed when it returns.
+    ///
+    /// For a body of ONE statement this is exactly one transaction, like
+    /// [`session`](Self::session), at a third of the round trips (no BEGIN, no COMMIT);
+    /// the actors use it for their single-statement requests. For two or more writes
+    /// that must succeed or fail together, use [`session`](Self::session).
+    ///
+    /// # Errors
+    /// `body`'s error; [`Error::Unavailable`] when no connection can be had;
+    /// [`Error::ShuttingDown`] after [`close`](Self::close).
+    pub async fn autocommit<T, F>(&self, body: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    {
+        let mut conn = self.pool.acquire().await?;
+        body(&mut conn).await
+    }
+
     /// Graceful shutdown: stops handing out connections (later callers get
     /// [`Error::ShuttingDown`]), waits for every checked-out connection to come back
     /// (a running query is not cut), then closes them all.

@@ -40,10 +40,15 @@
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
 //! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
 //!   tests).
+//! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
+//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded),
+//!   [`actors::DbHandle`] sends typed requests, [`actors::Shutdown`] drains them.
+//! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
 //! - [`telemetry`]: the `tracing` subscriber.
 //!
 //! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
 
+pub mod actors;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -52,8 +57,9 @@ pub mod error;
 pub mod migrate;
 pub mod model;
 pub mod repo;
+pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Config, Limits, PoolConfig};
+pub use config::{ActorConfig, Config, Limits, PoolConfig};
 pub use db::{Database, PoolStatus};
 pub use error::{Error, Result};

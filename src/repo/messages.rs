@@ -60,6 +60,27 @@ pub async fn history<'e>(ex: impl PgExecutor<'e>, user_id: i64, limit: i64) -> R
     .await?)
 }
 
+/// The user's live messages, newest first, as many as their `max_history_messages`
+/// setting says ([`DEFAULT_MAX_HISTORY`](crate::model::DEFAULT_MAX_HISTORY) when they have
+/// no settings row). One statement.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id.
+pub async fn history_per_settings<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<Vec<Message>> {
+    check_user_id(user_id)?;
+    Ok(sqlx::query_as::<_, Message>(
+        "SELECT id, user_id, role, content, content_length, created_at, deleted_at, seq \
+           FROM messages \
+          WHERE user_id = $1 AND deleted_at IS NULL \
+          ORDER BY created_at DESC, seq DESC \
+          LIMIT COALESCE((SELECT max_history_messages FROM user_settings WHERE user_id = $1), $2)",
+    )
+    .bind(user_id)
+    .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
+    .fetch_all(ex)
+    .await?)
+}
+
 /// Soft-deletes the user's whole live history (`deleted_at = now()`); rows are kept.
 /// Returns how many messages were hidden.
 ///

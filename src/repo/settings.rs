@@ -49,6 +49,40 @@ pub async fn insert<'e>(
     })
 }
 
+/// Creates the user's settings with these values unless a row exists; returns the row
+/// that is there afterwards and whether this call created it.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown user; [`Error::InvalidInput`] for a value out of
+/// range.
+pub async fn insert_if_absent(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+    max_history_messages: i32,
+    system_prompt: Option<&Content>,
+) -> Result<(UserSettings, bool)> {
+    check_user_id(user_id)?;
+    check_history_limit("max_history_messages", i64::from(max_history_messages))?;
+    let created = sqlx::query_as::<_, UserSettings>(
+        "INSERT INTO user_settings (user_id, max_history_messages, system_prompt) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO NOTHING \
+         RETURNING user_id, max_history_messages, system_prompt, created_at, updated_at",
+    )
+    .bind(user_id)
+    .bind(max_history_messages)
+    .bind(system_prompt.map(Content::as_str))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(user_fk(user_id))?;
+    match created {
+        Some(row) => Ok((row, true)),
+        None => get(&mut *conn, user_id)
+            .await?
+            .map(|row| (row, false))
+            .ok_or_else(|| Error::not_found("user_settings", user_id)),
+    }
+}
+
 /// Creates or replaces a user's settings.
 ///
 /// # Errors

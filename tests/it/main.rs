@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod actors;
 mod cli;
 mod errors;
 mod migrations;

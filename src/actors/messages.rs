@@ -1,0 +1,169 @@
+//! Requests served by the `messages` actor.
+
+use actix::Message as ActixMessage;
+use serde::Serialize;
+
+use crate::actors::request::{DbRequest, Messages};
+use crate::db::Database;
+use crate::error::Result;
+use crate::model::{Message, MessageCounts, Role};
+use crate::repo;
+
+/// Append one message to a user's dialogue. The content is checked against the
+/// configured limits ([`InvalidInput`](crate::Error::InvalidInput)); an unknown user is
+/// [`NotFound`](crate::Error::NotFound).
+#[derive(Clone, ActixMessage)]
+#[rtype(result = "crate::Result<Message>")]
+pub struct AppendMessage {
+    /// The user.
+    pub user_id: i64,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+}
+
+impl std::fmt::Debug for AppendMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendMessage")
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .field("content_bytes", &self.content.len())
+            .finish()
+    }
+}
+
+impl DbRequest for AppendMessage {
+    type Output = Message;
+    type Table = Messages;
+    const NAME: &'static str = "AppendMessage";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Message> {
+        let msg = db.limits().message(self.user_id, self.role, self.content)?;
+        db.autocommit(async |c| repo::messages::append(c, &msg).await)
+            .await
+    }
+}
+
+/// The two messages of one exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    /// The user's message.
+    pub user: Message,
+    /// The model's reply.
+    pub reply: Message,
+}
+
+/// Append the user's message and the model's reply in one transaction: both or neither.
+#[derive(Clone, ActixMessage)]
+#[rtype(result = "crate::Result<Turn>")]
+pub struct AppendTurn {
+    /// The user.
+    pub user_id: i64,
+    /// What the user wrote.
+    pub user_text: String,
+    /// What the model answered.
+    pub reply_text: String,
+}
+
+impl std::fmt::Debug for AppendTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendTurn")
+            .field("user_id", &self.user_id)
+            .field("user_bytes", &self.user_text.len())
+            .field("reply_bytes", &self.reply_text.len())
+            .finish()
+    }
+}
+
+impl DbRequest for AppendTurn {
+    type Output = Turn;
+    type Table = Messages;
+    const NAME: &'static str = "AppendTurn";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Turn> {
+        let limits = db.limits();
+        let user = limits.message(self.user_id, Role::User, self.user_text)?;
+        let reply = limits.message(self.user_id, Role::Assistant, self.reply_text)?;
+        db.session(async |tx| {
+            Ok(Turn {
+                user: repo::messages::append(&mut *tx, &user).await?,
+                reply: repo::messages::append(&mut *tx, &reply).await?,
+            })
+        })
+        .await
+    }
+}
+
+/// A user's live history, newest first. `limit` defaults to the user's
+/// `max_history_messages`.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<Vec<Message>>")]
+pub struct GetHistory {
+    /// The user.
+    pub user_id: i64,
+    /// At most this many (1 to 1000); `None`: the user's setting.
+    pub limit: Option<i64>,
+}
+
+impl DbRequest for GetHistory {
+    type Output = Vec<Message>;
+    type Table = Messages;
+    const NAME: &'static str = "GetHistory";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Vec<Message>> {
+        db.autocommit(async |c| match self.limit {
+            Some(limit) => repo::messages::history(c, self.user_id, limit).await,
+            None => repo::messages::history_per_settings(c, self.user_id).await,
+        })
+        .await
+    }
+}
+
+/// Soft-delete a user's whole live history; returns how many messages were hidden.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<u64>")]
+pub struct ClearHistory {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for ClearHistory {
+    type Output = u64;
+    type Table = Messages;
+    const NAME: &'static str = "ClearHistory";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<u64> {
+        db.autocommit(async |c| repo::messages::clear_history(c, self.user_id).await)
+            .await
+    }
+}
+
+/// Count a user's live and soft-deleted messages.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<MessageCounts>")]
+pub struct CountMessages {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for CountMessages {
+    type Output = MessageCounts;
+    type Table = Messages;
+    const NAME: &'static str = "CountMessages";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<MessageCounts> {
+        db.autocommit(async |c| repo::messages::count(c, self.user_id).await)
+            .await
+    }
+}

@@ -1,0 +1,44 @@
+//! The actor layer: one supervised [`DbActor`] per table, each owning a clone of the
+//! pool handle, running typed requests serially per user and concurrently across
+//! users; a system-level [`Shutdown`] that drains them before the pool closes.
+//!
+//! ```no_run
+//! # async fn f(db: botdb::Database) -> botdb::Result<()> {
+//! use botdb::actors::{AppendMessage, DbSystem, GetHistory};
+//! use botdb::model::Role;
+//!
+//! let handle = DbSystem::start(db, Default::default()); // inside an actix System
+//! handle.send(AppendMessage { user_id: 42, role: Role::User, content: "hi".into() }).await?;
+//! let history = handle.send(GetHistory { user_id: 42, limit: None }).await?;
+//! let report = handle.shutdown().await; // drain, then close the pool
+//! # Ok(()) }
+//! ```
+//!
+//! | actor | requests |
+//! |---|---|
+//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`] |
+//! | `messages` | [`AppendMessage`], [`AppendTurn`], [`GetHistory`], [`ClearHistory`], [`CountMessages`] |
+//! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
+//! | system | [`Shutdown`], [`Stats`] |
+
+mod actor;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod gate;
+mod handle;
+mod messages;
+mod request;
+mod settings;
+mod stats;
+mod system;
+mod users;
+
+pub use actor::DbActor;
+pub use gate::GateCounts;
+pub use handle::{DbHandle, DbSystem};
+pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn};
+pub use request::{DbRequest, Messages, Settings, Table, Users};
+pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
+pub use stats::{ActorStats, Percentiles, SystemStats};
+pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
+pub use users::{CreateUser, EnsureUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser};

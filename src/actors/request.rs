@@ -1,0 +1,84 @@
+//! What makes a message a botdb request: [`DbRequest`], and the [`Table`] whose actor
+//! serves it.
+
+use std::future::Future;
+
+use crate::db::Database;
+use crate::error::Result;
+
+/// A typed request served by one table's actor, for one user, in one transaction.
+///
+/// Every request is an actix [`Message`](actix::Message) returning
+/// `Result<Self::Output, botdb::Error>`. Its [`run`](DbRequest::run) is the whole unit of
+/// work: a [`Database::session`] (several statements) or a
+/// [`Database::autocommit`] of exactly one statement, which is one transaction too.
+pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Send + 'static {
+    /// What a successful request returns.
+    type Output: Send + 'static;
+    /// The table whose actor serves it.
+    type Table: Table;
+    /// The request's name, in spans and stats.
+    const NAME: &'static str;
+
+    /// The user this request belongs to: requests of one user run one at a time, in
+    /// the order they arrived.
+    fn user_id(&self) -> i64;
+
+    /// Carries the request out.
+    fn run(self, db: Database) -> impl Future<Output = Result<Self::Output>> + 'static;
+}
+
+/// A table served by one actor. Implemented by [`Users`], [`Messages`] and
+/// [`Settings`] only.
+pub trait Table: sealed::Sealed + Sized + Unpin + 'static {
+    /// The actor's name (the table's).
+    const NAME: &'static str;
+}
+
+/// The `users` table.
+#[derive(Debug)]
+pub struct Users;
+/// The `messages` table.
+#[derive(Debug)]
+pub struct Messages;
+/// The `user_settings` table.
+#[derive(Debug)]
+pub struct Settings;
+
+impl Table for Users {
+    const NAME: &'static str = "users";
+}
+impl Table for Messages {
+    const NAME: &'static str = "messages";
+}
+impl Table for Settings {
+    const NAME: &'static str = "user_settings";
+}
+
+pub(crate) mod sealed {
+    use crate::actors::handle::{Endpoint, Endpoints};
+
+    /// Routes a table to its actor inside a handle; not implementable outside botdb.
+    pub trait Sealed: Sized {
+        #[doc(hidden)]
+        fn endpoint(endpoints: &Endpoints) -> &Endpoint<Self>
+        where
+            Self: super::Table;
+    }
+
+    impl Sealed for super::Users {
+        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
+            &e.users
+        }
+    }
+    impl Sealed for super::Messages {
+        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
+            &e.messages
+        }
+    }
+    impl Sealed for super::Settings {
+        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
+            &e.settings
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Requests served by the `user_settings` actor.
+
+use actix::Message;
+
+use crate::actors::request::{DbRequest, Settings};
+use crate::db::Database;
+use crate::error::Result;
+use crate::model::{SettingsPatch, UserSettings, check_history_limit};
+use crate::repo;
+
+/// Get a user's settings, or `None`.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<Option<UserSettings>>")]
+pub struct GetSettings {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for GetSettings {
+    type Output = Option<UserSettings>;
+    type Table = Settings;
+    const NAME: &'static str = "GetSettings";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Option<UserSettings>> {
+        db.autocommit(async |c| repo::settings::get(c, self.user_id).await)
+            .await
+    }
+}
+
+/// Change some of a user's settings; fields left `None` stay as they are.
+#[derive(Clone, Debug, Default, Message)]
+#[rtype(result = "crate::Result<UserSettings>")]
+pub struct UpdateSettings {
+    /// The user.
+    pub user_id: i64,
+    /// New history length (1 to 1000).
+    pub max_history_messages: Option<i64>,
+    /// `Some(None)` clears the system prompt, `Some(Some(p))` sets it.
+    pub system_prompt: Option<Option<String>>,
+}
+
+impl DbRequest for UpdateSettings {
+    type Output = UserSettings;
+    type Table = Settings;
+    const NAME: &'static str = "UpdateSettings";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<UserSettings> {
+        let patch = SettingsPatch {
+            max_history_messages: self
+                .max_history_messages
+                .map(|n| check_history_limit("max_history_messages", n))
+                .transpose()?,
+            system_prompt: self
+                .system_prompt
+                .map(|p| p.map(|p| db.limits().system_prompt(p)).transpose())
+                .transpose()?,
+        };
+        db.autocommit(async |c| repo::settings::update(c, self.user_id, &patch).await)
+            .await
+    }
+}
+
+/// Set (`Some`) or clear (`None`) a user's system prompt.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<UserSettings>")]
+pub struct SetSystemPrompt {
+    /// The user.
+    pub user_id: i64,
+    /// The prompt.
+    pub prompt: Option<String>,
+}
+
+impl DbRequest for SetSystemPrompt {
+    type Output = UserSettings;
+    type Table = Settings;
+    const NAME: &'static str = "SetSystemPrompt";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<UserSettings> {
+        let prompt = self.prompt.map(|p| db.limits().system_prompt(p)).transpose()?;
+        db.autocommit(async |c| repo::settings::set_system_prompt(c, self.user_id, prompt).await)
+            .await
+    }
+}

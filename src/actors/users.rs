@@ -1,0 +1,174 @@
+//! Requests served by the `users` actor.
+
+use actix::Message;
+use serde::Serialize;
+
+use crate::actors::request::{DbRequest, Users};
+use crate::db::Database;
+use crate::error::Result;
+use crate::model::{DEFAULT_MAX_HISTORY, User, UserSettings};
+use crate::repo;
+
+/// Get a user, or `None`.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<Option<User>>")]
+pub struct GetUser {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for GetUser {
+    type Output = Option<User>;
+    type Table = Users;
+    const NAME: &'static str = "GetUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Option<User>> {
+        db.autocommit(async |c| repo::users::get(c, self.user_id).await)
+            .await
+    }
+}
+
+/// Create a user; [`Conflict`](crate::Error::Conflict) if it exists.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<User>")]
+pub struct CreateUser {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for CreateUser {
+    type Output = User;
+    type Table = Users;
+    const NAME: &'static str = "CreateUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<User> {
+        db.autocommit(async |c| repo::users::create(c, self.user_id).await)
+            .await
+    }
+}
+
+/// Create the user if absent, else refresh its `updated_at`.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<User>")]
+pub struct UpsertUser {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for UpsertUser {
+    type Output = User;
+    type Table = Users;
+    const NAME: &'static str = "UpsertUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<User> {
+        db.autocommit(async |c| repo::users::upsert(c, self.user_id).await)
+            .await
+    }
+}
+
+/// Refresh a user's `updated_at`; [`NotFound`](crate::Error::NotFound) if absent.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<User>")]
+pub struct TouchUser {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for TouchUser {
+    type Output = User;
+    type Table = Users;
+    const NAME: &'static str = "TouchUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<User> {
+        db.autocommit(async |c| repo::users::touch(c, self.user_id).await)
+            .await
+    }
+}
+
+/// A user and their settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Registered {
+    /// The user row.
+    pub user: User,
+    /// The settings row.
+    pub settings: UserSettings,
+    /// `true` when this request created them.
+    pub created: bool,
+}
+
+/// Create a user together with their settings, in one transaction;
+/// [`Conflict`](crate::Error::Conflict) if the user exists.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<Registered>")]
+pub struct RegisterUser {
+    /// The user.
+    pub user_id: i64,
+    /// History length; [`DEFAULT_MAX_HISTORY`] when `None`.
+    pub max_history_messages: Option<i32>,
+    /// Own system prompt.
+    pub system_prompt: Option<String>,
+}
+
+impl DbRequest for RegisterUser {
+    type Output = Registered;
+    type Table = Users;
+    const NAME: &'static str = "RegisterUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Registered> {
+        let prompt = self
+            .system_prompt
+            .map(|p| db.limits().system_prompt(p))
+            .transpose()?;
+        let max = self.max_history_messages.unwrap_or(DEFAULT_MAX_HISTORY);
+        db.session(async |tx| {
+            let (user, settings) = repo::users::register(tx, self.user_id, max, prompt.as_ref()).await?;
+            Ok(Registered {
+                user,
+                settings,
+                created: true,
+            })
+        })
+        .await
+    }
+}
+
+/// What a bot does on every update: make sure the user and their settings exist
+/// (default settings for a user never seen), in one transaction, and return both.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<Registered>")]
+pub struct EnsureUser {
+    /// The user.
+    pub user_id: i64,
+}
+
+impl DbRequest for EnsureUser {
+    type Output = Registered;
+    type Table = Users;
+    const NAME: &'static str = "EnsureUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Registered> {
+        db.session(async |tx| {
+            let user = repo::users::upsert(&mut *tx, self.user_id).await?;
+            let (settings, created) =
+                repo::settings::insert_if_absent(tx, self.user_id, DEFAULT_MAX_HISTORY, None).await?;
+            Ok(Registered {
+                user,
+                settings,
+                created,
+            })
+        })
+        .await
+    }
+}
