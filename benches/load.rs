@@ -11,7 +11,12 @@
 //! - `raw`: the pgbench statements on a plain sqlx `PgPool` (15 connections, sqlx's
 //!   defaults), each statement its own transaction;
 //! - `raw-tx`: the same, one transaction per turn;
-//! - `session`: botdb's repositories in one `Database::session` per turn, no actors.
+//! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
+//! - `actors`: botdb's actors, five requests per turn (`UpsertUser`, `GetSettings`,
+//!   `AppendMessage`, `GetHistory`, `AppendMessage`), each its own transaction, as
+//!   `raw`'s statements are;
+//! - `direct`: the same five requests run directly (`DbRequest::run`), no actors: the
+//!   difference to `actors` is the actor layer's cost, to `raw` botdb's SQL's.
 //!
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
 //! A scratch database is created, populated and dropped.
@@ -21,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use botdb::actors::{AppendMessage, DbHandle, DbRequest, DbSystem, GetHistory, GetSettings, UpsertUser};
 use botdb::embedded::EmbeddedPostgres;
 use botdb::model::Role;
 use botdb::{Config, Database, repo};
@@ -36,7 +42,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     users: i64,
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Interleaved rounds; each cell reports its best.
     #[arg(long, default_value_t = 2)]
@@ -45,8 +51,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
     concurrency: Vec<usize>,
     /// Modes to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Raw, Mode::RawTx, Mode::Session])]
+    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Actors, Mode::Raw, Mode::Session])]
     modes: Vec<Mode>,
+    /// Client runtime threads: 1 runs everything (workers, actors, sqlx) on the actix
+    /// system thread; more puts the workers on a tokio pool of that many threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -57,6 +67,8 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
+    Actors,
+    Direct,
     Raw,
     RawTx,
     Session,
@@ -68,6 +80,8 @@ impl Mode {
             Mode::Raw => "raw",
             Mode::RawTx => "raw-tx",
             Mode::Session => "session",
+            Mode::Actors => "actors",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -81,10 +95,10 @@ impl std::fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Mode::Raw, Mode::RawTx, Mode::Session]
+        [Mode::Actors, Mode::Direct, Mode::Raw, Mode::RawTx, Mode::Session]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (raw, raw-tx, session)"))
+            .ok_or_else(|| format!("unknown mode {s:?} (actors, direct, raw, raw-tx, session)"))
     }
 }
 
@@ -98,12 +112,32 @@ struct Sample {
     turns_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// This process's CPU time (user + system) per turn, in microseconds: the client's
+    /// cost, which on a shared machine is taken from PostgreSQL.
+    client_cpu_us_per_turn: f64,
+    /// Context switches of this process per turn (voluntary + involuntary).
+    client_switches_per_turn: f64,
+}
+
+/// CPU time used by this process so far, and its context switches.
+fn process_usage() -> (Duration, i64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+            (
+                tv(u.user_time()) + tv(u.system_time()),
+                u.voluntary_context_switches() + u.involuntary_context_switches(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// What every worker of every mode needs.
 struct Target {
     raw: PgPool,
     db: Database,
+    actors: DbHandle,
     users: i64,
     user_text: Arc<str>,
     reply_text: Arc<str>,
@@ -111,8 +145,19 @@ struct Target {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args))
+    let threads = args.threads;
+    let system = if threads <= 1 {
+        actix::System::new()
+    } else {
+        actix::System::with_tokio_rt(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        })
+    };
+    system.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -132,6 +177,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     let result = bench(&args, &admin.with_database(&name)).await;
+    if let Err(e) = &result {
+        eprintln!("benchmark failed: {e:#}");
+    }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
         .execute(&mut conn)
         .await?;
@@ -167,8 +215,10 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
         .max_connections(config.pool.max_connections())
         .connect_with(config.connect_options()?)
         .await?;
+    let actors = DbSystem::start(db.clone(), botdb::ActorConfig::default());
     let target = Arc::new(Target {
         raw,
+        actors,
         db,
         users: args.users,
         user_text: "u".repeat(200).into(),
@@ -181,8 +231,14 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
                 run_script(&target.raw, include_str!("workload/reset.sql")).await?;
                 let s = measure(&target, mode, c, Duration::from_secs_f64(args.seconds)).await;
                 eprintln!(
-                    "round {round} {:<8} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {}",
-                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.errors
+                    "round {round} {:<8} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  {:>5.1} switches/turn  errors {}",
+                    s.mode,
+                    s.turns_per_sec,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.client_cpu_us_per_turn,
+                    s.client_switches_per_turn,
+                    s.errors
                 );
                 match best.iter_mut().find(|b| b.mode == s.mode && b.concurrency == c) {
                     Some(b) if b.turns_per_sec >= s.turns_per_sec => {}
@@ -197,7 +253,8 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&best)?)?;
         eprintln!("wrote {}", path.display());
     }
-    target.db.close().await;
+    let report = target.actors.shutdown().await;
+    eprintln!("actors: {report}");
     target.raw.close().await;
     Ok(())
 }
@@ -205,8 +262,8 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
 fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
     let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
     println!();
-    println!("| mode | C | turns/s | p50 ms | p99 ms | vs raw |");
-    println!("|---|---|---|---|---|---|");
+    println!("| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | vs raw |");
+    println!("|---|---|---|---|---|---|---|");
     for &c in concurrency {
         for &m in modes {
             if let Some(s) = get(m, c) {
@@ -214,8 +271,8 @@ fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
                     format!("{:.2}x", s.turns_per_sec / r.turns_per_sec)
                 });
                 println!(
-                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {ratio} |",
-                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms
+                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {ratio} |",
+                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.client_cpu_us_per_turn
                 );
             }
         }
@@ -225,10 +282,11 @@ fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
 async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration: Duration) -> Sample {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
+    let (cpu_before, switches_before) = process_usage();
     let workers: Vec<_> = (0..concurrency)
         .map(|k| {
             let target = target.clone();
-            tokio::spawn(async move { worker(&target, mode, k, concurrency, deadline).await })
+            spawn(async move { worker(&target, mode, k, concurrency, deadline).await })
         })
         .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -240,7 +298,11 @@ async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration:
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, switches_after) = process_usage();
+    let cpu = (cpu_after - cpu_before).as_secs_f64();
     Sample {
+        client_switches_per_turn: (switches_after - switches_before) as f64 / hist.len().max(1) as f64,
+        client_cpu_us_per_turn: cpu * 1e6 / hist.len().max(1) as f64,
         mode: mode.name(),
         concurrency,
         turns: hist.len(),
@@ -248,6 +310,18 @@ async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration:
         turns_per_sec: hist.len() as f64 / elapsed,
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    }
+}
+
+/// Spawns on the tokio pool when there is one, else on the actix system thread.
+fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => actix_rt::spawn(fut),
+        _ => tokio::spawn(fut),
     }
 }
 
@@ -276,6 +350,8 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
             Mode::Raw => raw_turn(target, uid, false).await.is_ok(),
             Mode::RawTx => raw_turn(target, uid, true).await.is_ok(),
             Mode::Session => session_turn(target, uid).await.is_ok(),
+            Mode::Actors => actors_turn(target, uid).await.is_ok(),
+            Mode::Direct => direct_turn(target, uid).await.is_ok(),
         };
         if ok {
             let _ = hist.record(start.elapsed().as_micros() as u64);
@@ -337,6 +413,61 @@ async fn raw_turn(t: &Target, uid: i64, one_tx: bool) -> Result<(), sqlx::Error>
         pgbench_turn!(&t.raw, t, uid);
         Ok(())
     }
+}
+
+/// The same turn through botdb's actors: five requests, each its own transaction.
+async fn actors_turn(t: &Target, uid: i64) -> botdb::Result<()> {
+    let h = &t.actors;
+    h.send(UpsertUser { user_id: uid }).await?;
+    let settings = h.send(GetSettings { user_id: uid }).await?;
+    h.send(AppendMessage {
+        user_id: uid,
+        role: Role::User,
+        content: t.user_text.to_string(),
+    })
+    .await?;
+    let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
+    h.send(GetHistory {
+        user_id: uid,
+        limit: Some(limit),
+    })
+    .await?;
+    h.send(AppendMessage {
+        user_id: uid,
+        role: Role::Assistant,
+        content: t.reply_text.to_string(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// The five requests of `actors_turn`, run without the actors.
+async fn direct_turn(t: &Target, uid: i64) -> botdb::Result<()> {
+    let db = &t.db;
+    UpsertUser { user_id: uid }.run(db.clone()).await?;
+    let settings = GetSettings { user_id: uid }.run(db.clone()).await?;
+    AppendMessage {
+        user_id: uid,
+        role: Role::User,
+        content: t.user_text.to_string(),
+    }
+    .run(db.clone())
+    .await?;
+    let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
+    GetHistory {
+        user_id: uid,
+        limit: Some(limit),
+    }
+    .run(db.clone())
+    .await?;
+    AppendMessage {
+        user_id: uid,
+        role: Role::Assistant,
+        content: t.reply_text.to_string(),
+    }
+    .run(db.clone())
+    .await?;
+    Ok(())
 }
 
 /// The same turn through botdb's repositories, one session.

@@ -133,7 +133,9 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        let mut tx = self.pool.begin().await?;
+        // sqlx's begin/acquire futures hold its whole connect path (~14 KB); boxing them
+        // keeps the futures of everything above small and cheap to move.
+        let mut tx = Box::pin(self.pool.begin()).await?;
         match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
             Ok(Ok(value)) => {
                 tx.commit().await?;
@@ -169,7 +171,7 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = Box::pin(self.pool.acquire()).await?;
         body(&mut conn).await
     }
 

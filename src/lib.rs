@@ -44,11 +44,16 @@
 //!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded),
 //!   [`actors::DbHandle`] sends typed requests, [`actors::Shutdown`] drains them.
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
+//! - [`bot`]: the chat bot over the actors (commands, turns, the [`bot::Model`] trait and
+//!   its local [`bot::EchoModel`], Telegram's Update and sendMessage).
+//! - [`server`]: `botdb serve` on actix-web: the webhook (secret token, body limit),
+//!   `/healthz`, `/metrics`, and the ordered shutdown (HTTP, actors, pool).
 //! - [`telemetry`]: the `tracing` subscriber.
 //!
 //! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
 
 pub mod actors;
+pub mod bot;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -57,6 +62,7 @@ pub mod error;
 pub mod migrate;
 pub mod model;
 pub mod repo;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -75,6 +75,15 @@ pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> 
     Ok(options.connect().await?)
 }
 
+/// Opens a dedicated connection (not pooled) to the database `config` points at, for
+/// the functions of this module.
+///
+/// # Errors
+/// As [`Database::connect`](crate::Database::connect).
+pub async fn connect_to(config: &crate::Config) -> Result<PgConnection> {
+    connect(&config.connect_options()?).await
+}
+
 #[derive(sqlx::FromRow)]
 struct AppliedRow {
     version: i64,

@@ -7,12 +7,15 @@
 //! 2. `handle` turns it into a job. If the user has no job running, the job starts at
 //!    once; otherwise it waits in that user's queue (a lane). The mailbox is never
 //!    blocked: `handle` only files the job.
-//! 3. A job runs as a task of its own on the actor's arbiter (not inside the actor's
-//!    context: a restart or stop of the actor never drops running work, and the
-//!    context is not re-polled for every job). It answers the caller, then tells the
-//!    actor with a [`Done`] message.
-//! 4. On `Done` the actor releases the gate, starts the user's next job or drops the
-//!    user's lane (an idle user costs no memory), and wakes a waiting drain.
+//! 3. Running jobs live in one `FuturesUnordered` that the actor owns and drives as a
+//!    stream of its context. A new job is first polled in the same turn of the actor
+//!    that filed it, a wake-up polls only the jobs that are ready, and a finished job is
+//!    handled right there (no message, no extra task). The set lives in the actor
+//!    itself, not in the context, so a supervised restart (which clears the context)
+//!    keeps running jobs; the restarted actor drives them on.
+//! 4. A finished job answers its caller through actix's own reply channel; the actor
+//!    releases the gate, starts the user's next job or drops the user's lane (an idle
+//!    user costs no memory), and wakes a waiting drain.
 //!
 //! # Panics
 //! actix has no `catch_unwind`: a panic in a handler would kill the actor for good. A
@@ -20,16 +23,22 @@
 //! request only, and the actor is stopped so its `Supervisor` restarts it; queued and
 //! running requests of other users carry on.
 
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -61,18 +70,75 @@ impl Outcome {
     }
 }
 
-/// A request filed by `handle`, ready to run.
+/// A request filed by `handle`: its whole work as one future, built (not yet polled)
+/// when the request arrived, in its final box.
 struct Job {
     user: i64,
-    name: &'static str,
-    accepted_at: Instant,
-    run: Box<dyn FnOnce(Database) -> LocalBoxFuture<'static, Outcome>>,
+    work: LocalBoxFuture<'static, Finished>,
 }
 
-/// A job finished (sent by the job's task to its actor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Done {
+/// What a job needs from its actor to run.
+struct Launch {
+    db: Database,
+    span: tracing::Span,
+    accepted_at: Instant,
+    #[cfg(feature = "fault-injection")]
+    faults: Faults,
+}
+
+/// The running jobs, shared between the actor and the stream that drives them.
+type Running = Rc<RefCell<FuturesUnordered<LocalBoxFuture<'static, Finished>>>>;
+
+/// Drives the running jobs as a stream of the actor's context. An empty set is
+/// `Pending`, not finished: the actor polls its items right after its mailbox, so a job
+/// filed by a message is polled in the same turn.
+struct RunningJobs(Running);
+
+impl Stream for RunningJobs {
+    type Item = Finished;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Finished>> {
+        match self.0.borrow_mut().poll_next_unpin(cx) {
+            Poll::Ready(Some(finished)) => Poll::Ready(Some(finished)),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Where the answer goes. actix hands the caller's reply channel to [`Answer`] right
+/// after `handle` returns, before any job task can run (they run on this same thread,
+/// later), so the job always finds it here.
+type ReplySlot<T> = Rc<Cell<Option<OneshotSender<Result<T>>>>>;
+
+/// A handler's answer: now (the request could not be filed), or later, from the job,
+/// straight into actix's reply channel (no extra task or channel per request).
+pub struct Answer<T>(AnswerKind<T>);
+
+enum AnswerKind<T> {
+    Now(Result<T>),
+    Later(ReplySlot<T>),
+}
+
+impl<A, M, T> MessageResponse<A, M> for Answer<T>
+where
+    A: Actor,
+    M: actix::Message<Result = Result<T>>,
+    T: 'static,
+{
+    fn handle(self, _: &mut A::Context, tx: Option<OneshotSender<Result<T>>>) {
+        match self.0 {
+            AnswerKind::Now(result) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(result);
+                }
+            }
+            AnswerKind::Later(slot) => slot.set(tx),
+        }
+    }
+}
+
+/// A job finished.
+pub(crate) struct Finished {
     user: i64,
     outcome: Outcome,
     accepted_at: Instant,
@@ -95,6 +161,7 @@ pub struct DbActor<T: Table> {
     gate: Arc<Gate>,
     /// One entry per user with a job running; the deque holds that user's waiting jobs.
     lanes: HashMap<i64, VecDeque<Job>>,
+    running: Running,
     queued: usize,
     drain_waiters: Vec<oneshot::Sender<()>>,
     stats: ActorStats,
@@ -115,6 +182,7 @@ impl<T: Table> DbActor<T> {
             db,
             gate,
             lanes: HashMap::new(),
+            running: Rc::new(RefCell::new(FuturesUnordered::new())),
             queued: 0,
             drain_waiters: Vec::new(),
             stats: ActorStats {
@@ -131,7 +199,7 @@ impl<T: Table> DbActor<T> {
 
     /// Files a job: runs it now if its user is idle, else queues it behind the user's
     /// running job.
-    fn accept(&mut self, job: Job, ctx: &mut Context<Self>) {
+    fn accept(&mut self, job: Job) {
         match self.lanes.entry(job.user) {
             Entry::Occupied(mut lane) => {
                 lane.get_mut().push_back(job);
@@ -139,43 +207,16 @@ impl<T: Table> DbActor<T> {
             }
             Entry::Vacant(lane) => {
                 lane.insert(VecDeque::new());
-                self.start(job, ctx);
+                self.start(job);
             }
         }
         self.stats.peak_users_in_flight = self.stats.peak_users_in_flight.max(self.lanes.len());
         self.stats.peak_pending = self.stats.peak_pending.max(self.lanes.len() + self.queued);
     }
 
-    /// Runs a job as a task of its own; it reports back with [`Done`].
-    fn start(&mut self, job: Job, ctx: &mut Context<Self>) {
-        let addr = ctx.address();
-        let db = self.db.clone();
-        let span = tracing::debug_span!(
-            "botdb.request",
-            actor = T::NAME,
-            request = job.name,
-            user_id = job.user,
-            outcome = Empty,
-            ms = Empty,
-        );
-        let Job {
-            user,
-            accepted_at,
-            run,
-            ..
-        } = job;
-        actix_rt::spawn(async move {
-            let started_at = Instant::now();
-            let outcome = run(db).instrument(span.clone()).await;
-            span.record("outcome", outcome.as_str());
-            span.record("ms", started_at.elapsed().as_secs_f64() * 1000.0);
-            addr.do_send(Done {
-                user,
-                outcome,
-                accepted_at,
-                started_at,
-            });
-        });
+    /// Puts a job among the running ones; the actor polls it in this same turn.
+    fn start(&mut self, job: Job) {
+        self.running.borrow_mut().push(job.work);
     }
 
     /// Answers waiting drains once nothing admitted is left unanswered.
@@ -204,6 +245,9 @@ impl<T: Table> Actor for DbActor<T> {
         // The gate bounds what is in the mailbox; the mailbox itself must never make a
         // sender wait (actix's default of 16 would).
         ctx.set_mailbox_capacity(0);
+        // Also after a restart, which dropped the context's previous stream: the jobs
+        // themselves are in `self.running` and carry on.
+        ctx.add_stream(RunningJobs(self.running.clone()));
     }
 }
 
@@ -222,11 +266,11 @@ impl<M> Handler<M> for DbActor<M::Table>
 where
     M: DbRequest,
 {
-    type Result = ResponseFuture<Result<M::Output>>;
+    type Result = Answer<M::Output>;
 
     fn handle(&mut self, msg: M, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = oneshot::channel::<Result<M::Output>>();
         let user = msg.user_id();
+        let slot: ReplySlot<M::Output> = Rc::new(Cell::new(None));
         let filed = std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(feature = "fault-injection")]
             if self.faults.take_handler_panic(user) {
@@ -235,81 +279,97 @@ where
                     M::Table::NAME
                 );
             }
-            let job = Job {
-                user,
-                name: M::NAME,
-                accepted_at: Instant::now(),
-                run: job_body(
-                    msg,
-                    reply,
-                    #[cfg(feature = "fault-injection")]
-                    self.faults.clone(),
+            let launch = Launch {
+                db: self.db.clone(),
+                span: tracing::debug_span!(
+                    "botdb.request",
+                    actor = M::Table::NAME,
+                    request = M::NAME,
+                    user_id = user,
+                    outcome = Empty,
+                    ms = Empty,
                 ),
+                accepted_at: Instant::now(),
+                #[cfg(feature = "fault-injection")]
+                faults: self.faults.clone(),
             };
-            self.accept(job, ctx);
+            self.accept(Job {
+                user,
+                work: run_job(msg, slot.clone(), launch).boxed_local(),
+            });
         }));
-        if filed.is_err() {
-            // This request was admitted but will never run: answer it (its reply sender
-            // was dropped with the panic) and give its place back.
-            self.gate.release();
-            self.stats.failed += 1;
-            self.restart_after_panic(ctx);
-            self.wake_drains();
+        match filed {
+            Ok(()) => Answer(AnswerKind::Later(slot)),
+            Err(_) => {
+                // Admitted but never filed: answer it here and give its place back.
+                self.gate.release();
+                self.stats.failed += 1;
+                self.restart_after_panic(ctx);
+                self.wake_drains();
+                Answer(AnswerKind::Now(Err(panicked::<M>())))
+            }
         }
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(Error::Internal(format!(
-                    "the {} actor panicked while handling {}; it was restarted and this request was not carried out",
-                    M::Table::NAME,
-                    M::NAME
-                )))
-            })
-        })
     }
 }
 
-/// The job's future: run the request, catch a panic, answer the caller.
-fn job_body<M: DbRequest>(
-    msg: M,
-    reply: oneshot::Sender<Result<M::Output>>,
-    #[cfg(feature = "fault-injection")] faults: Faults,
-) -> Box<dyn FnOnce(Database) -> LocalBoxFuture<'static, Outcome>> {
-    Box::new(move |db: Database| {
-        Box::pin(async move {
-            #[cfg(feature = "fault-injection")]
-            let user = msg.user_id();
-            let work = async move {
-                #[cfg(feature = "fault-injection")]
-                {
-                    if let Some(secs) = faults.sleep_for(user) {
-                        sqlx::query("SELECT pg_sleep($1)")
-                            .bind(secs)
-                            .execute(db.pool())
-                            .await?;
-                    }
-                    if faults.take_run_panic(user) {
-                        panic!("injected panic in a {} request (user {user})", M::NAME);
-                    }
-                }
-                msg.run(db).await
-            };
-            match AssertUnwindSafe(work).catch_unwind().await {
-                Ok(result) => {
-                    let outcome = if result.is_ok() { Outcome::Ok } else { Outcome::Err };
-                    let _ = reply.send(result);
-                    outcome
-                }
-                // `reply` was dropped with the panic: the caller gets Error::Internal.
-                Err(_) => Outcome::Panicked,
-            }
-        })
-    })
+fn panicked<M: DbRequest>() -> Error {
+    Error::Internal(format!(
+        "the {} actor panicked while handling {}; it was restarted and this request was not carried out",
+        M::Table::NAME,
+        M::NAME
+    ))
 }
 
-impl<T: Table> Handler<Done> for DbActor<T> {
-    type Result = ();
+/// A request's work: run it (catching a panic), answer the caller, report how it went.
+async fn run_job<M: DbRequest>(msg: M, reply: ReplySlot<M::Output>, launch: Launch) -> Finished {
+    let Launch {
+        db,
+        span,
+        accepted_at,
+        #[cfg(feature = "fault-injection")]
+        faults,
+    } = launch;
+    let user = msg.user_id();
+    let started_at = Instant::now();
+    let work = async move {
+        #[cfg(feature = "fault-injection")]
+        {
+            if let Some(secs) = faults.sleep_for(user) {
+                sqlx::query("SELECT pg_sleep($1)")
+                    .bind(secs)
+                    .execute(db.pool())
+                    .await?;
+            }
+            if faults.take_run_panic(user) {
+                panic!("injected panic in a {} request (user {user})", M::NAME);
+            }
+        }
+        msg.run(db).await
+    };
+    let (outcome, result) = match AssertUnwindSafe(work)
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+    {
+        Ok(Ok(value)) => (Outcome::Ok, Ok(value)),
+        Ok(Err(err)) => (Outcome::Err, Err(err)),
+        Err(_) => (Outcome::Panicked, Err(panicked::<M>())),
+    };
+    span.record("outcome", outcome.as_str());
+    span.record("ms", started_at.elapsed().as_secs_f64() * 1000.0);
+    if let Some(tx) = reply.take() {
+        let _ = tx.send(result);
+    }
+    Finished {
+        user,
+        outcome,
+        accepted_at,
+        started_at,
+    }
+}
 
-    fn handle(&mut self, done: Done, ctx: &mut Context<Self>) {
+impl<T: Table> StreamHandler<Finished> for DbActor<T> {
+    fn handle(&mut self, done: Finished, ctx: &mut Context<Self>) {
         self.gate.release();
         let now = Instant::now();
         self.latency.record(now - done.accepted_at);
@@ -322,7 +382,7 @@ impl<T: Table> Handler<Done> for DbActor<T> {
             match lane.get_mut().pop_front() {
                 Some(next) => {
                     self.queued -= 1;
-                    self.start(next, ctx);
+                    self.start(next);
                 }
                 None => {
                     lane.remove();

@@ -33,7 +33,7 @@ mod stats;
 mod system;
 mod users;
 
-pub use actor::DbActor;
+pub use actor::{Answer, DbActor};
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem};
 pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn};

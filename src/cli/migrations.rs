@@ -8,14 +8,9 @@ use botdb::migrate::{self, MigrationStatus};
 use sqlx::{Connection, PgConnection};
 
 async fn connect(config: &Config) -> anyhow::Result<PgConnection> {
-    use sqlx::ConnectOptions;
-    let conn = config
-        .connect_options()?
-        .connect()
+    migrate::connect_to(config)
         .await
-        .map_err(botdb::Error::from)
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", config.redacted_url()))?;
-    Ok(conn)
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", config.redacted_url()))
 }
 
 fn line(s: &MigrationStatus) -> String {

@@ -3,6 +3,8 @@
 
 mod demo;
 mod migrations;
+mod serve;
+mod tour;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,13 +12,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use botdb::Config;
 use botdb::embedded::EmbeddedPostgres;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// botdb: PostgreSQL persistence for AI chat bots (users, dialogues, settings).
 ///
 /// The database comes from DATABASE_URL, or DB_HOST / DB_PORT / DB_NAME / DB_USER /
-/// DB_PASSWORD (a .env file is read too). `demo` runs on a throwaway local PostgreSQL
-/// when neither DATABASE_URL nor DB_HOST is set.
+/// DB_PASSWORD (a .env file is read too). `demo`, `tour` and `serve` run on a
+/// throwaway local PostgreSQL when neither DATABASE_URL nor DB_HOST is set.
 #[derive(Debug, Parser)]
 #[command(name = "botdb", version, about, long_about)]
 struct Cli {
@@ -62,14 +64,28 @@ enum Command {
     /// Compare the live schema with the one the migrations define; exit 1 listing each
     /// difference.
     Check,
-    /// Run the reference's example operations end to end and print the result.
-    Demo,
+    /// Many users talking to the bot at once through the actors; then a summary and a
+    /// verification of everything acknowledged.
+    Demo(demo::DemoArgs),
+    /// The reference's example operations, step by step.
+    Tour,
+    /// The bot on actix-web: POST /telegram/webhook, GET /healthz, GET /metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into messages and exit
 /// codes: 0 success, 1 `check` found differences, 2 error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut env_help = String::from("Environment (also read from ./.env):\n");
+    for (name, default, meaning) in botdb::config::ENV_VARS {
+        env_help.push_str(&format!("  {name:<24} {meaning} [default: {default}]\n"));
+    }
+    env_help.push_str("  BOTDB_WEBHOOK_SECRET     serve: Telegram's secret_token (required)\n");
+    let matches = Cli::command().after_long_help(env_help).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     botdb::telemetry::init(&cli.log);
     match run(cli.command) {
         Ok(code) => code,
@@ -95,9 +111,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Command::Current => migrations::current(&config).await,
             Command::History => migrations::history(&config).await,
             Command::Check => migrations::check(&config).await,
-            Command::Demo => {
+            Command::Demo(args) => {
                 let (config, _server) = server_for(&config).await?;
-                demo::run(&config).await
+                demo::run(&config, args).await
+            }
+            Command::Tour => {
+                let (config, _server) = server_for(&config).await?;
+                tour::run(&config).await
+            }
+            Command::Serve(args) => {
+                let (config, server) = server_for(&config).await?;
+                serve::run(&config, server.is_some(), args).await
             }
             Command::New { .. } => Ok(ExitCode::SUCCESS),
         }

@@ -193,9 +193,9 @@ async fn a_bad_setting_names_the_variable() {
 }
 
 #[tokio::test]
-async fn demo_runs_the_reference_operations_on_a_configured_server() {
+async fn tour_runs_the_reference_operations_on_a_configured_server() {
     let t = TestDb::empty().await;
-    let o = run(&["demo"], &t.env()).await;
+    let o = run(&["tour"], &t.env()).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("max_history_messages 50 -> 100"), "{out}");
@@ -209,7 +209,38 @@ async fn demo_runs_the_reference_operations_on_a_configured_server() {
     }
 }
 
-/// The embedded cluster's directory, from the demo's log line.
+#[tokio::test]
+async fn demo_simulates_users_through_the_actors_and_verifies_everything() {
+    let t = TestDb::empty().await;
+    let o = run(
+        &["demo", "--users", "60", "--turns", "6", "--concurrency", "16"],
+        &t.env(),
+    )
+    .await;
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("turns:        360 in"), "{out}");
+    assert!(out.contains("per turn:     p50"), "{out}");
+    assert!(
+        out.contains("verification: OK: all 720 acknowledged messages present; order intact for 60 users"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shutdown:     accepted") && out.contains("pool closed"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("demo OK"), "{out}");
+    // The database agrees: 720 messages, the reset users' first halves hidden.
+    let (all, hidden): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM messages")
+            .fetch_one(&mut t.conn().await)
+            .await
+            .unwrap();
+    assert_eq!(all, 720);
+    assert!(hidden > 0);
+}
+
+/// The embedded cluster's directory, from the log line that announces it.
 fn cluster_dir(line: &str) -> Option<std::path::PathBuf> {
     let start = line.find("dir=")? + 4;
     let dir = line[start..].split_whitespace().next()?;
@@ -218,9 +249,13 @@ fn cluster_dir(line: &str) -> Option<std::path::PathBuf> {
 
 #[tokio::test]
 async fn demo_on_the_embedded_default_prints_the_result_and_removes_the_cluster() {
-    let o = run(&["demo"], &[("NO_COLOR", "1".into())]).await;
+    let o = run(
+        &["demo", "--users", "100", "--turns", "4"],
+        &[("NO_COLOR", "1".into())],
+    )
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("soft-deleted 6 messages"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("verification: OK"), "{}", stdout(&o));
     let err = stderr(&o);
     let dir = err
         .lines()
@@ -229,9 +264,90 @@ async fn demo_on_the_embedded_default_prints_the_result_and_removes_the_cluster(
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
+/// Starts `botdb demo` on the embedded default and returns it once it is simulating,
+/// with its cluster directory.
+async fn demo_in_progress() -> (
+    tokio::process::Child,
+    std::path::PathBuf,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = botdb(
+        &["demo", "--users", "100000", "--turns", "50"],
+        &[("NO_COLOR", "1".into())],
+    )
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut errs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let dir = loop {
+        let line = errs
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the demo names its cluster directory");
+        if let Some(dir) = cluster_dir(&line) {
+            break dir;
+        }
+    };
+    actix_rt::spawn(async move { while let Ok(Some(_)) = errs.next_line().await {} });
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = out
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the demo starts simulating");
+        if line.starts_with("simulating") {
+            break;
+        }
+    }
+    (child, dir, out)
+}
+
+#[actix_rt::test]
+async fn ctrl_c_during_the_demo_drains_verifies_and_removes_the_cluster() {
+    let (mut child, dir, mut out) = demo_in_progress().await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut summary = String::new();
+    while let Ok(Some(line)) = out.next_line().await {
+        summary.push_str(&line);
+        summary.push('\n');
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{summary}");
+    assert!(summary.contains("stopped early"), "{summary}");
+    assert!(summary.contains("verification: OK"), "{summary}");
+    assert!(
+        summary.contains("unfinished 0") && summary.contains("pool closed"),
+        "{summary}"
+    );
+    let removed = crate::helpers::eventually(Duration::from_secs(30), async || !dir.exists()).await;
+    assert!(removed, "{} left behind", dir.display());
+}
+
+#[actix_rt::test]
+async fn a_second_signal_exits_at_once_and_the_cluster_is_still_removed() {
+    let (mut child, dir, _out) = demo_in_progress().await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(botdb::shutdown::FORCED_EXIT_CODE));
+    let removed = crate::helpers::eventually(Duration::from_secs(30), async || !dir.exists()).await;
+    assert!(removed, "{} left behind", dir.display());
+}
+
 #[tokio::test]
 async fn the_embedded_cluster_is_removed_even_when_botdb_is_killed() {
-    let mut child = botdb(&["demo"], &[("NO_COLOR", "1".into())])
+    let mut child = botdb(&["demo", "--users", "100000"], &[("NO_COLOR", "1".into())])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -8,4 +8,5 @@ mod errors;
 mod migrations;
 mod pool;
 mod repos;
+mod serve;
 mod session;

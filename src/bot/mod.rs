@@ -1,0 +1,244 @@
+//! A Telegram-style chat bot on botdb's actors: what `botdb serve` runs behind its
+//! webhook, and the reference for embedding botdb in a bot of your own.
+//!
+//! Every update: make sure the user exists (default settings for one never seen), then
+//! a command (`/start`, `/reset`, `/history`, `/settings`, `/limit N`, `/prompt TEXT`,
+//! `/help`) or a turn: load the history (as many messages as the user's
+//! `max_history_messages`, the new one included), ask the [`Model`], and store the
+//! user's message and the reply together ([`AppendTurn`], one transaction), so a turn
+//! is never half-written, whatever happens in between.
+
+pub mod command;
+pub mod model;
+pub mod telegram;
+
+use std::sync::Arc;
+
+use crate::actors::{
+    AppendTurn, ClearHistory, DbHandle, EnsureUser, GetHistory, SetSystemPrompt, UpdateSettings,
+};
+use crate::error::Error;
+use crate::model::{MAX_HISTORY_RANGE, Role, UserSettings, check_user_id};
+
+pub use command::Command;
+pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
+pub use telegram::{SendMessage, Update};
+
+const HELP: &str = "Commands:\n\
+/start: register\n\
+/reset: forget our conversation (it is kept, hidden)\n\
+/history: show what I remember\n\
+/settings: show your settings\n\
+/limit N: remember the last N messages (1 to 1000)\n\
+/prompt TEXT: set your own system prompt (/prompt alone clears it)\n\
+Anything else is a message for the model.";
+
+/// What the bot makes of an update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answer with this `sendMessage`.
+    Reply(SendMessage),
+    /// Nothing to answer (not a message, no text sender, a bot); why, for metrics.
+    Ignored(&'static str),
+}
+
+/// Why an update could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// The update cannot come from Telegram (a user id out of range, ...): 400.
+    #[error("bad update: {0}")]
+    BadUpdate(String),
+    /// The database layer failed (503 for transient errors, else 500).
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+/// The bot: botdb's actors and a model.
+#[derive(Clone)]
+pub struct Bot {
+    db: DbHandle,
+    model: Arc<dyn Model>,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bot {
+    /// A bot answering with `model`, storing through `db`.
+    pub fn new(db: DbHandle, model: Arc<dyn Model>) -> Self {
+        Bot { db, model }
+    }
+
+    /// The actors' handle.
+    pub fn db(&self) -> &DbHandle {
+        &self.db
+    }
+
+    /// Handles one update.
+    ///
+    /// # Errors
+    /// [`BotError::BadUpdate`] for an update Telegram cannot have sent;
+    /// [`BotError::Db`] when the database layer failed (nothing of the turn is stored).
+    pub async fn handle(&self, update: Update) -> Result<Outcome, BotError> {
+        let Some(message) = update.message else {
+            return Ok(Outcome::Ignored("not a message"));
+        };
+        let Some(from) = message.from else {
+            return Ok(Outcome::Ignored("no sender"));
+        };
+        if from.is_bot {
+            return Ok(Outcome::Ignored("sent by a bot"));
+        }
+        let user_id = check_user_id(from.id).map_err(|e| BotError::BadUpdate(e.to_string()))?;
+        let chat_id = message.chat.id;
+        let reply = |text: String| Ok(Outcome::Reply(SendMessage::new(chat_id, text)));
+        let Some(text) = message.text else {
+            return reply("I only understand text messages.".into());
+        };
+        let registered = self.db.send(EnsureUser { user_id }).await?;
+        match Command::parse(&text) {
+            Command::Start if registered.created => reply(format!("Welcome! You are registered.\n\n{HELP}")),
+            Command::Start => reply(format!("Welcome back!\n\n{HELP}")),
+            Command::Help => reply(HELP.into()),
+            Command::Reset => {
+                let hidden = self.db.send(ClearHistory { user_id }).await?;
+                reply(format!("History cleared: {hidden} messages forgotten."))
+            }
+            Command::History => reply(self.history(user_id).await?),
+            Command::Settings => reply(describe(&registered.settings)),
+            Command::Limit(Err(why)) => reply(format!("Usage: /limit N ({why})")),
+            Command::Limit(Ok(n)) => {
+                let update = UpdateSettings {
+                    user_id,
+                    max_history_messages: Some(n),
+                    system_prompt: None,
+                };
+                match self.db.send(update).await {
+                    Ok(s) => reply(format!(
+                        "I will remember the last {} messages.",
+                        s.max_history_messages
+                    )),
+                    Err(Error::InvalidInput { .. }) => reply(format!(
+                        "The limit must be from {} to {}.",
+                        MAX_HISTORY_RANGE.start(),
+                        MAX_HISTORY_RANGE.end()
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Command::Prompt(prompt) => {
+                let set = prompt.is_some();
+                match self.db.send(SetSystemPrompt { user_id, prompt }).await {
+                    Ok(_) if set => reply("System prompt set.".into()),
+                    Ok(_) => reply("System prompt cleared.".into()),
+                    Err(Error::InvalidInput { reason, .. }) => {
+                        reply(format!("I cannot use that prompt: {reason}."))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Command::Text(text) => self.turn(user_id, chat_id, &registered.settings, text).await,
+        }
+    }
+
+    /// A dialogue turn: history + the new message to the model; both messages stored in
+    /// one transaction once the model answered.
+    async fn turn(
+        &self,
+        user_id: i64,
+        chat_id: i64,
+        settings: &UserSettings,
+        text: String,
+    ) -> Result<Outcome, BotError> {
+        let limits = *self.db.database().limits();
+        if let Err(Error::InvalidInput { reason, .. }) = limits.message(user_id, Role::User, text.as_str()) {
+            return Ok(Outcome::Reply(SendMessage::new(
+                chat_id,
+                format!("Sorry, I cannot store that message: {reason}."),
+            )));
+        }
+        let earlier = i64::from(settings.max_history_messages) - 1;
+        let mut context: Vec<ChatMessage> = if earlier > 0 {
+            let newest_first = self
+                .db
+                .send(GetHistory {
+                    user_id,
+                    limit: Some(earlier),
+                })
+                .await?;
+            newest_first
+                .into_iter()
+                .rev()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        context.push(ChatMessage {
+            role: Role::User,
+            content: text.clone(),
+        });
+        let input = ModelInput {
+            user_id,
+            system_prompt: settings.system_prompt.as_deref(),
+            context: &context,
+        };
+        let answer = match self.model.reply(input).await {
+            Ok(answer) => storable(&answer, limits.max_content_chars),
+            Err(e) => {
+                tracing::warn!(user_id, error = %e, "the model failed; nothing stored");
+                return Ok(Outcome::Reply(SendMessage::new(
+                    chat_id,
+                    "The model is not available right now; please try again.",
+                )));
+            }
+        };
+        self.db
+            .send(AppendTurn {
+                user_id,
+                user_text: text,
+                reply_text: answer.clone(),
+            })
+            .await?;
+        Ok(Outcome::Reply(SendMessage::new(chat_id, answer)))
+    }
+
+    async fn history(&self, user_id: i64) -> Result<String, BotError> {
+        let newest_first = self.db.send(GetHistory { user_id, limit: None }).await?;
+        if newest_first.is_empty() {
+            return Ok("I remember nothing of our conversation yet.".into());
+        }
+        let mut out = format!("I remember {} messages:\n", newest_first.len());
+        for m in newest_first.iter().rev() {
+            let who = if m.role == Role::User { "you" } else { "me" };
+            out.push_str(&format!("{who}: {}\n", telegram::truncate_chars(&m.content, 300)));
+        }
+        Ok(out)
+    }
+}
+
+fn describe(s: &UserSettings) -> String {
+    format!(
+        "max_history_messages: {}\nsystem prompt: {}",
+        s.max_history_messages,
+        s.system_prompt.as_deref().unwrap_or("(default)")
+    )
+}
+
+/// A model reply made storable: no NUL, not empty, within the content limit.
+fn storable(answer: &str, max_chars: usize) -> String {
+    let cleaned: String = answer.chars().filter(|c| *c != '\0').take(max_chars).collect();
+    if cleaned.trim().is_empty() {
+        "(no answer)".to_string()
+    } else {
+        cleaned
+    }
+}

@@ -1,0 +1,54 @@
+//! The language model behind the bot, as a trait, and a local default that needs no
+//! network.
+
+use futures::future::BoxFuture;
+
+use crate::model::Role;
+
+/// One message of the context sent to the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+}
+
+/// What the model is asked.
+#[derive(Clone, Debug)]
+pub struct ModelInput<'a> {
+    /// The user being answered.
+    pub user_id: i64,
+    /// The user's own system prompt, if they set one.
+    pub system_prompt: Option<&'a str>,
+    /// The context, oldest first; the last message is the user's new one.
+    pub context: &'a [ChatMessage],
+}
+
+/// The model failed; the bot tells the user and stores nothing of the turn.
+#[derive(Debug, thiserror::Error)]
+#[error("the model failed: {0}")]
+pub struct ModelError(pub String);
+
+/// A language model. Plug a real client in by implementing this.
+pub trait Model: Send + Sync + 'static {
+    /// The model's reply to `input`.
+    fn reply<'a>(&'a self, input: ModelInput<'a>) -> BoxFuture<'a, Result<String, ModelError>>;
+}
+
+/// A deterministic local model: it echoes the user's message and says how much context
+/// it was given, which makes the effect of `/limit` and `/prompt` visible.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EchoModel;
+
+impl Model for EchoModel {
+    fn reply<'a>(&'a self, input: ModelInput<'a>) -> BoxFuture<'a, Result<String, ModelError>> {
+        let text = input.context.last().map(|m| m.content.as_str()).unwrap_or("");
+        let prompt = input.system_prompt.unwrap_or("default");
+        let reply = format!(
+            "You said: {text}\n(echo model; context: {} messages; system prompt: {prompt})",
+            input.context.len()
+        );
+        Box::pin(async move { Ok(reply) })
+    }
+}

@@ -1,0 +1,155 @@
+//! `/metrics` in Prometheus' text exposition format (version 0.0.4), built at scrape
+//! time from the actors' `Stats`, the pool's status and the webhook's counters.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::actors::{ActorStats, SystemStats};
+
+/// The webhook's own counters.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Updates answered with a reply.
+    pub replied: AtomicU64,
+    /// Updates accepted and ignored (not a text message, ...).
+    pub ignored: AtomicU64,
+    /// Requests refused: bad token (401), bad body (4xx).
+    pub rejected: AtomicU64,
+    /// Updates that failed in the database layer (5xx).
+    pub failed: AtomicU64,
+}
+
+impl WebhookMetrics {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One metric family: HELP, TYPE, then `name{labels} value` lines. A sample's first
+/// element is what follows the name: `{labels}`, or `_count{labels}` for a summary.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (suffix, value) in samples {
+        let _ = writeln!(out, "{name}{suffix} {value}");
+    }
+}
+
+/// Renders everything as Prometheus text.
+pub fn render(stats: &SystemStats, webhook: &WebhookMetrics, shutting_down: bool) -> String {
+    let mut out = String::new();
+    let per_actor = |f: &dyn Fn(&ActorStats) -> f64| -> Vec<(String, f64)> {
+        stats
+            .actors
+            .iter()
+            .map(|a| (format!("{{actor=\"{}\"}}", a.actor), f(a)))
+            .collect()
+    };
+    family(
+        &mut out,
+        "botdb_actor_queued",
+        "gauge",
+        "Requests waiting behind an earlier request of the same user.",
+        &per_actor(&|a| a.queued as f64),
+    );
+    family(
+        &mut out,
+        "botdb_actor_in_flight",
+        "gauge",
+        "Requests running (one per user at most).",
+        &per_actor(&|a| a.in_flight as f64),
+    );
+    family(
+        &mut out,
+        "botdb_actor_pending",
+        "gauge",
+        "Requests admitted and not yet answered (mailbox included).",
+        &per_actor(&|a| a.gate.pending as f64),
+    );
+    let mut outcomes = Vec::new();
+    for a in &stats.actors {
+        for (outcome, n) in [
+            ("ok", a.completed),
+            ("error", a.failed),
+            ("overloaded", a.gate.rejected_overloaded),
+            ("shutting_down", a.gate.rejected_shutting_down),
+        ] {
+            outcomes.push((
+                format!("{{actor=\"{}\",outcome=\"{outcome}\"}}", a.actor),
+                n as f64,
+            ));
+        }
+    }
+    family(
+        &mut out,
+        "botdb_actor_requests_total",
+        "counter",
+        "Requests by outcome.",
+        &outcomes,
+    );
+    family(
+        &mut out,
+        "botdb_actor_restarts_total",
+        "counter",
+        "Supervisor restarts after a panic.",
+        &per_actor(&|a| a.restarts as f64),
+    );
+    let mut latency = Vec::new();
+    for a in &stats.actors {
+        for (q, ms) in [
+            ("0.5", a.latency.p50_ms),
+            ("0.95", a.latency.p95_ms),
+            ("0.99", a.latency.p99_ms),
+        ] {
+            latency.push((format!("{{actor=\"{}\",quantile=\"{q}\"}}", a.actor), ms / 1000.0));
+        }
+        latency.push((format!("_count{{actor=\"{}\"}}", a.actor), a.latency.count as f64));
+    }
+    family(
+        &mut out,
+        "botdb_actor_latency_seconds",
+        "summary",
+        "Time from acceptance to answer.",
+        &latency,
+    );
+    if let Some(pool) = stats.pool {
+        family(
+            &mut out,
+            "botdb_pool_connections",
+            "gauge",
+            "Pooled connections by state.",
+            &[
+                ("{state=\"in_use\"}".into(), f64::from(pool.in_use)),
+                ("{state=\"idle\"}".into(), f64::from(pool.idle)),
+            ],
+        );
+        family(
+            &mut out,
+            "botdb_pool_max_connections",
+            "gauge",
+            "pool_size + max_overflow.",
+            &[(String::new(), f64::from(pool.max))],
+        );
+    }
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+    family(
+        &mut out,
+        "botdb_webhook_updates_total",
+        "counter",
+        "Webhook requests by result.",
+        &[
+            ("{result=\"replied\"}".into(), load(&webhook.replied)),
+            ("{result=\"ignored\"}".into(), load(&webhook.ignored)),
+            ("{result=\"rejected\"}".into(), load(&webhook.rejected)),
+            ("{result=\"failed\"}".into(), load(&webhook.failed)),
+        ],
+    );
+    family(
+        &mut out,
+        "botdb_shutting_down",
+        "gauge",
+        "1 once shutdown began.",
+        &[(String::new(), if shutting_down { 1.0 } else { 0.0 })],
+    );
+    out
+}
