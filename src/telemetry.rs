@@ -17,6 +17,9 @@ where
         tracing_subscriber::fmt::layer()
             .with_writer(sink)
             .with_target(true)
+            // One line per finished span: with `botdb=debug`, a line per request
+            // (actor, request, user_id, outcome, ms).
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .compact(),
     )
 }

@@ -72,6 +72,27 @@ impl SendMessage {
     }
 }
 
+/// Why a webhook body is not an update.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpdateError {
+    /// JSON is UTF-8; this body is not.
+    #[error("the body is not UTF-8 (JSON must be)")]
+    NotUtf8,
+    /// Not JSON, or not shaped like a Telegram update.
+    #[error("not a Telegram update: {0}")]
+    NotAnUpdate(String),
+}
+
+/// Parses a webhook body. Never panics, whatever the bytes (fuzzed in
+/// `tests/it/fuzz.rs`); nesting deeper than serde_json's recursion limit is an error.
+///
+/// # Errors
+/// [`UpdateError`] saying what is wrong with the body.
+pub fn parse_update(body: &[u8]) -> Result<Update, UpdateError> {
+    let text = std::str::from_utf8(body).map_err(|_| UpdateError::NotUtf8)?;
+    serde_json::from_str(text).map_err(|e| UpdateError::NotAnUpdate(e.to_string()))
+}
+
 /// `text` cut to `max` characters, with an ellipsis when cut.
 pub fn truncate_chars(text: &str, max: usize) -> String {
     match text.char_indices().nth(max.saturating_sub(1)) {

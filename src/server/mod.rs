@@ -27,7 +27,8 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::actors::{DbHandle, DbSystem, ShutdownReport};
-use crate::bot::{Bot, BotError, Model, Outcome, Update};
+use crate::bot::telegram::parse_update;
+use crate::bot::{Bot, BotError, Model, Outcome};
 use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -241,15 +242,11 @@ async fn webhook(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
             "expected Content-Type: application/json",
         );
     }
-    let Ok(body) = std::str::from_utf8(&body) else {
-        rejected();
-        return json_error(StatusCode::BAD_REQUEST, "the body is not UTF-8 (JSON must be)");
-    };
-    let update: Update = match serde_json::from_str(body) {
+    let update = match parse_update(&body) {
         Ok(update) => update,
         Err(e) => {
             rejected();
-            return json_error(StatusCode::BAD_REQUEST, &format!("not a Telegram update: {e}"));
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
     match state.bot.handle(update).await {

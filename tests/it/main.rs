@@ -4,9 +4,13 @@ mod helpers;
 
 mod actors;
 mod cli;
+mod corpus;
 mod errors;
+mod faults;
+mod fuzz;
 mod migrations;
 mod pool;
 mod repos;
+mod secrets;
 mod serve;
 mod session;

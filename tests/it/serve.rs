@@ -24,6 +24,11 @@ pub struct Served {
 /// Starts `botdb serve --bind 127.0.0.1:0` on `t` with the test secret and waits for it
 /// to listen.
 pub async fn spawn_serve(t: &TestDb, extra_args: &[&str]) -> Served {
+    spawn_serve_on(&t.url(), extra_args).await
+}
+
+/// Starts `botdb serve --bind 127.0.0.1:0` on the database at `url`.
+pub async fn spawn_serve_on(url: &str, extra_args: &[&str]) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--migrate"])
         .args(extra_args)
@@ -34,9 +39,7 @@ pub async fn spawn_serve(t: &TestDb, extra_args: &[&str]) -> Served {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    for (k, v) in t.env() {
-        cmd.env(k, v);
-    }
+    cmd.env("DATABASE_URL", url);
     let mut child = cmd.spawn().expect("botdb serve starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = tokio::time::timeout(Duration::from_secs(60), async {
@@ -337,38 +340,65 @@ async fn serve_refuses_to_start_without_a_secret() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("BOTDB_WEBHOOK_SECRET"));
 }
 
-#[actix_rt::test]
-async fn sigterm_under_load_exits_zero_and_loses_nothing_acknowledged() {
-    let t = TestDb::empty().await;
-    let served = spawn_serve(&t, &[]).await;
-    let mut child = served.child;
-    let base = Arc::new(served.base);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked_enough = Arc::new(tokio::sync::Notify::new());
+/// What a webhook load run saw: requests answered 503 (draining) or not answered at
+/// all (the server had stopped: refused or cut), and per user the texts answered 200,
+/// in order.
+#[derive(Default)]
+pub struct LoadRun {
+    pub unavailable: usize,
+    pub unanswered: usize,
+    pub acked: Vec<(i64, Vec<String>)>,
+}
+
+impl LoadRun {
+    /// Requests answered 200.
+    pub fn acked(&self) -> usize {
+        self.acked.iter().map(|(_, a)| a.len()).sum()
+    }
+
+    /// Every request sent.
+    pub fn sent(&self) -> usize {
+        self.acked() + self.unavailable + self.unanswered
+    }
+}
+
+/// `clients` users send text updates to `base` as fast as they are answered, each
+/// waiting for its answer, until `stop` is set. `after` is notified once `threshold`
+/// updates were answered 200. Answers other than 200 must be 503 (draining) or no
+/// answer at all (the server stopped or died).
+pub fn webhook_load(
+    base: Arc<String>,
+    users: std::ops::Range<i64>,
+    stop: Arc<AtomicBool>,
+    after: Arc<tokio::sync::Notify>,
+    threshold: usize,
+) -> actix_rt::task::JoinHandle<LoadRun> {
     let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let senders: Vec<_> = (0..16i64)
-        .map(|k| {
-            let (base, stop, acked_enough, acked_count) = (
-                base.clone(),
-                stop.clone(),
-                acked_enough.clone(),
-                acked_count.clone(),
-            );
+    let clients: Vec<_> = users
+        .map(|user| {
+            let (base, stop, after, acked_count) =
+                (base.clone(), stop.clone(), after.clone(), acked_count.clone());
             actix_rt::spawn(async move {
                 let c = client();
-                let user = 1000 + k;
-                let mut acked = Vec::new();
+                let (mut acked, mut unavailable, mut unanswered) = (Vec::new(), 0, 0);
                 for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let text = format!("u{user}-m{i}");
                     let body = serde_json::to_vec(&text_update(i, user, &text)).unwrap();
-                    let mut req = c
+                    let answer = c
                         .post(format!("{base}/telegram/webhook"))
                         .insert_header(("Content-Type", "application/json"))
-                        .insert_header(("X-Telegram-Bot-Api-Secret-Token", SECRET));
-                    req = req.timeout(Duration::from_secs(30));
-                    match req.send_body(body).await {
+                        .insert_header(("X-Telegram-Bot-Api-Secret-Token", SECRET))
+                        .timeout(Duration::from_secs(30))
+                        .send_body(body)
+                        .await;
+                    match answer {
                         Ok(mut resp) if resp.status().as_u16() == 200 => {
-                            let reply: Value = resp.json().await.unwrap();
+                            let Ok(reply) = resp.json::<Value>().await else {
+                                continue;
+                            };
                             assert!(
                                 reply["text"]
                                     .as_str()
@@ -376,44 +406,52 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing_acknowledged() {
                                     .starts_with(&format!("You said: {text}"))
                             );
                             acked.push(text);
-                            if acked_count.fetch_add(1, Ordering::SeqCst) + 1 == 300 {
-                                acked_enough.notify_one();
+                            if acked_count.fetch_add(1, Ordering::SeqCst) + 1 == threshold {
+                                after.notify_one();
                             }
                         }
-                        // 503 while draining, or the connection refused once HTTP stopped.
-                        Ok(resp) => assert_eq!(resp.status().as_u16(), 503, "unexpected status"),
-                        Err(_) => {}
-                    }
-                    if stop.load(Ordering::SeqCst) {
-                        break;
+                        Ok(resp) => {
+                            assert_eq!(resp.status().as_u16(), 503, "unexpected status");
+                            unavailable += 1;
+                        }
+                        // The server stopped (connection refused or cut): this client
+                        // is done.
+                        Err(_) => {
+                            unanswered += 1;
+                            break;
+                        }
                     }
                 }
-                (user, acked)
+                (user, acked, unavailable, unanswered)
             })
         })
         .collect();
-    acked_enough.notified().await;
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("serve exits")
-        .unwrap();
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
-    let mut conn = t.conn().await;
-    let mut total_acked = 0;
-    for sender in senders {
-        let (user, acked) = sender.await.unwrap();
-        total_acked += acked.len();
+    actix_rt::spawn(async move {
+        let mut run = LoadRun::default();
+        for c in clients {
+            let (user, acked, unavailable, unanswered) = c.await.unwrap();
+            run.unavailable += unavailable;
+            run.unanswered += unanswered;
+            run.acked.push((user, acked));
+        }
+        run
+    })
+}
+
+/// Checks the database against a load run: every update answered 200 is stored, turns
+/// are whole (user message, then its reply), and at most one turn per user more than
+/// acknowledged (its answer was lost with the connection). Returns how many turns were
+/// found.
+pub async fn verify_turns(conn: &mut sqlx::PgConnection, run: &LoadRun) -> usize {
+    let mut found = 0;
+    for (user, acked) in &run.acked {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT role, content FROM messages WHERE user_id = $1 ORDER BY created_at, seq")
                 .bind(user)
-                .fetch_all(&mut conn)
+                .fetch_all(&mut *conn)
                 .await
                 .unwrap();
-        // Nothing half-written: messages come in (user, assistant) pairs.
-        assert_eq!(rows.len() % 2, 0, "user {user}");
+        assert_eq!(rows.len() % 2, 0, "user {user}: a half-written turn");
         let stored: Vec<String> = rows
             .chunks(2)
             .map(|pair| {
@@ -426,18 +464,48 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing_acknowledged() {
                 pair[0].1.clone()
             })
             .collect();
-        // Every update answered 200 is stored.
         let stored_set: HashSet<&String> = stored.iter().collect();
-        for text in &acked {
+        for text in acked {
             assert!(stored_set.contains(text), "acknowledged {text} is missing");
         }
-        // At most one more (its answer was lost with the connection).
         assert!(
             stored.len() <= acked.len() + 1,
             "user {user}: {} stored, {} acked",
             stored.len(),
             acked.len()
         );
+        found += acked.iter().filter(|t| stored_set.contains(t)).count();
     }
-    eprintln!("SIGTERM under load: {total_acked} updates acknowledged, all stored");
+    found
+}
+
+pub async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("serve exits")
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn sigterm_under_load_exits_zero_and_loses_nothing_acknowledged() {
+    let t = TestDb::empty().await;
+    let mut served = spawn_serve(&t, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let load = webhook_load(
+        Arc::new(served.base.clone()),
+        1000..1016,
+        stop.clone(),
+        enough.clone(),
+        300,
+    );
+    enough.notified().await;
+    let status = sigterm(&mut served.child).await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let run = load.await.unwrap();
+    let found = verify_turns(&mut t.conn().await, &run).await;
+    assert_eq!(found, run.acked());
 }

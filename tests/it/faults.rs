@@ -1,0 +1,465 @@
+//! Fault tests: break things on purpose, check that no caller hangs and nothing
+//! acknowledged is lost. Each test runs its own throwaway PostgreSQL cluster (so it can
+//! stop and start it), talks over loopback only, and prints its figures:
+//! sent / acknowledged / found / lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use botdb::actors::{AppendMessage, DbHandle, DbSystem, RegisterUser};
+use botdb::embedded::{EmbeddedPostgres, StopMode};
+use botdb::model::Role;
+use botdb::{ActorConfig, Config, Database, Error, repo};
+use secrecy::ExposeSecret;
+use sqlx::{ConnectOptions, PgConnection};
+
+use crate::helpers::eventually;
+use crate::serve::{sigterm, spawn_serve_on, verify_turns, webhook_load};
+
+/// A cluster of the test's own, with a migrated database `botdb`.
+struct Cluster {
+    pg: Arc<EmbeddedPostgres>,
+    config: Config,
+}
+
+impl Cluster {
+    async fn start(pool_timeout: Duration) -> Cluster {
+        let pg = Arc::new(
+            tokio::task::spawn_blocking(EmbeddedPostgres::start)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        pg.create_database("botdb").await.unwrap();
+        let base = Config::builder()
+            .pool_size(5)
+            .max_overflow(10)
+            .pool_timeout(pool_timeout)
+            .build()
+            .unwrap();
+        let config = pg.config_from(&base, "botdb");
+        let db = Database::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        db.close().await;
+        Cluster { pg, config }
+    }
+
+    fn url(&self) -> String {
+        self.pg.url("botdb").expose_secret().to_string()
+    }
+
+    async fn stop(&self, mode: StopMode) {
+        let pg = self.pg.clone();
+        tokio::task::spawn_blocking(move || pg.stop(mode))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn restart(&self) {
+        let pg = self.pg.clone();
+        tokio::task::spawn_blocking(move || pg.restart())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn conn(&self) -> PgConnection {
+        self.config.connect_options().unwrap().connect().await.unwrap()
+    }
+}
+
+fn figures(test: &str, sent: usize, acked: usize, found: usize) {
+    eprintln!(
+        "FAULT {test}: sent {sent}, acknowledged {acked}, found {found}, lost {}",
+        acked - found.min(acked)
+    );
+}
+
+/// What an actor load run saw.
+#[derive(Default)]
+struct ActorLoad {
+    sent: usize,
+    acked: HashMap<i64, Vec<String>>,
+    errors: HashMap<&'static str, usize>,
+    slowest: Duration,
+}
+
+/// `users` send `AppendMessage`s one after the other, as fast as answered, until `stop`.
+async fn actor_load(h: &DbHandle, users: std::ops::RangeInclusive<i64>, stop: Arc<AtomicBool>) -> ActorLoad {
+    let tasks: Vec<_> = users
+        .map(|u| {
+            let (h, stop) = (h.clone(), stop.clone());
+            actix_rt::spawn(async move {
+                let mut run = ActorLoad::default();
+                for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let content = format!("u{u}-{i}");
+                    run.sent += 1;
+                    let started = Instant::now();
+                    let answer = h
+                        .send(AppendMessage {
+                            user_id: u,
+                            role: Role::User,
+                            content: content.clone(),
+                        })
+                        .await;
+                    run.slowest = run.slowest.max(started.elapsed());
+                    let kind = match answer {
+                        Ok(_) => {
+                            run.acked.entry(u).or_default().push(content);
+                            continue;
+                        }
+                        Err(Error::Unavailable { .. }) => "unavailable",
+                        Err(Error::Internal(_)) => "internal",
+                        Err(e) => panic!("user {u}: an untyped or unexpected error: {e:?}"),
+                    };
+                    *run.errors.entry(kind).or_default() += 1;
+                    // Do not spin while the server is down.
+                    actix_rt::time::sleep(Duration::from_millis(10)).await;
+                }
+                run
+            })
+        })
+        .collect();
+    let mut total = ActorLoad::default();
+    for t in tasks {
+        let run = t.await.unwrap();
+        total.sent += run.sent;
+        total.slowest = total.slowest.max(run.slowest);
+        total.acked.extend(run.acked);
+        for (k, v) in run.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+/// Every acknowledged message of every user is stored, in order (and nothing else
+/// acknowledged is missing). Returns how many were found.
+async fn verify_appends(conn: &mut PgConnection, load: &ActorLoad) -> usize {
+    let mut found = 0;
+    for (u, acked) in &load.acked {
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT content FROM messages WHERE user_id = $1 ORDER BY created_at, seq")
+                .bind(u)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let mut it = stored.iter();
+        for text in acked {
+            assert!(
+                it.any(|s| s == text),
+                "user {u}: acknowledged {text} missing or out of order"
+            );
+            found += 1;
+        }
+    }
+    found
+}
+
+#[actix_rt::test]
+async fn postgres_killed_and_restarted_under_a_64_user_load() {
+    let pool_timeout = Duration::from_secs(3);
+    let c = Cluster::start(pool_timeout).await;
+    let db = Database::connect(&c.config).await.unwrap();
+    let h = DbSystem::start(db, ActorConfig::default());
+    for u in 1..=64 {
+        h.send(RegisterUser {
+            user_id: u,
+            max_history_messages: None,
+            system_prompt: None,
+        })
+        .await
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (h, stop) = (h.clone(), stop.clone());
+        actix_rt::spawn(async move { actor_load(&h, 1..=64, stop).await })
+    };
+    let progressed = |h: DbHandle, more: u64| async move {
+        let base = h
+            .stats()
+            .await
+            .unwrap()
+            .actors
+            .iter()
+            .map(|a| a.completed)
+            .sum::<u64>();
+        eventually(Duration::from_secs(60), async || {
+            h.stats()
+                .await
+                .unwrap()
+                .actors
+                .iter()
+                .map(|a| a.completed)
+                .sum::<u64>()
+                >= base + more
+        })
+        .await
+    };
+    assert!(progressed(h.clone(), 500).await, "load running");
+    c.stop(StopMode::Immediate).await;
+    let failing = eventually(Duration::from_secs(60), async || {
+        h.stats()
+            .await
+            .unwrap()
+            .actors
+            .iter()
+            .map(|a| a.failed)
+            .sum::<u64>()
+            >= 64
+    })
+    .await;
+    assert!(failing, "requests fail while the server is down");
+    c.restart().await;
+    assert!(
+        progressed(h.clone(), 500).await,
+        "the system recovered without a restart"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let load = load.await.unwrap();
+    let report = h.shutdown().await;
+    assert!(report.drained, "{report}");
+
+    // Every caller got an answer (Ok or a typed error) within the pool timeout, plus the
+    // time PostgreSQL takes to refuse or reset a connection.
+    assert!(
+        load.slowest <= pool_timeout + Duration::from_secs(5),
+        "slowest answer {:?}",
+        load.slowest
+    );
+    assert!(
+        load.errors.get("unavailable").copied().unwrap_or(0) > 0,
+        "{:?}",
+        load.errors
+    );
+    let acked: usize = load.acked.values().map(Vec::len).sum();
+    let found = verify_appends(&mut c.conn().await, &load).await;
+    figures("pg_ctl stop -m immediate under 64 users", load.sent, acked, found);
+    eprintln!(
+        "      errors: {:?}; slowest answer {:?}",
+        load.errors, load.slowest
+    );
+    assert_eq!(found, acked);
+}
+
+#[actix_rt::test]
+async fn a_backend_terminated_mid_transaction_fails_its_caller_and_nothing_is_visible() {
+    let c = Cluster::start(Duration::from_secs(5)).await;
+    let db = Database::connect(&c.config).await.unwrap();
+    repo::users::create(db.pool(), 1).await.unwrap();
+    let msg = db
+        .limits()
+        .message(1, Role::User, "inside the doomed transaction")
+        .unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let doomed = {
+        let db = db.clone();
+        actix_rt::spawn(async move {
+            db.session(async |tx| {
+                repo::messages::append(&mut *tx, &msg).await?;
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let _ = started_tx.send(pid);
+                sqlx::query("SELECT pg_sleep(30)").execute(&mut *tx).await?;
+                Ok(())
+            })
+            .await
+        })
+    };
+    let pid = started_rx.await.unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut c.conn().await)
+        .await
+        .unwrap();
+    assert!(killed);
+    let answer = tokio::time::timeout(Duration::from_secs(10), doomed)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert!(matches!(answer, Err(Error::Unavailable { .. })), "{answer:?}");
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut c.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0, "nothing of the killed transaction is visible");
+    // The next request succeeds, directly and through the actors.
+    let next = db.limits().message(1, Role::User, "after").unwrap();
+    repo::messages::append(db.pool(), &next).await.unwrap();
+    let h = DbSystem::start(db.clone(), ActorConfig::default());
+    h.send(AppendMessage {
+        user_id: 1,
+        role: Role::User,
+        content: "via actors".into(),
+    })
+    .await
+    .unwrap();
+    h.shutdown().await;
+    figures("pg_terminate_backend mid-transaction", 3, 2, 2);
+}
+
+#[actix_rt::test]
+async fn sigterm_to_serve_at_load_repeatedly_loses_nothing() {
+    let c = Cluster::start(Duration::from_secs(5)).await;
+    for round in 1..=3 {
+        let mut served = spawn_serve_on(&c.url(), &[]).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let enough = Arc::new(tokio::sync::Notify::new());
+        // New users each round, so every round's turns are checked on their own.
+        let users = round * 100..round * 100 + 16;
+        let load = webhook_load(
+            Arc::new(served.base.clone()),
+            users,
+            stop.clone(),
+            enough.clone(),
+            200,
+        );
+        enough.notified().await;
+        let status = sigterm(&mut served.child).await;
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(status.code(), Some(0), "round {round}");
+        let run = load.await.unwrap();
+        let found = verify_turns(&mut c.conn().await, &run).await;
+        figures(
+            &format!("SIGTERM to serve under 16 clients, round {round}"),
+            run.sent(),
+            run.acked(),
+            found,
+        );
+        eprintln!(
+            "      not acknowledged: {} answered 503 while draining, {} unanswered (server gone)",
+            run.unavailable, run.unanswered
+        );
+        assert_eq!(found, run.acked());
+    }
+}
+
+#[actix_rt::test]
+async fn sigkill_to_serve_at_load_keeps_every_acknowledged_update() {
+    let c = Cluster::start(Duration::from_secs(5)).await;
+    let mut served = spawn_serve_on(&c.url(), &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let load = webhook_load(
+        Arc::new(served.base.clone()),
+        500..516,
+        stop.clone(),
+        enough.clone(),
+        300,
+    );
+    enough.notified().await;
+    served.child.start_kill().unwrap();
+    let status = served.child.wait().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    let run = load.await.unwrap();
+    // After a restart, every update answered 200 before the kill is there, whole.
+    let served = spawn_serve_on(&c.url(), &[]).await;
+    let found = verify_turns(&mut c.conn().await, &run).await;
+    figures(
+        "SIGKILL to serve under 16 clients",
+        run.sent(),
+        run.acked(),
+        found,
+    );
+    eprintln!(
+        "      not acknowledged: {} answered 503, {} unanswered (killed)",
+        run.unavailable, run.unanswered
+    );
+    assert_eq!(found, run.acked());
+    let body = serde_json::to_vec(&crate::serve::text_update(1, 500, "after the restart")).unwrap();
+    let (status, _) = crate::serve::post_raw(
+        &crate::serve::client(),
+        &served.base,
+        body,
+        "application/json",
+        Some(crate::serve::SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[actix_rt::test]
+async fn actor_panics_during_load_fail_only_their_requests() {
+    let c = Cluster::start(Duration::from_secs(5)).await;
+    let db = Database::connect(&c.config).await.unwrap();
+    let h = DbSystem::start(db, ActorConfig::default());
+    for u in 1..=32 {
+        h.send(RegisterUser {
+            user_id: u,
+            max_history_messages: None,
+            system_prompt: None,
+        })
+        .await
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (h, stop) = (h.clone(), stop.clone());
+        actix_rt::spawn(async move { actor_load(&h, 1..=32, stop).await })
+    };
+    // Panics while the load runs: in handlers and inside requests, for several users.
+    for (i, u) in [3, 9, 17, 25, 31].into_iter().enumerate() {
+        let completed = |h: DbHandle| async move {
+            h.stats()
+                .await
+                .unwrap()
+                .actors
+                .iter()
+                .map(|a| a.completed)
+                .sum::<u64>()
+        };
+        let base = completed(h.clone()).await;
+        let h2 = h.clone();
+        assert!(
+            eventually(Duration::from_secs(30), async || completed(h2.clone()).await
+                > base + 200)
+            .await
+        );
+        if i % 2 == 0 {
+            h.faults().panic_in_handler_once(u);
+        } else {
+            h.faults().panic_in_run_once(u);
+        }
+    }
+    let h2 = h.clone();
+    let all_fired = eventually(Duration::from_secs(30), async || {
+        h2.stats()
+            .await
+            .unwrap()
+            .actors
+            .iter()
+            .map(|a| a.panicked)
+            .sum::<u64>()
+            == 5
+    })
+    .await;
+    assert!(all_fired);
+    stop.store(true, Ordering::SeqCst);
+    let load = load.await.unwrap();
+    let stats = h.stats().await.unwrap();
+    let messages = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
+    assert_eq!((messages.restarts, messages.panicked), (5, 5), "{messages:?}");
+    assert_eq!(
+        load.errors.get("internal").copied(),
+        Some(5),
+        "only the 5 panicking requests failed: {:?}",
+        load.errors
+    );
+    assert_eq!(load.errors.len(), 1, "{:?}", load.errors);
+    let report = h.shutdown().await;
+    assert!(report.drained && report.unfinished == 0, "{report}");
+    let acked: usize = load.acked.values().map(Vec::len).sum();
+    let found = verify_appends(&mut c.conn().await, &load).await;
+    figures("actor panics (5) under 32 users", load.sent, acked, found);
+    assert_eq!(found, acked);
+}
