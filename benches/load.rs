@@ -5,23 +5,28 @@
 //! `benches/workload/turn.pgbench`, on 10,000 users with 20 messages each
 //! (`populate.sql`). Workers use disjoint users. Every mode runs in this one process,
 //! interleaved (round 1: every concurrency x every mode, then round 2, ...), and each
-//! cell reports its best round, so the ratios compare like with like on a noisy machine.
+//! cell reports its best round, so ratios compare like with like on a noisy machine.
+//! The data is reset between cells (`reset.sql`).
 //!
 //! Modes:
-//! - `raw`: the pgbench statements on a plain sqlx `PgPool` (15 connections, sqlx's
-//!   defaults), each statement its own transaction;
-//! - `raw-tx`: the same, one transaction per turn;
-//! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
 //! - `actors`: botdb's actors, five requests per turn (`UpsertUser`, `GetSettings`,
-//!   `AppendMessage`, `GetHistory`, `AppendMessage`), each its own transaction, as
-//!   `raw`'s statements are;
-//! - `direct`: the same five requests run directly (`DbRequest::run`), no actors: the
-//!   difference to `actors` is the actor layer's cost, to `raw` botdb's SQL's.
+//!   `AppendMessage`, `GetHistory`, `AppendMessage`), each its own transaction, no
+//!   batching (per-message transactions);
+//! - `batched`: the same five requests with botdb's defaults: requests of different
+//!   users that are ready at the same moment run together (group commit of appends,
+//!   one query for many histories);
+//! - `direct`: the five requests run without the actors (`DbRequest::run`);
+//! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
+//! - `raw`: the pgbench statements, verbatim, on a plain sqlx `PgPool` of the same size
+//!   with sqlx's default options, each statement its own transaction;
+//! - `raw-tx`: the same in one transaction per turn;
+//! - `pgbench`, `pgbench-tx`: pgbench itself (`-M prepared`) on `turn.pgbench` /
+//!   `turn_tx.pgbench`, run as a child process when `pgbench` is on PATH.
 //!
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
 //! A scratch database is created, populated and dropped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 use botdb::actors::{AppendMessage, DbHandle, DbRequest, DbSystem, GetHistory, GetSettings, UpsertUser};
 use botdb::embedded::EmbeddedPostgres;
 use botdb::model::Role;
-use botdb::{Config, Database, repo};
+use botdb::{ActorConfig, Config, Database, repo};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use sqlx::postgres::PgPoolOptions;
@@ -44,14 +49,17 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Interleaved rounds; each cell reports its best.
-    #[arg(long, default_value_t = 2)]
+    /// Interleaved rounds; each cell reports its best. (The data reset between cells,
+    /// with its CHECKPOINT, takes about as long as a cell: one round keeps the default
+    /// run under two minutes.)
+    #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Concurrency levels (workers), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
     concurrency: Vec<usize>,
-    /// Modes to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Actors, Mode::Raw, Mode::Session])]
+    /// Modes to run, comma-separated (pgbench modes are skipped when pgbench is not on
+    /// PATH).
+    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Actors, Mode::Batched, Mode::Raw, Mode::Session, Mode::Pgbench])]
     modes: Vec<Mode>,
     /// Client runtime threads: 1 runs everything (workers, actors, sqlx) on the actix
     /// system thread; more puts the workers on a tokio pool of that many threads.
@@ -68,20 +76,37 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
     Actors,
+    Batched,
     Direct,
+    Session,
     Raw,
     RawTx,
-    Session,
+    Pgbench,
+    PgbenchTx,
 }
+
+const MODES: [Mode; 8] = [
+    Mode::Actors,
+    Mode::Batched,
+    Mode::Direct,
+    Mode::Session,
+    Mode::Raw,
+    Mode::RawTx,
+    Mode::Pgbench,
+    Mode::PgbenchTx,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
+            Mode::Actors => "actors",
+            Mode::Batched => "batched",
+            Mode::Direct => "direct",
+            Mode::Session => "session",
             Mode::Raw => "raw",
             Mode::RawTx => "raw-tx",
-            Mode::Session => "session",
-            Mode::Actors => "actors",
-            Mode::Direct => "direct",
+            Mode::Pgbench => "pgbench",
+            Mode::PgbenchTx => "pgbench-tx",
         }
     }
 }
@@ -95,10 +120,10 @@ impl std::fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Mode::Actors, Mode::Direct, Mode::Raw, Mode::RawTx, Mode::Session]
+        MODES
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (actors, direct, raw, raw-tx, session)"))
+            .ok_or_else(|| format!("unknown mode {s:?}; one of {MODES:?}"))
     }
 }
 
@@ -112,35 +137,30 @@ struct Sample {
     turns_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// This process's CPU time (user + system) per turn, in microseconds: the client's
-    /// cost, which on a shared machine is taken from PostgreSQL.
+    /// The client's CPU time (user + system) per turn, in microseconds: on a shared
+    /// machine it is taken from PostgreSQL. For pgbench, its own CPU.
     client_cpu_us_per_turn: f64,
-    /// Context switches of this process per turn (voluntary + involuntary).
-    client_switches_per_turn: f64,
-}
-
-/// CPU time used by this process so far, and its context switches.
-fn process_usage() -> (Duration, i64) {
-    use nix::sys::resource::{UsageWho, getrusage};
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| {
-            let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
-            (
-                tv(u.user_time()) + tv(u.system_time()),
-                u.voluntary_context_switches() + u.involuntary_context_switches(),
-            )
-        })
-        .unwrap_or_default()
 }
 
 /// What every worker of every mode needs.
 struct Target {
     raw: PgPool,
     db: Database,
-    actors: DbHandle,
+    per_message: DbHandle,
+    batched: DbHandle,
     users: i64,
     user_text: Arc<str>,
     reply_text: Arc<str>,
+    /// For pgbench: where and as whom to connect.
+    pg: Option<PgbenchTarget>,
+}
+
+struct PgbenchTarget {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+    password: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,14 +181,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (admin, _cluster) = match std::env::var("BOTDB_BENCH_DATABASE_URL") {
+    let (admin, url, _cluster) = match std::env::var("BOTDB_BENCH_DATABASE_URL") {
         Ok(url) => (
-            Config::builder().url(url).build()?.with_database("postgres"),
+            Config::builder()
+                .url(url.clone())
+                .build()?
+                .with_database("postgres"),
+            url,
             None,
         ),
         Err(_) => {
             let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start).await??;
-            (pg.config("postgres"), Some(pg))
+            let url = secrecy::ExposeSecret::expose_secret(&pg.url("postgres")).to_string();
+            (pg.config("postgres"), url, Some(pg))
         }
     };
     let name = format!("botdb_bench_{}", uuid::Uuid::new_v4().simple());
@@ -176,7 +201,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await?;
-    let result = bench(&args, &admin.with_database(&name)).await;
+    let mut url = url::Url::parse(&url)?;
+    url.set_path(&name);
+    let result = bench(&args, &admin.with_database(&name), &url).await;
     if let Err(e) = &result {
         eprintln!("benchmark failed: {e:#}");
     }
@@ -203,42 +230,72 @@ async fn run_script(pool: &PgPool, script: &'static str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
+fn pgbench_available() -> bool {
+    std::process::Command::new("pgbench")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     db.migrate().await?;
     eprintln!("populating {} users x 20 messages ...", args.users);
     let setup = Instant::now();
     run_script(db.pool(), include_str!("workload/populate.sql")).await?;
     eprintln!("populated in {:.1} s", setup.elapsed().as_secs_f64());
-    // The plain sqlx pool, the same size as botdb's (pool_size + max_overflow).
+    // The plain sqlx pool: the same size as botdb's, sqlx's default options
+    // (test_before_acquire: a ping on every checkout).
     let raw = PgPoolOptions::new()
         .max_connections(config.pool.max_connections())
         .connect_with(config.connect_options()?)
         .await?;
-    let actors = DbSystem::start(db.clone(), botdb::ActorConfig::default());
+    let pg = Some(PgbenchTarget {
+        host: url.host_str().unwrap_or("127.0.0.1").to_string(),
+        port: url.port().unwrap_or(5432),
+        user: url.username().to_string(),
+        database: url.path().trim_start_matches('/').to_string(),
+        password: url.password().map(str::to_string),
+    });
     let target = Arc::new(Target {
+        per_message: DbSystem::start(
+            db.clone(),
+            ActorConfig {
+                batch_max: 1,
+                ..config.actors
+            },
+        ),
+        batched: DbSystem::start(db.clone(), config.actors),
         raw,
-        actors,
         db,
         users: args.users,
         user_text: "u".repeat(200).into(),
         reply_text: "a".repeat(400).into(),
+        pg,
     });
+    let has_pgbench = pgbench_available();
+    let modes: Vec<Mode> = args
+        .modes
+        .iter()
+        .copied()
+        .filter(|m| has_pgbench || !matches!(m, Mode::Pgbench | Mode::PgbenchTx))
+        .collect();
+    if modes.len() < args.modes.len() {
+        eprintln!("pgbench is not on PATH: its modes are skipped");
+    }
     let mut best: Vec<Sample> = Vec::new();
     for round in 1..=args.rounds {
         for &c in &args.concurrency {
-            for &mode in &args.modes {
+            for &mode in &modes {
                 run_script(&target.raw, include_str!("workload/reset.sql")).await?;
-                let s = measure(&target, mode, c, Duration::from_secs_f64(args.seconds)).await;
+                let duration = Duration::from_secs_f64(args.seconds);
+                let s = match mode {
+                    Mode::Pgbench | Mode::PgbenchTx => pgbench(&target, mode, c, duration).await?,
+                    _ => measure(&target, mode, c, duration).await,
+                };
                 eprintln!(
-                    "round {round} {:<8} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  {:>5.1} switches/turn  errors {}",
-                    s.mode,
-                    s.turns_per_sec,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.client_cpu_us_per_turn,
-                    s.client_switches_per_turn,
-                    s.errors
+                    "round {round} {:<10} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  errors {}",
+                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.client_cpu_us_per_turn, s.errors
                 );
                 match best.iter_mut().find(|b| b.mode == s.mode && b.concurrency == c) {
                     Some(b) if b.turns_per_sec >= s.turns_per_sec => {}
@@ -248,13 +305,20 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    print_table(&best, &args.concurrency, &args.modes);
+    print_table(&best, &args.concurrency, &modes);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&best)?)?;
         eprintln!("wrote {}", path.display());
     }
-    let report = target.actors.shutdown().await;
-    eprintln!("actors: {report}");
+    for (name, handle) in [("actors", &target.per_message), ("batched", &target.batched)] {
+        let report = handle.shutdown().await;
+        let stats = handle.stats().await?;
+        let (batches, batched): (u64, u64) = stats
+            .actors
+            .iter()
+            .fold((0, 0), |(b, r), a| (b + a.batches, r + a.batched_requests));
+        eprintln!("{name}: {report}; {batches} batches carried {batched} requests");
+    }
     target.raw.close().await;
     Ok(())
 }
@@ -262,34 +326,81 @@ async fn bench(args: &Args, config: &Config) -> anyhow::Result<()> {
 fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
     let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
     println!();
-    println!("| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | vs raw |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | vs raw | vs pgbench |");
+    println!("|---|---|---|---|---|---|---|---|");
     for &c in concurrency {
         for &m in modes {
             if let Some(s) = get(m, c) {
-                let ratio = get(Mode::Raw, c).map_or("-".to_string(), |r| {
-                    format!("{:.2}x", s.turns_per_sec / r.turns_per_sec)
-                });
+                let ratio = |base: Mode| {
+                    get(base, c).map_or("-".to_string(), |r| {
+                        format!("{:.2}x", s.turns_per_sec / r.turns_per_sec)
+                    })
+                };
                 println!(
-                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {ratio} |",
-                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.client_cpu_us_per_turn
+                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
+                    s.mode,
+                    s.turns_per_sec,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.client_cpu_us_per_turn,
+                    ratio(Mode::Raw),
+                    ratio(Mode::Pgbench)
                 );
             }
         }
     }
 }
 
+/// This process's CPU time (user + system), and its waited-for children's.
+fn cpu_times() -> (Duration, Duration) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let total = |who| {
+        getrusage(who)
+            .map(|u| {
+                let tv =
+                    |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+                tv(u.user_time()) + tv(u.system_time())
+            })
+            .unwrap_or_default()
+    };
+    (total(UsageWho::RUSAGE_SELF), total(UsageWho::RUSAGE_CHILDREN))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds")
+}
+
+fn sample(
+    mode: Mode,
+    concurrency: usize,
+    hist: &Histogram<u64>,
+    errors: u64,
+    elapsed: f64,
+    cpu: Duration,
+) -> Sample {
+    Sample {
+        mode: mode.name(),
+        concurrency,
+        turns: hist.len(),
+        errors,
+        turns_per_sec: hist.len() as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        client_cpu_us_per_turn: cpu.as_secs_f64() * 1e6 / hist.len().max(1) as f64,
+    }
+}
+
 async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration: Duration) -> Sample {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
-    let (cpu_before, switches_before) = process_usage();
+    let (cpu_before, _) = cpu_times();
     let workers: Vec<_> = (0..concurrency)
         .map(|k| {
             let target = target.clone();
             spawn(async move { worker(&target, mode, k, concurrency, deadline).await })
         })
         .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut hist = histogram();
     let mut errors = 0;
     for w in workers {
         if let Ok((h, e)) = w.await {
@@ -298,19 +409,91 @@ async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration:
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, switches_after) = process_usage();
-    let cpu = (cpu_after - cpu_before).as_secs_f64();
-    Sample {
-        client_switches_per_turn: (switches_after - switches_before) as f64 / hist.len().max(1) as f64,
-        client_cpu_us_per_turn: cpu * 1e6 / hist.len().max(1) as f64,
-        mode: mode.name(),
-        concurrency,
-        turns: hist.len(),
-        errors,
-        turns_per_sec: hist.len() as f64 / elapsed,
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    let (cpu_after, _) = cpu_times();
+    sample(mode, concurrency, &hist, errors, elapsed, cpu_after - cpu_before)
+}
+
+/// Runs pgbench for one cell; turns/s is its tps (one script run = one turn), the
+/// latencies come from its per-transaction log.
+async fn pgbench(target: &Target, mode: Mode, c: usize, duration: Duration) -> anyhow::Result<Sample> {
+    let pg = target
+        .pg
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no pgbench target"))?;
+    let script = match mode {
+        Mode::PgbenchTx => concat!(env!("CARGO_MANIFEST_DIR"), "/benches/workload/turn_tx.pgbench"),
+        _ => concat!(env!("CARGO_MANIFEST_DIR"), "/benches/workload/turn.pgbench"),
+    };
+    let logs = tempfile::tempdir()?;
+    let prefix = logs.path().join("pgbench_log");
+    let mut cmd = tokio::process::Command::new("pgbench");
+    cmd.args(["-n", "-M", "prepared", "-l"])
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .args(["-c", &c.to_string(), "-j", &c.min(2).to_string()])
+        .args(["-T", &duration.as_secs().max(1).to_string()])
+        .args(["-f", script])
+        .args([
+            "-D",
+            &format!("nclients={c}"),
+            "-D",
+            &format!("users={}", target.users),
+        ])
+        .args(["-D", &format!("ucontent={}", target.user_text)])
+        .args(["-D", &format!("acontent={}", target.reply_text)])
+        .args([
+            "-h",
+            &pg.host,
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            &pg.user,
+            &pg.database,
+        ])
+        .current_dir(logs.path())
+        .kill_on_drop(true);
+    if let Some(password) = &pg.password {
+        // In the environment, not on the command line.
+        cmd.env("PGPASSWORD", password);
     }
+    let (_, children_before) = cpu_times();
+    let out = cmd.output().await?;
+    let (_, children_after) = cpu_times();
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output:\n{text}"))?;
+    let hist = pgbench_latencies(logs.path())?;
+    let failed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut s = sample(mode, c, &hist, failed, 1.0, children_after - children_before);
+    s.turns_per_sec = tps;
+    Ok(s)
+}
+
+/// Per-transaction latencies (µs, third column) from pgbench's log files.
+fn pgbench_latencies(dir: &Path) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = histogram();
+    for entry in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        for line in text.lines() {
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                let _ = hist.record(us.max(1));
+            }
+        }
+    }
+    Ok(hist)
 }
 
 /// Spawns on the tokio pool when there is one, else on the actix system thread.
@@ -338,7 +521,7 @@ impl Rng {
 }
 
 async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Instant) -> (Histogram<u64>, u64) {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut hist = histogram();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (k as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
     let (k, c) = (k as i64, c as i64);
     let slots = (target.users - 1 - k) / c + 1;
@@ -350,8 +533,10 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
             Mode::Raw => raw_turn(target, uid, false).await.is_ok(),
             Mode::RawTx => raw_turn(target, uid, true).await.is_ok(),
             Mode::Session => session_turn(target, uid).await.is_ok(),
-            Mode::Actors => actors_turn(target, uid).await.is_ok(),
+            Mode::Actors => actors_turn(target, &target.per_message, uid).await.is_ok(),
+            Mode::Batched => actors_turn(target, &target.batched, uid).await.is_ok(),
             Mode::Direct => direct_turn(target, uid).await.is_ok(),
+            Mode::Pgbench | Mode::PgbenchTx => false,
         };
         if ok {
             let _ = hist.record(start.elapsed().as_micros() as u64);
@@ -415,9 +600,8 @@ async fn raw_turn(t: &Target, uid: i64, one_tx: bool) -> Result<(), sqlx::Error>
     }
 }
 
-/// The same turn through botdb's actors: five requests, each its own transaction.
-async fn actors_turn(t: &Target, uid: i64) -> botdb::Result<()> {
-    let h = &t.actors;
+/// The turn through botdb's actors: five requests, each its own transaction (or batch).
+async fn actors_turn(t: &Target, h: &DbHandle, uid: i64) -> botdb::Result<()> {
     h.send(UpsertUser { user_id: uid }).await?;
     let settings = h.send(GetSettings { user_id: uid }).await?;
     h.send(AppendMessage {

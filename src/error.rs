@@ -125,6 +125,29 @@ impl Error {
         }
     }
 
+    /// An equivalent error without its driver source (which cannot be cloned), to give
+    /// every request of a batch that failed as a whole.
+    pub(crate) fn replica(&self) -> Error {
+        match self {
+            Error::Unavailable { reason, .. } => Error::Unavailable {
+                reason: reason.clone(),
+                source: None,
+            },
+            Error::Overloaded { what, limit } => Error::Overloaded { what, limit: *limit },
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::Conflict(m) => Error::Conflict(m.clone()),
+            Error::InvalidInput { field, reason } => Error::InvalidInput {
+                field,
+                reason: reason.clone(),
+            },
+            Error::NotFound { entity, id } => Error::NotFound {
+                entity,
+                id: id.clone(),
+            },
+            other => Error::Internal(other.to_string()),
+        }
+    }
+
     /// The SQLSTATE code of the underlying database error, if any.
     pub fn sqlstate(&self) -> Option<String> {
         let source = match self {

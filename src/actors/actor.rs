@@ -1,29 +1,40 @@
 //! [`DbActor`]: one table's actor. It owns a pool handle and runs requests serially per
-//! user and concurrently across users.
+//! user and concurrently across users, batching what it can.
 //!
 //! # How a request moves
 //! 1. The caller's [`DbHandle`](crate::actors::DbHandle) admits it at the table's gate
 //!    and puts it in the mailbox (unbounded: the gate bounds it).
-//! 2. `handle` turns it into a job. If the user has no job running, the job starts at
+//! 2. `handle` turns it into a job. If the user has no job running, the job is ready at
 //!    once; otherwise it waits in that user's queue (a lane). The mailbox is never
 //!    blocked: `handle` only files the job.
-//! 3. Running jobs live in one `FuturesUnordered` that the actor owns and drives as a
-//!    stream of its context. A new job is first polled in the same turn of the actor
-//!    that filed it, a wake-up polls only the jobs that are ready, and a finished job is
-//!    handled right there (no message, no extra task). The set lives in the actor
-//!    itself, not in the context, so a supervised restart (which clears the context)
-//!    keeps running jobs; the restarted actor drives them on.
-//! 4. A finished job answers its caller through actix's own reply channel; the actor
-//!    releases the gate, starts the user's next job or drops the user's lane (an idle
+//! 3. A ready job of a batchable request ([`DbRequest::batch_runner`]) joins the
+//!    actor's pending batch of its type; others start at once. At the end of the
+//!    actor's turn (after the mailbox was emptied, before anything waits), each pending
+//!    batch is launched as one unit of work: appends of many users in one multi-row
+//!    INSERT (one commit, one WAL flush), history of many users in one query. Only
+//!    what is already queued is batched, so an idle system adds no latency; a batch of
+//!    one runs as the single request. While `batch_in_flight` batches of a type run,
+//!    new ready requests of that type gather for the next batch, which goes as soon as
+//!    one of them finishes (group commit: the busier, the larger the batches).
+//! 4. Running work lives in one `FuturesUnordered` that the actor owns, driven by an
+//!    engine future in the actor's context with direct access to the actor: work is
+//!    first polled in the turn it was launched, a wake-up polls only what is ready, and
+//!    completions update the actor right there (no message, no extra task). The work
+//!    lives in the actor, not the context, so a supervised restart (which clears the
+//!    context) keeps it; the restarted actor's new engine drives it on.
+//! 5. Finished work answers each caller through actix's own reply channel; the actor
+//!    releases the gate, readies each user's next job or drops the user's lane (an idle
 //!    user costs no memory), and wakes a waiting drain.
 //!
 //! # Panics
 //! actix has no `catch_unwind`: a panic in a handler would kill the actor for good. A
-//! panic in `handle` or in a job is caught, answered with [`Error::Internal`] to that
-//! request only, and the actor is stopped so its `Supervisor` restarts it; queued and
-//! running requests of other users carry on.
+//! panic in `handle` or in a request is caught, answered with [`Error::Internal`] to
+//! that request only (requests armed with a test fault run alone), and the actor is
+//! stopped so its `Supervisor` restarts it; queued and running requests of other users
+//! carry on.
 
-use std::cell::{Cell, RefCell};
+use std::any::{Any, TypeId};
+use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
@@ -35,24 +46,29 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
 use actix::dev::{MessageResponse, OneshotSender};
+use actix::fut::ActorFuture;
 use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
-use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::actors::gate::Gate;
-use crate::actors::request::{DbRequest, Table};
+use crate::actors::request::{BatchRunner, DbRequest, Table};
 use crate::actors::stats::{ActorStats, Latency};
+use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
 
 #[cfg(feature = "fault-injection")]
 use crate::actors::fault::Faults;
 
-/// How a job ended.
+/// Completions the engine handles before it lets other work of the thread run.
+const ENGINE_BUDGET: usize = 128;
+
+/// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Ok,
@@ -68,49 +84,34 @@ impl Outcome {
             Outcome::Panicked => "panic",
         }
     }
-}
 
-/// A request filed by `handle`: its whole work as one future, built (not yet polled)
-/// when the request arrived, in its final box.
-struct Job {
-    user: i64,
-    work: LocalBoxFuture<'static, Finished>,
-}
-
-/// What a job needs from its actor to run.
-struct Launch {
-    db: Database,
-    span: tracing::Span,
-    accepted_at: Instant,
-    #[cfg(feature = "fault-injection")]
-    faults: Faults,
-}
-
-/// The running jobs, shared between the actor and the stream that drives them.
-type Running = Rc<RefCell<FuturesUnordered<LocalBoxFuture<'static, Finished>>>>;
-
-/// Drives the running jobs as a stream of the actor's context. An empty set is
-/// `Pending`, not finished: the actor polls its items right after its mailbox, so a job
-/// filed by a message is polled in the same turn.
-struct RunningJobs(Running);
-
-impl Stream for RunningJobs {
-    type Item = Finished;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Finished>> {
-        match self.0.borrow_mut().poll_next_unpin(cx) {
-            Poll::Ready(Some(finished)) => Poll::Ready(Some(finished)),
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-        }
+    fn of<T>(result: &Result<T>) -> Self {
+        if result.is_ok() { Outcome::Ok } else { Outcome::Err }
     }
 }
 
+/// A request that ended.
+pub(crate) struct Finished {
+    user: i64,
+    outcome: Outcome,
+    accepted_at: Instant,
+    started_at: Instant,
+}
+
+/// What a unit of running work hands back: one request, or a batch of them.
+enum Completed {
+    One(Finished),
+    Many(Vec<Finished>),
+}
+
+type Work = LocalBoxFuture<'static, Completed>;
+
 /// Where the answer goes. actix hands the caller's reply channel to [`Answer`] right
-/// after `handle` returns, before any job task can run (they run on this same thread,
-/// later), so the job always finds it here.
+/// after `handle` returns, before any work can run (it runs on this same thread,
+/// later), so the work always finds it here.
 type ReplySlot<T> = Rc<Cell<Option<OneshotSender<Result<T>>>>>;
 
-/// A handler's answer: now (the request could not be filed), or later, from the job,
+/// A handler's answer: now (the request could not be filed), or later, from the work,
 /// straight into actix's reply channel (no extra task or channel per request).
 pub struct Answer<T>(AnswerKind<T>);
 
@@ -137,12 +138,206 @@ where
     }
 }
 
-/// A job finished.
-pub(crate) struct Finished {
+/// Who is waiting for a request, and the request's span.
+struct Caller<T> {
     user: i64,
-    outcome: Outcome,
+    reply: ReplySlot<T>,
+    span: tracing::Span,
     accepted_at: Instant,
-    started_at: Instant,
+}
+
+impl<T> Caller<T> {
+    /// Answers the caller and closes the request's span.
+    fn answer(self, result: Result<T>, outcome: Outcome, started_at: Instant) -> Finished {
+        self.span.record("outcome", outcome.as_str());
+        self.span
+            .record("ms", started_at.elapsed().as_secs_f64() * 1000.0);
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(result);
+        }
+        Finished {
+            user: self.user,
+            outcome,
+            accepted_at: self.accepted_at,
+            started_at,
+        }
+    }
+}
+
+/// One filed request, with everything needed to run and answer it.
+struct Request<M: DbRequest> {
+    msg: M,
+    caller: Caller<M::Output>,
+}
+
+impl<M: DbRequest> Request<M> {
+    /// Runs it alone (catching a panic).
+    fn run_alone(self, db: Database, #[cfg(feature = "fault-injection")] faults: Faults) -> Work {
+        Box::pin(async move {
+            let started_at = Instant::now();
+            let Request { msg, caller } = self;
+            #[cfg(feature = "fault-injection")]
+            let user = caller.user;
+            let work = async move {
+                #[cfg(feature = "fault-injection")]
+                {
+                    if let Some(secs) = faults.sleep_for(user) {
+                        sqlx::query("SELECT pg_sleep($1)")
+                            .bind(secs)
+                            .execute(db.pool())
+                            .await?;
+                    }
+                    if faults.take_run_panic(user) {
+                        panic!("injected panic in a {} request (user {user})", M::NAME);
+                    }
+                }
+                msg.run(db).await
+            };
+            let result = AssertUnwindSafe(work)
+                .catch_unwind()
+                .instrument(caller.span.clone())
+                .await;
+            Completed::One(match result {
+                Ok(result) => {
+                    let outcome = Outcome::of(&result);
+                    caller.answer(result, outcome, started_at)
+                }
+                Err(_) => caller.answer(Err(panicked::<M>()), Outcome::Panicked, started_at),
+            })
+        })
+    }
+}
+
+/// A filed request of a batchable type, its type erased so that one actor can hold
+/// pending batches of several request types.
+trait Batchable {
+    fn kind(&self) -> TypeId;
+    fn open_batch(&self) -> Box<dyn PendingBatch>;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<M: DbRequest> Batchable for (Request<M>, BatchRunner<M>) {
+    fn kind(&self) -> TypeId {
+        TypeId::of::<M>()
+    }
+
+    fn open_batch(&self) -> Box<dyn PendingBatch> {
+        Box::new(Batch::<M> {
+            requests: Vec::new(),
+            runner: self.1,
+            oldest: None,
+            in_flight: Rc::new(Cell::new(0)),
+        })
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// The ready requests of one type waiting for the end of the actor's turn.
+trait PendingBatch {
+    fn push(&mut self, request: Box<dyn Any>);
+    fn len(&self) -> usize;
+    fn oldest(&self) -> Option<Instant>;
+    /// Batches of this type running now.
+    fn in_flight(&self) -> usize;
+    /// Takes up to `max` requests and returns their work.
+    fn launch(&mut self, max: usize, actor: &'static str, db: &Database) -> Work;
+}
+
+struct Batch<M: DbRequest> {
+    requests: Vec<Request<M>>,
+    runner: BatchRunner<M>,
+    oldest: Option<Instant>,
+    in_flight: Rc<Cell<usize>>,
+}
+
+impl<M: DbRequest> PendingBatch for Batch<M> {
+    fn push(&mut self, request: Box<dyn Any>) {
+        if let Ok(request) = request.downcast::<(Request<M>, BatchRunner<M>)>() {
+            self.oldest.get_or_insert(request.0.caller.accepted_at);
+            self.requests.push(request.0);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.oldest
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    fn launch(&mut self, max: usize, actor: &'static str, db: &Database) -> Work {
+        let rest = self.requests.split_off(self.requests.len().min(max));
+        let requests = std::mem::replace(&mut self.requests, rest);
+        self.oldest = self.requests.iter().map(|r| r.caller.accepted_at).min();
+        let db = db.clone();
+        if requests.len() == 1 {
+            // A batch of one is the plain request: no batch SQL, no extra cost.
+            return match requests.into_iter().next() {
+                Some(request) => request.run_alone(
+                    db,
+                    #[cfg(feature = "fault-injection")]
+                    Faults::default(),
+                ),
+                None => Box::pin(async { Completed::Many(Vec::new()) }),
+            };
+        }
+        let runner = self.runner;
+        let in_flight = self.in_flight.clone();
+        in_flight.set(in_flight.get() + 1);
+        Box::pin(async move {
+            let started_at = Instant::now();
+            let span = tracing::debug_span!("botdb.batch", actor, request = M::NAME, size = requests.len());
+            let (msgs, callers): (Vec<M>, Vec<Caller<M::Output>>) =
+                requests.into_iter().map(|r| (r.msg, r.caller)).unzip();
+            let n = callers.len();
+            let results = AssertUnwindSafe(runner(msgs, db))
+                .catch_unwind()
+                .instrument(span)
+                .await;
+            let finished = match results {
+                Ok(results) if results.len() == n => callers
+                    .into_iter()
+                    .zip(results)
+                    .map(|(caller, result)| {
+                        let outcome = Outcome::of(&result);
+                        caller.answer(result, outcome, started_at)
+                    })
+                    .collect(),
+                Ok(results) => {
+                    let got = results.len();
+                    callers
+                        .into_iter()
+                        .map(|caller| {
+                            let e = Error::Internal(format!("a batch of {n} {} gave {got} answers", M::NAME));
+                            caller.answer(Err(e), Outcome::Err, started_at)
+                        })
+                        .collect()
+                }
+                Err(_) => callers
+                    .into_iter()
+                    .map(|caller| caller.answer(Err(panicked::<M>()), Outcome::Panicked, started_at))
+                    .collect(),
+            };
+            in_flight.set(in_flight.get().saturating_sub(1));
+            Completed::Many(finished)
+        })
+    }
+}
+
+/// A filed request, ready to run or waiting behind its user's running one.
+enum Job {
+    /// Runs on its own.
+    Alone(Work),
+    /// Joins the pending batch of its type when ready.
+    Batchable(Box<dyn Batchable>),
 }
 
 /// Answers once every admitted request of this actor has been answered.
@@ -159,10 +354,17 @@ pub(crate) struct Snapshot;
 pub struct DbActor<T: Table> {
     db: Database,
     gate: Arc<Gate>,
-    /// One entry per user with a job running; the deque holds that user's waiting jobs.
+    config: ActorConfig,
+    /// One entry per user with a request running or batching; the deque holds that
+    /// user's waiting jobs.
     lanes: HashMap<i64, VecDeque<Job>>,
-    running: Running,
     queued: usize,
+    /// Work in progress (single requests and batches).
+    running: FuturesUnordered<Work>,
+    /// Ready requests of batchable types, by type, until the end of the turn.
+    pending: HashMap<TypeId, Box<dyn PendingBatch>>,
+    /// Wakes the engine when a waiting batch is due (`batch_wait` > 0).
+    batch_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     stats: ActorStats,
     latency: Latency,
@@ -176,14 +378,18 @@ impl<T: Table> DbActor<T> {
     pub(crate) fn new(
         db: Database,
         gate: Arc<Gate>,
+        config: ActorConfig,
         #[cfg(feature = "fault-injection")] faults: Faults,
     ) -> Self {
         DbActor {
             db,
             gate,
+            config,
             lanes: HashMap::new(),
-            running: Rc::new(RefCell::new(FuturesUnordered::new())),
             queued: 0,
+            running: FuturesUnordered::new(),
+            pending: HashMap::new(),
+            batch_timer: None,
             drain_waiters: Vec::new(),
             stats: ActorStats {
                 actor: T::NAME,
@@ -197,26 +403,107 @@ impl<T: Table> DbActor<T> {
         }
     }
 
-    /// Files a job: runs it now if its user is idle, else queues it behind the user's
-    /// running job.
-    fn accept(&mut self, job: Job) {
-        match self.lanes.entry(job.user) {
+    /// Files a job: ready now if its user is idle, else queued behind the user's
+    /// running request.
+    fn accept(&mut self, user: i64, job: Job) {
+        match self.lanes.entry(user) {
             Entry::Occupied(mut lane) => {
                 lane.get_mut().push_back(job);
                 self.queued += 1;
             }
             Entry::Vacant(lane) => {
                 lane.insert(VecDeque::new());
-                self.start(job);
+                self.ready(job);
             }
         }
         self.stats.peak_users_in_flight = self.stats.peak_users_in_flight.max(self.lanes.len());
         self.stats.peak_pending = self.stats.peak_pending.max(self.lanes.len() + self.queued);
     }
 
-    /// Puts a job among the running ones; the actor polls it in this same turn.
-    fn start(&mut self, job: Job) {
-        self.running.borrow_mut().push(job.work);
+    /// A job whose user has nothing else running: start it, or add it to its batch.
+    fn ready(&mut self, job: Job) {
+        match job {
+            Job::Alone(work) => self.running.push(work),
+            Job::Batchable(request) => {
+                let batch = self
+                    .pending
+                    .entry(request.kind())
+                    .or_insert_with(|| request.open_batch());
+                batch.push(request.into_any());
+            }
+        }
+    }
+
+    /// Launches the pending batches that are due: all of them at the end of a turn
+    /// (or during a drain), else those full or older than `batch_wait`.
+    fn flush(&mut self, task: &mut TaskContext<'_>) {
+        let (max, wait) = (self.config.batch_max.max(1), self.config.batch_wait);
+        let in_flight_limit = self.config.batch_in_flight.max(1);
+        let draining = self.gate.is_closed();
+        let mut next_due: Option<Instant> = None;
+        for batch in self.pending.values_mut() {
+            while batch.len() > 0 {
+                // Group commit: while enough batches of this type run, ready requests
+                // gather for the next one (it goes as soon as one finishes). An idle
+                // actor launches at once.
+                if batch.len() < max && batch.in_flight() >= in_flight_limit && !draining {
+                    break;
+                }
+                let due = wait.is_zero()
+                    || draining
+                    || batch.len() >= max
+                    || batch.oldest().is_some_and(|t| t.elapsed() >= wait);
+                if !due {
+                    let at = batch.oldest().map_or_else(Instant::now, |t| t + wait);
+                    next_due = Some(next_due.map_or(at, |d| d.min(at)));
+                    break;
+                }
+                let size = batch.len().min(max);
+                if size > 1 {
+                    self.stats.batches += 1;
+                    self.stats.batched_requests += size as u64;
+                    self.stats.largest_batch = self.stats.largest_batch.max(size);
+                }
+                self.running.push(batch.launch(max, T::NAME, &self.db));
+            }
+        }
+        self.batch_timer = next_due.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+        if let Some(timer) = self.batch_timer.as_mut() {
+            // Registers the wake-up; if already due, flush again on the next poll.
+            if timer.as_mut().poll(task).is_ready() {
+                task.waker().wake_by_ref();
+            }
+        }
+    }
+
+    /// A request ended: account for it, ready its user's next job or drop the lane.
+    fn finished(&mut self, done: Finished, ctx: &mut Context<Self>) {
+        self.gate.release();
+        let now = Instant::now();
+        self.latency.record(now - done.accepted_at);
+        self.run_latency.record(now - done.started_at);
+        match done.outcome {
+            Outcome::Ok => self.stats.completed += 1,
+            Outcome::Err | Outcome::Panicked => self.stats.failed += 1,
+        }
+        if let Entry::Occupied(mut lane) = self.lanes.entry(done.user) {
+            match lane.get_mut().pop_front() {
+                Some(next) => {
+                    self.queued -= 1;
+                    self.ready(next);
+                }
+                None => {
+                    lane.remove();
+                    // Give memory back after a burst of many users.
+                    if self.lanes.capacity() > 1024 && self.lanes.len() < self.lanes.capacity() / 4 {
+                        self.lanes.shrink_to_fit();
+                    }
+                }
+            }
+        }
+        if done.outcome == Outcome::Panicked {
+            self.restart_after_panic(ctx);
+        }
     }
 
     /// Answers waiting drains once nothing admitted is left unanswered.
@@ -228,13 +515,50 @@ impl<T: Table> DbActor<T> {
         }
     }
 
-    /// Counts a panic and has the supervisor restart the actor. Running jobs are tasks
-    /// of their own and queued ones live in `self`, which the restart keeps: only the
-    /// request that panicked fails.
+    /// Counts a panic and has the supervisor restart the actor. Running work and
+    /// queued jobs live in `self`, which the restart keeps: only the request that
+    /// panicked fails.
     fn restart_after_panic(&mut self, ctx: &mut Context<Self>) {
         self.stats.panicked += 1;
         tracing::error!(actor = T::NAME, "a request panicked; restarting the actor");
         ctx.stop();
+    }
+}
+
+/// Drives an actor's running work, inside the actor's context: polled right after the
+/// mailbox on every turn, with the actor at hand.
+struct Engine<T: Table>(PhantomData<T>);
+
+impl<T: Table> ActorFuture<DbActor<T>> for Engine<T> {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut DbActor<T>,
+        ctx: &mut Context<DbActor<T>>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        for _ in 0..ENGINE_BUDGET {
+            act.flush(task);
+            match act.running.poll_next_unpin(task) {
+                Poll::Ready(Some(Completed::One(done))) => act.finished(done, ctx),
+                Poll::Ready(Some(Completed::Many(all))) => {
+                    for done in all {
+                        act.finished(done, ctx);
+                    }
+                }
+                // Nothing ready (or nothing running): the work's wakers, the mailbox or
+                // the batch timer wake the actor again.
+                Poll::Ready(None) | Poll::Pending => {
+                    act.wake_drains();
+                    return Poll::Pending;
+                }
+            }
+            act.wake_drains();
+        }
+        // Let the rest of the thread run; come back at once.
+        task.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -245,9 +569,9 @@ impl<T: Table> Actor for DbActor<T> {
         // The gate bounds what is in the mailbox; the mailbox itself must never make a
         // sender wait (actix's default of 16 would).
         ctx.set_mailbox_capacity(0);
-        // Also after a restart, which dropped the context's previous stream: the jobs
-        // themselves are in `self.running` and carry on.
-        ctx.add_stream(RunningJobs(self.running.clone()));
+        // Also after a restart, which dropped the previous engine with the context: the
+        // work itself is in `self` and carries on.
+        ctx.spawn(Engine::<T>(PhantomData));
     }
 }
 
@@ -268,7 +592,7 @@ where
 {
     type Result = Answer<M::Output>;
 
-    fn handle(&mut self, msg: M, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: M, _ctx: &mut Context<Self>) -> Self::Result {
         let user = msg.user_id();
         let slot: ReplySlot<M::Output> = Rc::new(Cell::new(None));
         let filed = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -279,24 +603,38 @@ where
                     M::Table::NAME
                 );
             }
-            let launch = Launch {
-                db: self.db.clone(),
-                span: tracing::debug_span!(
-                    "botdb.request",
-                    actor = M::Table::NAME,
-                    request = M::NAME,
-                    user_id = user,
-                    outcome = Empty,
-                    ms = Empty,
-                ),
-                accepted_at: Instant::now(),
-                #[cfg(feature = "fault-injection")]
-                faults: self.faults.clone(),
+            let request = Request {
+                msg,
+                caller: Caller {
+                    user,
+                    reply: slot.clone(),
+                    span: tracing::debug_span!(
+                        "botdb.request",
+                        actor = M::Table::NAME,
+                        request = M::NAME,
+                        user_id = user,
+                        outcome = Empty,
+                        ms = Empty,
+                    ),
+                    accepted_at: Instant::now(),
+                },
             };
-            self.accept(Job {
-                user,
-                work: run_job(msg, slot.clone(), launch).boxed_local(),
-            });
+            #[cfg(feature = "fault-injection")]
+            let armed = self.faults.armed_for(user);
+            #[cfg(not(feature = "fault-injection"))]
+            let armed = false;
+            let job = match M::batch_runner() {
+                // A request armed with a test fault runs alone, so the fault hits it only.
+                Some(runner) if self.config.batch_max > 1 && !armed => {
+                    Job::Batchable(Box::new((request, runner)))
+                }
+                _ => Job::Alone(request.run_alone(
+                    self.db.clone(),
+                    #[cfg(feature = "fault-injection")]
+                    self.faults.clone(),
+                )),
+            };
+            self.accept(user, job);
         }));
         match filed {
             Ok(()) => Answer(AnswerKind::Later(slot)),
@@ -304,7 +642,7 @@ where
                 // Admitted but never filed: answer it here and give its place back.
                 self.gate.release();
                 self.stats.failed += 1;
-                self.restart_after_panic(ctx);
+                self.restart_after_panic(_ctx);
                 self.wake_drains();
                 Answer(AnswerKind::Now(Err(panicked::<M>())))
             }
@@ -318,86 +656,6 @@ fn panicked<M: DbRequest>() -> Error {
         M::Table::NAME,
         M::NAME
     ))
-}
-
-/// A request's work: run it (catching a panic), answer the caller, report how it went.
-async fn run_job<M: DbRequest>(msg: M, reply: ReplySlot<M::Output>, launch: Launch) -> Finished {
-    let Launch {
-        db,
-        span,
-        accepted_at,
-        #[cfg(feature = "fault-injection")]
-        faults,
-    } = launch;
-    let user = msg.user_id();
-    let started_at = Instant::now();
-    let work = async move {
-        #[cfg(feature = "fault-injection")]
-        {
-            if let Some(secs) = faults.sleep_for(user) {
-                sqlx::query("SELECT pg_sleep($1)")
-                    .bind(secs)
-                    .execute(db.pool())
-                    .await?;
-            }
-            if faults.take_run_panic(user) {
-                panic!("injected panic in a {} request (user {user})", M::NAME);
-            }
-        }
-        msg.run(db).await
-    };
-    let (outcome, result) = match AssertUnwindSafe(work)
-        .catch_unwind()
-        .instrument(span.clone())
-        .await
-    {
-        Ok(Ok(value)) => (Outcome::Ok, Ok(value)),
-        Ok(Err(err)) => (Outcome::Err, Err(err)),
-        Err(_) => (Outcome::Panicked, Err(panicked::<M>())),
-    };
-    span.record("outcome", outcome.as_str());
-    span.record("ms", started_at.elapsed().as_secs_f64() * 1000.0);
-    if let Some(tx) = reply.take() {
-        let _ = tx.send(result);
-    }
-    Finished {
-        user,
-        outcome,
-        accepted_at,
-        started_at,
-    }
-}
-
-impl<T: Table> StreamHandler<Finished> for DbActor<T> {
-    fn handle(&mut self, done: Finished, ctx: &mut Context<Self>) {
-        self.gate.release();
-        let now = Instant::now();
-        self.latency.record(now - done.accepted_at);
-        self.run_latency.record(now - done.started_at);
-        match done.outcome {
-            Outcome::Ok => self.stats.completed += 1,
-            Outcome::Err | Outcome::Panicked => self.stats.failed += 1,
-        }
-        if let Entry::Occupied(mut lane) = self.lanes.entry(done.user) {
-            match lane.get_mut().pop_front() {
-                Some(next) => {
-                    self.queued -= 1;
-                    self.start(next);
-                }
-                None => {
-                    lane.remove();
-                    // Give memory back after a burst of many users.
-                    if self.lanes.capacity() > 1024 && self.lanes.len() < self.lanes.capacity() / 4 {
-                        self.lanes.shrink_to_fit();
-                    }
-                }
-            }
-        }
-        if done.outcome == Outcome::Panicked {
-            self.restart_after_panic(ctx);
-        }
-        self.wake_drains();
-    }
 }
 
 impl<T: Table> Handler<Drain> for DbActor<T> {
@@ -418,7 +676,7 @@ impl<T: Table> Handler<Snapshot> for DbActor<T> {
 
     fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
         let mut stats = self.stats.clone();
-        stats.queued = self.queued;
+        stats.queued = self.queued + self.pending.values().map(|b| b.len()).sum::<usize>();
         stats.in_flight = self.lanes.len();
         stats.active_users = self.lanes.len();
         stats.gate = self.gate.counts();

@@ -52,6 +52,14 @@ impl Faults {
             .unwrap_or(false)
     }
 
+    /// `true` when a run-time fault is set for the user (its requests then run alone).
+    pub(crate) fn armed_for(&self, user_id: i64) -> bool {
+        self.0
+            .lock()
+            .map(|s| s.panic_in_run.contains(&user_id) || s.sleep_secs.contains_key(&user_id))
+            .unwrap_or(false)
+    }
+
     pub(crate) fn sleep_for(&self, user_id: i64) -> Option<f64> {
         self.0
             .lock()

@@ -59,10 +59,12 @@ impl DbSystem {
             let (db, actor_gate) = (db.clone(), gate.clone());
             #[cfg(feature = "fault-injection")]
             let faults = faults.clone();
+            let config = *config;
             let addr = Supervisor::start(move |_| {
                 DbActor::<T>::new(
                     db,
                     actor_gate,
+                    config,
                     #[cfg(feature = "fault-injection")]
                     faults,
                 )

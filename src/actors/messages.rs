@@ -3,10 +3,11 @@
 use actix::Message as ActixMessage;
 use serde::Serialize;
 
-use crate::actors::request::{DbRequest, Messages};
+use crate::actors::batch;
+use crate::actors::request::{BatchRunner, DbRequest, Messages};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{Message, MessageCounts, Role};
+use crate::model::{Message, MessageCounts, NewMessage, Role, check_history_limit, check_user_id};
 use crate::repo;
 
 /// Append one message to a user's dialogue. The content is checked against the
@@ -44,6 +45,28 @@ impl DbRequest for AppendMessage {
         let msg = db.limits().message(self.user_id, self.role, self.content)?;
         db.autocommit(async |c| repo::messages::append(c, &msg).await)
             .await
+    }
+
+    /// Group commit: the appends of many users in one multi-row INSERT.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let limits = *db.limits();
+                let prepared = requests
+                    .into_iter()
+                    .map(|r| limits.message(r.user_id, r.role, r.content))
+                    .collect();
+                batch::run(
+                    prepared,
+                    async |msgs: &[&NewMessage]| {
+                        db.autocommit(async |c| repo::messages::append_many(c, msgs).await)
+                            .await
+                    },
+                    async |msg: &NewMessage| repo::messages::append(db.pool(), msg).await,
+                )
+                .await
+            })
+        })
     }
 }
 
@@ -89,14 +112,58 @@ impl DbRequest for AppendTurn {
         let limits = db.limits();
         let user = limits.message(self.user_id, Role::User, self.user_text)?;
         let reply = limits.message(self.user_id, Role::Assistant, self.reply_text)?;
-        db.session(async |tx| {
-            Ok(Turn {
-                user: repo::messages::append(&mut *tx, &user).await?,
-                reply: repo::messages::append(&mut *tx, &reply).await?,
+        append_turn(&db, &(user, reply)).await
+    }
+
+    /// Group commit: the turns of many users, both messages each, in one INSERT.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let limits = *db.limits();
+                let prepared = requests
+                    .into_iter()
+                    .map(|r| {
+                        Ok((
+                            limits.message(r.user_id, Role::User, r.user_text)?,
+                            limits.message(r.user_id, Role::Assistant, r.reply_text)?,
+                        ))
+                    })
+                    .collect();
+                batch::run(
+                    prepared,
+                    async |turns: &[&(NewMessage, NewMessage)]| {
+                        let rows: Vec<&NewMessage> = turns.iter().flat_map(|(u, r)| [u, r]).collect();
+                        let written = db
+                            .autocommit(async |c| repo::messages::append_many(c, &rows).await)
+                            .await?;
+                        Ok(written
+                            .chunks(2)
+                            .map(|pair| match pair {
+                                [Some(user), Some(reply)] => Some(Turn {
+                                    user: user.clone(),
+                                    reply: reply.clone(),
+                                }),
+                                _ => None,
+                            })
+                            .collect())
+                    },
+                    async |turn: &(NewMessage, NewMessage)| append_turn(&db, turn).await,
+                )
+                .await
             })
         })
-        .await
     }
+}
+
+/// One turn, both messages in one transaction.
+async fn append_turn(db: &Database, (user, reply): &(NewMessage, NewMessage)) -> Result<Turn> {
+    db.session(async |tx| {
+        Ok(Turn {
+            user: repo::messages::append(&mut *tx, user).await?,
+            reply: repo::messages::append(&mut *tx, reply).await?,
+        })
+    })
+    .await
 }
 
 /// A user's live history, newest first. `limit` defaults to the user's
@@ -123,6 +190,40 @@ impl DbRequest for GetHistory {
             None => repo::messages::history_per_settings(c, self.user_id).await,
         })
         .await
+    }
+
+    /// The histories of many users in one query.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let prepared = requests
+                    .into_iter()
+                    .map(|r| {
+                        let limit = r.limit.map(|l| check_history_limit("limit", l)).transpose()?;
+                        Ok((check_user_id(r.user_id)?, limit))
+                    })
+                    .collect();
+                batch::run(
+                    prepared,
+                    async |wanted: &[&(i64, Option<i32>)]| {
+                        let wanted: Vec<(i64, Option<i32>)> = wanted.iter().map(|w| **w).collect();
+                        let found = db
+                            .autocommit(async |c| repo::messages::history_many(c, &wanted).await)
+                            .await?;
+                        Ok(found.into_iter().map(Some).collect())
+                    },
+                    async |&(user_id, limit): &(i64, Option<i32>)| {
+                        GetHistory {
+                            user_id,
+                            limit: limit.map(i64::from),
+                        }
+                        .run(db.clone())
+                        .await
+                    },
+                )
+                .await
+            })
+        })
     }
 }
 

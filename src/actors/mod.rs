@@ -22,6 +22,7 @@
 //! | system | [`Shutdown`], [`Stats`] |
 
 mod actor;
+mod batch;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gate;
@@ -37,7 +38,7 @@ pub use actor::{Answer, DbActor};
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem};
 pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn};
-pub use request::{DbRequest, Messages, Settings, Table, Users};
+pub use request::{BatchRunner, DbRequest, Messages, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};

@@ -3,8 +3,17 @@
 
 use std::future::Future;
 
+use futures::future::LocalBoxFuture;
+
 use crate::db::Database;
 use crate::error::Result;
+
+/// Runs several requests of one type, all of different users, together: one statement
+/// (group commit for writes, one round trip for reads) or one transaction. Returns one
+/// result per request, in order; a request that cannot run with the others (an unknown
+/// user, a constraint) gets its own error without failing the rest.
+pub type BatchRunner<M> =
+    fn(Vec<M>, Database) -> LocalBoxFuture<'static, Vec<Result<<M as DbRequest>::Output>>>;
 
 /// A typed request served by one table's actor, for one user, in one transaction.
 ///
@@ -26,6 +35,15 @@ pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Send + 'sta
 
     /// Carries the request out.
     fn run(self, db: Database) -> impl Future<Output = Result<Self::Output>> + 'static;
+
+    /// How to run several requests of this type at once, when the actor has more than
+    /// one ready at the same moment; `None` (the default): one at a time.
+    fn batch_runner() -> Option<BatchRunner<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// A table served by one actor. Implemented by [`Users`], [`Messages`] and

@@ -2,10 +2,11 @@
 
 use actix::Message;
 
-use crate::actors::request::{DbRequest, Settings};
+use crate::actors::batch;
+use crate::actors::request::{BatchRunner, DbRequest, Settings};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{SettingsPatch, UserSettings, check_history_limit};
+use crate::model::{SettingsPatch, UserSettings, check_history_limit, check_user_id};
 use crate::repo;
 
 /// Get a user's settings, or `None`.
@@ -26,6 +27,27 @@ impl DbRequest for GetSettings {
     async fn run(self, db: Database) -> Result<Option<UserSettings>> {
         db.autocommit(async |c| repo::settings::get(c, self.user_id).await)
             .await
+    }
+
+    /// The settings of many users in one query.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
+                batch::run(
+                    prepared,
+                    async |ids: &[&i64]| {
+                        let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
+                        let mut found = db
+                            .autocommit(async |c| repo::settings::get_many(c, &ids).await)
+                            .await?;
+                        Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
+                    },
+                    async |&user_id: &i64| GetSettings { user_id }.run(db.clone()).await,
+                )
+                .await
+            })
+        })
     }
 }
 

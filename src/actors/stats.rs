@@ -76,6 +76,12 @@ pub struct ActorStats {
     pub panicked: u64,
     /// Times the supervisor restarted the actor.
     pub restarts: u64,
+    /// Batches of two or more requests run as one unit.
+    pub batches: u64,
+    /// Requests that ran in those batches.
+    pub batched_requests: u64,
+    /// The largest batch.
+    pub largest_batch: usize,
     /// Admission counters (accepted, rejected, pending in mailbox and actor).
     pub gate: GateCounts,
     /// Time from acceptance to answer (queueing + running).

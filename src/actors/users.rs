@@ -3,10 +3,11 @@
 use actix::Message;
 use serde::Serialize;
 
-use crate::actors::request::{DbRequest, Users};
+use crate::actors::batch;
+use crate::actors::request::{BatchRunner, DbRequest, Users};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{DEFAULT_MAX_HISTORY, User, UserSettings};
+use crate::model::{DEFAULT_MAX_HISTORY, User, UserSettings, check_user_id};
 use crate::repo;
 
 /// Get a user, or `None`.
@@ -69,6 +70,27 @@ impl DbRequest for UpsertUser {
     async fn run(self, db: Database) -> Result<User> {
         db.autocommit(async |c| repo::users::upsert(c, self.user_id).await)
             .await
+    }
+
+    /// The upserts of many users in one statement.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
+                batch::run(
+                    prepared,
+                    async |ids: &[&i64]| {
+                        let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
+                        let users = db
+                            .autocommit(async |c| repo::users::upsert_many(c, &ids).await)
+                            .await?;
+                        Ok(users.into_iter().map(Some).collect())
+                    },
+                    async |&user_id: &i64| UpsertUser { user_id }.run(db.clone()).await,
+                )
+                .await
+            })
+        })
     }
 }
 
@@ -170,5 +192,41 @@ impl DbRequest for EnsureUser {
             })
         })
         .await
+    }
+
+    /// Many users made sure of in one transaction (three statements for all).
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
+                batch::run(
+                    prepared,
+                    async |ids: &[&i64]| {
+                        let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
+                        db.session(async |tx| {
+                            let users = repo::users::upsert_many(&mut *tx, &ids).await?;
+                            let created =
+                                repo::settings::insert_defaults_many(&mut *tx, &ids, DEFAULT_MAX_HISTORY)
+                                    .await?;
+                            let mut settings = repo::settings::get_many(&mut *tx, &ids).await?;
+                            Ok(users
+                                .into_iter()
+                                .map(|user| {
+                                    let created = created.contains(&user.id);
+                                    settings.remove(&user.id).map(|settings| Registered {
+                                        user,
+                                        settings,
+                                        created,
+                                    })
+                                })
+                                .collect())
+                        })
+                        .await
+                    },
+                    async |&user_id: &i64| EnsureUser { user_id }.run(db.clone()).await,
+                )
+                .await
+            })
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! `user_settings`: get, insert, upsert, partial update.
 
+use std::collections::HashMap;
+
 use sqlx::PgExecutor;
 
 use crate::error::{Error, Result};
@@ -160,4 +162,42 @@ pub async fn set_system_prompt<'e>(
     prompt: Option<Content>,
 ) -> Result<UserSettings> {
     update(ex, user_id, &SettingsPatch::system_prompt(prompt)).await
+}
+
+/// The settings of several users in ONE query, by user id (absent ones are missing).
+///
+/// # Errors
+/// Database errors.
+pub async fn get_many<'e>(ex: impl PgExecutor<'e>, user_ids: &[i64]) -> Result<HashMap<i64, UserSettings>> {
+    let rows = sqlx::query_as::<_, UserSettings>(
+        "SELECT user_id, max_history_messages, system_prompt, created_at, updated_at \
+         FROM user_settings WHERE user_id = ANY($1)",
+    )
+    .bind(user_ids)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|s| (s.user_id, s)).collect())
+}
+
+/// Creates default settings (`max_history_messages`, no prompt) for each user that has
+/// none, in ONE statement, locking in id order; returns the ids it created rows for.
+///
+/// # Errors
+/// [`Error::NotFound`]-like database errors for unknown users; others.
+pub async fn insert_defaults_many<'e>(
+    ex: impl PgExecutor<'e>,
+    user_ids: &[i64],
+    max_history_messages: i32,
+) -> Result<std::collections::HashSet<i64>> {
+    check_history_limit("max_history_messages", i64::from(max_history_messages))?;
+    let created: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO user_settings (user_id, max_history_messages) \
+         SELECT u, $2 FROM UNNEST($1::int8[]) AS u ORDER BY u \
+         ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+    )
+    .bind(user_ids)
+    .bind(max_history_messages)
+    .fetch_all(ex)
+    .await?;
+    Ok(created.into_iter().collect())
 }

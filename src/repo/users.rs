@@ -111,3 +111,31 @@ pub async fn delete<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<bool> {
         }),
     }
 }
+
+/// [`upsert`] for many users in ONE statement; one `User` per id, in the order given.
+/// Rows are locked in id order, so concurrent batches cannot deadlock.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a non-positive id (nothing written); database errors.
+pub async fn upsert_many<'e>(ex: impl PgExecutor<'e>, ids: &[i64]) -> Result<Vec<User>> {
+    for id in ids {
+        check_user_id(*id)?;
+    }
+    let rows: Vec<User> = sqlx::query_as::<_, User>(
+        "INSERT INTO users (id) SELECT u FROM UNNEST($1::int8[]) AS u ORDER BY u \
+         ON CONFLICT (id) DO UPDATE SET updated_at = now() \
+         RETURNING id, created_at, updated_at",
+    )
+    .bind(ids)
+    .fetch_all(ex)
+    .await?;
+    let by_id: std::collections::HashMap<i64, User> = rows.into_iter().map(|u| (u.id, u)).collect();
+    ids.iter()
+        .map(|id| {
+            by_id
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("upsert of user {id} returned no row")))
+        })
+        .collect()
+}

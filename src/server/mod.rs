@@ -275,7 +275,11 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     let db = actors.database();
-    let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(db.pool())).await;
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        db.autocommit(async |c| Ok(sqlx::query("SELECT 1").execute(c).await?)),
+    )
+    .await;
     match ping {
         Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "pool": db.pool_status() })),
         _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),

@@ -240,6 +240,7 @@ async fn past_the_bound_requests_are_overloaded_at_once_and_memory_stays_bounded
     let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
     assert!(m.peak_pending <= 10, "{m:?}");
     assert_eq!((m.gate.accepted, m.gate.rejected_overloaded), (10, 90));
+    assert!(m.batches > 0, "the admitted ones ran in batches: {m:?}");
     // The bound frees up as requests finish.
     h.send(append(1, "later".into())).await.unwrap();
 }
@@ -314,6 +315,12 @@ async fn shutdown_under_load_drains_every_accepted_request_then_closes_the_pool(
     let acked: u64 = acked_by_user.values().map(|v| v.len() as u64).sum();
     assert_eq!(report.completed, acked + registrations, "{report}");
     assert_eq!(report.rejected_shutting_down, refused);
+    let stats = h.stats().await.unwrap();
+    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
+    assert!(
+        m.batches > 0 && m.largest_batch > 1,
+        "batches were in flight under the load: {m:?}"
+    );
     // After the drain: refused at once.
     assert!(matches!(
         h.send(append(1, "late".into())).await,

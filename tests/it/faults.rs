@@ -224,6 +224,8 @@ async fn postgres_killed_and_restarted_under_a_64_user_load() {
     );
     stop.store(true, Ordering::SeqCst);
     let load = load.await.unwrap();
+    let batches: u64 = h.stats().await.unwrap().actors.iter().map(|a| a.batches).sum();
+    assert!(batches > 0, "the load ran in batches (group commit)");
     let report = h.shutdown().await;
     assert!(report.drained, "{report}");
 

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod actors;
+mod batching;
 mod cli;
 mod corpus;
 mod errors;

@@ -127,10 +127,28 @@ async fn terminate(t: &TestDb, pid: i32) {
 }
 
 #[tokio::test]
-async fn pre_ping_replaces_a_killed_connection_without_an_error() {
-    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0)).await;
+async fn pre_ping_on_every_checkout_replaces_a_killed_connection_without_an_error() {
+    // The reference's mode: DB_POOL_PRE_PING_IDLE=0 pings every checkout.
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0).pre_ping_idle(Duration::ZERO)).await;
     let pid = backend_pid(&t.db).await.unwrap();
     terminate(&t, pid).await;
+    let new_pid = backend_pid(&t.db)
+        .await
+        .expect("pre-ping hides the dead connection");
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn default_pre_ping_checks_a_connection_that_sat_idle_and_replaces_it() {
+    // The default pings connections idle at least 500 ms: a connection killed while it
+    // sat in the pool is replaced without an error to the caller.
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0)).await;
+    assert_eq!(t.config.pool.pre_ping_idle, Duration::from_millis(500));
+    let pid = backend_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    // The condition under test is "idle longer than the threshold": let that much time
+    // pass (not a synchronisation; nothing else is awaited).
+    tokio::time::sleep(t.config.pool.pre_ping_idle + Duration::from_millis(100)).await;
     let new_pid = backend_pid(&t.db)
         .await
         .expect("pre-ping hides the dead connection");
@@ -257,4 +275,73 @@ async fn statements_logged(echo: bool) -> String {
 async fn echo_logs_every_statement_through_tracing() {
     assert!(statements_logged(true).await.contains("SELECT 42 AS echo_marker"));
     assert!(!statements_logged(false).await.contains("echo_marker"));
+}
+
+async fn autocommit_pid(db: &botdb::Database) -> botdb::Result<i32> {
+    db.autocommit(async |c| Ok(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await?))
+        .await
+}
+
+#[tokio::test]
+async fn connections_are_reused_between_uses_without_going_through_the_pool() {
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(4)).await;
+    let first = autocommit_pid(&t.db).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            autocommit_pid(&t.db).await.unwrap(),
+            first,
+            "the same connection, held between uses"
+        );
+    }
+    assert!(
+        t.db.pool().num_idle() < t.db.pool_status().idle as usize,
+        "held by botdb, not in sqlx's idle queue"
+    );
+}
+
+#[tokio::test]
+async fn a_held_connection_killed_while_idle_is_replaced_without_an_error() {
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0)).await;
+    let pid = autocommit_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    // Idle past the pre-ping threshold (the condition under test, not a synchronisation).
+    tokio::time::sleep(t.config.pool.pre_ping_idle + Duration::from_millis(100)).await;
+    let new_pid = autocommit_pid(&t.db).await.expect("checked before use, replaced");
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn held_connections_go_back_to_the_pool_when_idle_and_at_close() {
+    let t = TestDb::with(|b| b.pool_size(2).max_overflow(3)).await;
+    let busy: Vec<_> = (0..5).map(|_| autocommit_pid(&t.db)).collect();
+    for r in futures::future::join_all(busy).await {
+        r.unwrap();
+    }
+    let db = t.db.clone();
+    let returned = eventually(Duration::from_secs(10), async || {
+        let s = db.pool_status();
+        db.pool().num_idle() as u32 == s.idle && s.in_use == 0
+    })
+    .await;
+    assert!(
+        returned,
+        "idle held connections went back to sqlx's pool: {:?}",
+        t.db.pool_status()
+    );
+    autocommit_pid(&t.db).await.unwrap();
+    t.db.close().await;
+    let s = t.db.pool_status();
+    assert_eq!(
+        (s.size, s.closed),
+        (0, true),
+        "close returned and closed the held ones too"
+    );
+}
+
+#[tokio::test]
+async fn the_reference_mode_pings_every_checkout_and_holds_nothing() {
+    let t = TestDb::with(|b| b.pool_size(1).max_overflow(0).pre_ping_idle(Duration::ZERO)).await;
+    let pid = autocommit_pid(&t.db).await.unwrap();
+    terminate(&t, pid).await;
+    assert_ne!(autocommit_pid(&t.db).await.expect("pinged at checkout"), pid);
 }

@@ -53,7 +53,7 @@ async fn a_trace_level_demo_run_never_prints_the_password() {
     );
     assert!(out.status.success(), "{}", &all[all.len().saturating_sub(3000)..]);
     assert!(
-        all.lines().count() > 1000,
+        all.lines().count() > 300,
         "TRACE logging was on: {} lines",
         all.lines().count()
     );

@@ -13,10 +13,16 @@ use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationStatus};
 
+mod lease;
+
+use lease::Parking;
+
 /// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct Database {
     pool: PgPool,
+    /// Connections held between uses (see `lease`).
+    parking: Arc<Parking>,
     limits: Limits,
     /// The server's URL without its password, for logs and `Debug`.
     server: Arc<str>,
@@ -36,7 +42,7 @@ impl fmt::Debug for Database {
 pub struct PoolStatus {
     /// Open connections (idle + in use).
     pub size: u32,
-    /// Open connections waiting in the pool.
+    /// Open connections not in use: waiting in the pool, or held by botdb for reuse.
     pub idle: u32,
     /// Connections checked out by callers.
     pub in_use: u32,
@@ -81,6 +87,7 @@ impl Database {
 
     fn from_pool(pool: PgPool, config: &Config) -> Self {
         Database {
+            parking: Parking::new(pool.clone(), &config.pool),
             pool,
             limits: config.limits,
             server: config.redacted_url().into(),
@@ -133,26 +140,36 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        // sqlx's begin/acquire futures hold its whole connect path (~14 KB); boxing them
-        // keeps the futures of everything above small and cheap to move.
-        let mut tx = Box::pin(self.pool.begin()).await?;
-        match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
+        let mut conn = self.parking.lease().await?;
+        let mut tx = conn.begin().await?;
+        let outcome = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
             Ok(Ok(value)) => {
                 tx.commit().await?;
-                Ok(value)
+                Ok(Ok(value))
             }
             Ok(Err(err)) => {
                 if let Err(e) = tx.rollback().await {
                     tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
+                    return Err(err);
                 }
-                Err(err)
+                Ok(Err(err))
             }
             Err(panic) => {
                 if let Err(e) = tx.rollback().await {
                     tracing::debug!(error = %e, "rollback after a panic failed; the connection is discarded");
                 }
-                std::panic::resume_unwind(panic)
+                Err(panic)
             }
+        };
+        match outcome {
+            // Committed or rolled back: the connection is as good as new. (Dropped
+            // before this point, it goes back through sqlx, which flushes the
+            // rollback a dropped transaction queued.)
+            Ok(result) => {
+                conn.clean();
+                result
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
 
@@ -171,8 +188,12 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        let mut conn = Box::pin(self.pool.acquire()).await?;
-        body(&mut conn).await
+        let mut conn = self.parking.lease().await?;
+        let result = body(&mut conn).await;
+        if result.is_ok() {
+            conn.clean();
+        }
+        result
     }
 
     /// Graceful shutdown: stops handing out connections (later callers get
@@ -182,6 +203,7 @@ impl Database {
     /// It waits as long as a checked-out connection is held; bound it with
     /// [`close_within`](Self::close_within).
     pub async fn close(&self) {
+        self.parking.close();
         self.pool.close().await;
         tracing::debug!(server = %self.server, "database pool closed");
     }
@@ -201,7 +223,10 @@ impl Database {
     /// How many connections are open, idle and in use.
     pub fn pool_status(&self) -> PoolStatus {
         let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        let parked = self.parking.len();
+        let idle = u32::try_from(self.pool.num_idle() + parked)
+            .unwrap_or(u32::MAX)
+            .min(size);
         PoolStatus {
             size,
             idle,
