@@ -30,7 +30,8 @@
 //! ## Layout
 //! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
 //!   settings, `.env`) or a builder; the password is a secret that never prints.
-//! - [`db`]: [`Database`]: the pool, the session scope, close, migrate.
+//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, close, migrate;
+//!   connections held between uses (sqlx's pool pings every connection it gets back).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on.
 //! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]) and
 //!   validated inputs ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
@@ -41,8 +42,9 @@
 //! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
 //!   tests).
 //! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
-//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded),
-//!   [`actors::DbHandle`] sends typed requests, [`actors::Shutdown`] drains them.
+//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded,
+//!   group commit of what is ready at once), [`actors::DbHandle`] sends typed requests,
+//!   [`actors::Shutdown`] drains them.
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
 //! - [`bot`]: the chat bot over the actors (commands, turns, the [`bot::Model`] trait and
 //!   its local [`bot::EchoModel`], Telegram's Update and sendMessage).

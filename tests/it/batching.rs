@@ -256,3 +256,46 @@ async fn batching_can_be_turned_off() {
     assert!(join_all(sent).await.iter().all(Result::is_ok));
     assert_eq!(batch_stats(&h, "messages").await, (0, 0, 0));
 }
+
+#[actix_rt::test]
+async fn an_offered_load_far_past_the_bound_stays_within_it() {
+    let t = TestDb::new().await;
+    let bound = 256;
+    let h = DbSystem::start(
+        t.db.clone(),
+        ActorConfig {
+            max_pending: bound,
+            ..ActorConfig::default()
+        },
+    );
+    register_all(&h, 1..=100).await;
+    // 20,000 requests offered at once: the bound admits what it can hold, refuses the
+    // rest at once, and never holds more, batches included.
+    let sent: Vec<_> = (0..20_000)
+        .map(|i| h.send(append(1 + i % 100, format!("m{i}"))))
+        .collect();
+    let answers = join_all(sent).await;
+    let admitted = answers.iter().filter(|a| a.is_ok()).count();
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Err(Error::Overloaded { .. })))
+        .count();
+    assert_eq!(
+        admitted + refused,
+        20_000,
+        "every request answered Ok or Overloaded"
+    );
+    assert_eq!(
+        admitted, bound,
+        "exactly the bound was admitted (all were sent before any finished)"
+    );
+    let stats = h.stats().await.unwrap();
+    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
+    assert!(m.peak_pending <= bound && m.gate.pending == 0, "{m:?}");
+    assert!(m.largest_batch <= ActorConfig::default().batch_max);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut t.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(n as usize, admitted, "acknowledged = committed");
+}
