@@ -533,9 +533,9 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
             Mode::Raw => raw_turn(target, uid, false).await.is_ok(),
             Mode::RawTx => raw_turn(target, uid, true).await.is_ok(),
             Mode::Session => session_turn(target, uid).await.is_ok(),
-            Mode::Actors => actors_turn(target, &target.per_message, uid).await.is_ok(),
-            Mode::Batched => actors_turn(target, &target.batched, uid).await.is_ok(),
-            Mode::Direct => direct_turn(target, uid).await.is_ok(),
+            Mode::Actors => five_requests(target, &target.per_message, uid).await.is_ok(),
+            Mode::Batched => five_requests(target, &target.batched, uid).await.is_ok(),
+            Mode::Direct => five_requests(target, &target.db, uid).await.is_ok(),
             Mode::Pgbench | Mode::PgbenchTx => false,
         };
         if ok {
@@ -600,56 +600,44 @@ async fn raw_turn(t: &Target, uid: i64, one_tx: bool) -> Result<(), sqlx::Error>
     }
 }
 
-/// The turn through botdb's actors: five requests, each its own transaction (or batch).
-async fn actors_turn(t: &Target, h: &DbHandle, uid: i64) -> botdb::Result<()> {
-    h.send(UpsertUser { user_id: uid }).await?;
-    let settings = h.send(GetSettings { user_id: uid }).await?;
-    h.send(AppendMessage {
-        user_id: uid,
-        role: Role::User,
-        content: t.user_text.to_string(),
-    })
-    .await?;
-    let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
-    h.send(GetHistory {
-        user_id: uid,
-        limit: Some(limit),
-    })
-    .await?;
-    h.send(AppendMessage {
-        user_id: uid,
-        role: Role::Assistant,
-        content: t.reply_text.to_string(),
-    })
-    .await?;
-    Ok(())
+/// Where a turn's requests go: through the actors, or run directly.
+trait Runs {
+    async fn exec<M: DbRequest>(&self, request: M) -> botdb::Result<M::Output>;
 }
 
-/// The five requests of `actors_turn`, run without the actors.
-async fn direct_turn(t: &Target, uid: i64) -> botdb::Result<()> {
-    let db = &t.db;
-    UpsertUser { user_id: uid }.run(db.clone()).await?;
-    let settings = GetSettings { user_id: uid }.run(db.clone()).await?;
-    AppendMessage {
+impl Runs for DbHandle {
+    async fn exec<M: DbRequest>(&self, request: M) -> botdb::Result<M::Output> {
+        self.send(request).await
+    }
+}
+
+impl Runs for Database {
+    async fn exec<M: DbRequest>(&self, request: M) -> botdb::Result<M::Output> {
+        request.run(self.clone()).await
+    }
+}
+
+/// The turn as five requests, each its own transaction (or batch).
+async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()> {
+    to.exec(UpsertUser { user_id: uid }).await?;
+    let settings = to.exec(GetSettings { user_id: uid }).await?;
+    to.exec(AppendMessage {
         user_id: uid,
         role: Role::User,
         content: t.user_text.to_string(),
-    }
-    .run(db.clone())
+    })
     .await?;
     let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
-    GetHistory {
+    to.exec(GetHistory {
         user_id: uid,
         limit: Some(limit),
-    }
-    .run(db.clone())
+    })
     .await?;
-    AppendMessage {
+    to.exec(AppendMessage {
         user_id: uid,
         role: Role::Assistant,
         content: t.reply_text.to_string(),
-    }
-    .run(db.clone())
+    })
     .await?;
     Ok(())
 }

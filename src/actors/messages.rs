@@ -4,7 +4,7 @@ use actix::Message as ActixMessage;
 use serde::Serialize;
 
 use crate::actors::batch;
-use crate::actors::request::{BatchRunner, DbRequest, Messages};
+use crate::actors::request::{BatchRunner, DbRequest, Messages, user_request};
 use crate::db::Database;
 use crate::error::Result;
 use crate::model::{Message, MessageCounts, NewMessage, Role, check_history_limit, check_user_id};
@@ -227,44 +227,12 @@ impl DbRequest for GetHistory {
     }
 }
 
-/// Soft-delete a user's whole live history; returns how many messages were hidden.
-#[derive(Clone, Debug, ActixMessage)]
-#[rtype(result = "crate::Result<u64>")]
-pub struct ClearHistory {
-    /// The user.
-    pub user_id: i64,
-}
+user_request!(
+    /// Soft-delete a user's whole live history; returns how many messages were hidden.
+    ClearHistory, Messages, u64, repo::messages::clear_history
+);
 
-impl DbRequest for ClearHistory {
-    type Output = u64;
-    type Table = Messages;
-    const NAME: &'static str = "ClearHistory";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<u64> {
-        db.autocommit(async |c| repo::messages::clear_history(c, self.user_id).await)
-            .await
-    }
-}
-
-/// Count a user's live and soft-deleted messages.
-#[derive(Clone, Debug, ActixMessage)]
-#[rtype(result = "crate::Result<MessageCounts>")]
-pub struct CountMessages {
-    /// The user.
-    pub user_id: i64,
-}
-
-impl DbRequest for CountMessages {
-    type Output = MessageCounts;
-    type Table = Messages;
-    const NAME: &'static str = "CountMessages";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<MessageCounts> {
-        db.autocommit(async |c| repo::messages::count(c, self.user_id).await)
-            .await
-    }
-}
+user_request!(
+    /// Count a user's live and soft-deleted messages.
+    CountMessages, Messages, MessageCounts, repo::messages::count
+);

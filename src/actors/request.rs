@@ -100,3 +100,43 @@ pub(crate) mod sealed {
         }
     }
 }
+
+/// Defines a request that carries only a user id and runs one repository function for
+/// that user as a single statement (one implicit transaction), optionally with a batch
+/// runner.
+macro_rules! user_request {
+    ($(#[$doc:meta])* $name:ident, $table:ty, $output:ty, $repo:path $(, batch = $runner:expr)?) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            /// The user.
+            pub user_id: i64,
+        }
+
+        impl actix::Message for $name {
+            type Result = crate::Result<$output>;
+        }
+
+        impl crate::actors::DbRequest for $name {
+            type Output = $output;
+            type Table = $table;
+            const NAME: &'static str = stringify!($name);
+
+            fn user_id(&self) -> i64 {
+                self.user_id
+            }
+
+            async fn run(self, db: crate::Database) -> crate::Result<$output> {
+                db.autocommit(async |c| $repo(c, self.user_id).await).await
+            }
+
+            $(
+                fn batch_runner() -> Option<crate::actors::BatchRunner<Self>> {
+                    Some($runner)
+                }
+            )?
+        }
+    };
+}
+
+pub(crate) use user_request;

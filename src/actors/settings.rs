@@ -1,54 +1,39 @@
 //! Requests served by the `user_settings` actor.
 
 use actix::Message;
+use futures::future::LocalBoxFuture;
 
 use crate::actors::batch;
-use crate::actors::request::{BatchRunner, DbRequest, Settings};
+use crate::actors::request::{DbRequest, Settings, user_request};
 use crate::db::Database;
 use crate::error::Result;
 use crate::model::{SettingsPatch, UserSettings, check_history_limit, check_user_id};
 use crate::repo;
 
-/// Get a user's settings, or `None`.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "crate::Result<Option<UserSettings>>")]
-pub struct GetSettings {
-    /// The user.
-    pub user_id: i64,
-}
+user_request!(
+    /// Get a user's settings, or `None`. Batched: the settings of many users in one query.
+    GetSettings, Settings, Option<UserSettings>, repo::settings::get, batch = get_batch
+);
 
-impl DbRequest for GetSettings {
-    type Output = Option<UserSettings>;
-    type Table = Settings;
-    const NAME: &'static str = "GetSettings";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<Option<UserSettings>> {
-        db.autocommit(async |c| repo::settings::get(c, self.user_id).await)
-            .await
-    }
-
-    /// The settings of many users in one query.
-    fn batch_runner() -> Option<BatchRunner<Self>> {
-        Some(|requests, db| {
-            Box::pin(async move {
-                let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
-                batch::run(
-                    prepared,
-                    async |ids: &[&i64]| {
-                        let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
-                        let mut found = db
-                            .autocommit(async |c| repo::settings::get_many(c, &ids).await)
-                            .await?;
-                        Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
-                    },
-                    async |&user_id: &i64| GetSettings { user_id }.run(db.clone()).await,
-                )
-                .await
-            })
-        })
-    }
+fn get_batch(
+    requests: Vec<GetSettings>,
+    db: Database,
+) -> LocalBoxFuture<'static, Vec<Result<Option<UserSettings>>>> {
+    Box::pin(async move {
+        let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
+        batch::run(
+            prepared,
+            async |ids: &[&i64]| {
+                let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
+                let mut found = db
+                    .autocommit(async |c| repo::settings::get_many(c, &ids).await)
+                    .await?;
+                Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
+            },
+            async |&user_id: &i64| GetSettings { user_id }.run(db.clone()).await,
+        )
+        .await
+    })
 }
 
 /// Change some of a user's settings; fields left `None` stay as they are.

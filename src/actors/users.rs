@@ -1,119 +1,54 @@
 //! Requests served by the `users` actor.
 
 use actix::Message;
+use futures::future::LocalBoxFuture;
 use serde::Serialize;
 
 use crate::actors::batch;
-use crate::actors::request::{BatchRunner, DbRequest, Users};
+use crate::actors::request::{BatchRunner, DbRequest, Users, user_request};
 use crate::db::Database;
 use crate::error::Result;
 use crate::model::{DEFAULT_MAX_HISTORY, User, UserSettings, check_user_id};
 use crate::repo;
 
-/// Get a user, or `None`.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "crate::Result<Option<User>>")]
-pub struct GetUser {
-    /// The user.
-    pub user_id: i64,
+user_request!(
+    /// Get a user, or `None`.
+    GetUser, Users, Option<User>, repo::users::get
+);
+
+user_request!(
+    /// Create a user; [`Conflict`](crate::Error::Conflict) if it exists.
+    CreateUser, Users, User, repo::users::create
+);
+
+user_request!(
+    /// Create the user if absent, else refresh its `updated_at`. Batched: the upserts of
+    /// many users in one statement.
+    UpsertUser, Users, User, repo::users::upsert, batch = upsert_batch
+);
+
+fn upsert_batch(requests: Vec<UpsertUser>, db: Database) -> LocalBoxFuture<'static, Vec<Result<User>>> {
+    Box::pin(async move {
+        let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
+        batch::run(
+            prepared,
+            async |ids: &[&i64]| {
+                let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
+                let users = db
+                    .autocommit(async |c| repo::users::upsert_many(c, &ids).await)
+                    .await?;
+                Ok(users.into_iter().map(Some).collect())
+            },
+            async |&user_id: &i64| UpsertUser { user_id }.run(db.clone()).await,
+        )
+        .await
+    })
 }
 
-impl DbRequest for GetUser {
-    type Output = Option<User>;
-    type Table = Users;
-    const NAME: &'static str = "GetUser";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<Option<User>> {
-        db.autocommit(async |c| repo::users::get(c, self.user_id).await)
-            .await
-    }
-}
-
-/// Create a user; [`Conflict`](crate::Error::Conflict) if it exists.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "crate::Result<User>")]
-pub struct CreateUser {
-    /// The user.
-    pub user_id: i64,
-}
-
-impl DbRequest for CreateUser {
-    type Output = User;
-    type Table = Users;
-    const NAME: &'static str = "CreateUser";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<User> {
-        db.autocommit(async |c| repo::users::create(c, self.user_id).await)
-            .await
-    }
-}
-
-/// Create the user if absent, else refresh its `updated_at`.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "crate::Result<User>")]
-pub struct UpsertUser {
-    /// The user.
-    pub user_id: i64,
-}
-
-impl DbRequest for UpsertUser {
-    type Output = User;
-    type Table = Users;
-    const NAME: &'static str = "UpsertUser";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<User> {
-        db.autocommit(async |c| repo::users::upsert(c, self.user_id).await)
-            .await
-    }
-
-    /// The upserts of many users in one statement.
-    fn batch_runner() -> Option<BatchRunner<Self>> {
-        Some(|requests, db| {
-            Box::pin(async move {
-                let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
-                batch::run(
-                    prepared,
-                    async |ids: &[&i64]| {
-                        let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
-                        let users = db
-                            .autocommit(async |c| repo::users::upsert_many(c, &ids).await)
-                            .await?;
-                        Ok(users.into_iter().map(Some).collect())
-                    },
-                    async |&user_id: &i64| UpsertUser { user_id }.run(db.clone()).await,
-                )
-                .await
-            })
-        })
-    }
-}
-
-/// Refresh a user's `updated_at`; [`NotFound`](crate::Error::NotFound) if absent.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "crate::Result<User>")]
-pub struct TouchUser {
-    /// The user.
-    pub user_id: i64,
-}
-
-impl DbRequest for TouchUser {
-    type Output = User;
-    type Table = Users;
-    const NAME: &'static str = "TouchUser";
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-    async fn run(self, db: Database) -> Result<User> {
-        db.autocommit(async |c| repo::users::touch(c, self.user_id).await)
-            .await
-    }
-}
+user_request!(
+    /// Refresh a user's `updated_at`; [`NotFound`](crate::Error::NotFound) if absent.
+    TouchUser, Users, User, repo::users::touch
+);
 
 /// A user and their settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -14,7 +14,7 @@ use botdb::model::Role;
 use botdb::{ActorConfig, Error};
 use futures::future::join_all;
 
-use crate::helpers::{TestDb, eventually};
+use crate::helpers::{Capture, TestDb, eventually};
 
 fn start(t: &TestDb) -> DbHandle {
     DbSystem::start(t.db.clone(), ActorConfig::default())
@@ -383,24 +383,6 @@ async fn a_panicking_handler_is_restarted_and_only_its_request_fails() {
 
 #[actix_rt::test]
 async fn messages_are_traced_in_spans_without_content_or_password() {
-    use std::sync::Mutex;
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
     let t = TestDb::new().await;
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(
@@ -416,7 +398,7 @@ async fn messages_are_traced_in_spans_without_content_or_password() {
     h.send(append(5, "TOP-SECRET-CONTENT".into())).await.unwrap();
     h.send(append(99, "NEVER-LOGGED".into())).await.unwrap_err();
     h.shutdown().await;
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("botdb.request"), "{logs}");
     assert!(
         logs.contains("actor=\"messages\"") && logs.contains("request=\"AppendMessage\""),

@@ -345,24 +345,9 @@ async fn a_second_signal_exits_at_once_and_the_cluster_is_still_removed() {
     assert!(removed, "{} left behind", dir.display());
 }
 
-#[tokio::test]
+#[actix_rt::test]
 async fn the_embedded_cluster_is_removed_even_when_botdb_is_killed() {
-    let mut child = botdb(&["demo", "--users", "100000"], &[("NO_COLOR", "1".into())])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let dir = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the demo names its cluster directory");
-        if let Some(dir) = cluster_dir(&line) {
-            break dir;
-        }
-    };
+    let (mut child, dir, _out) = demo_in_progress().await;
     assert!(dir.exists());
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();

@@ -162,13 +162,15 @@ async fn verify_appends(conn: &mut PgConnection, load: &ActorLoad) -> usize {
     found
 }
 
-#[actix_rt::test]
-async fn postgres_killed_and_restarted_under_a_64_user_load() {
-    let pool_timeout = Duration::from_secs(3);
-    let c = Cluster::start(pool_timeout).await;
+/// Actors on the cluster's database, `users` registered, and an [`actor_load`] running
+/// until the returned flag is set.
+async fn actors_under_load(
+    c: &Cluster,
+    users: std::ops::RangeInclusive<i64>,
+) -> (DbHandle, Arc<AtomicBool>, actix_rt::task::JoinHandle<ActorLoad>) {
     let db = Database::connect(&c.config).await.unwrap();
     let h = DbSystem::start(db, ActorConfig::default());
-    for u in 1..=64 {
+    for u in users.clone() {
         h.send(RegisterUser {
             user_id: u,
             max_history_messages: None,
@@ -180,30 +182,31 @@ async fn postgres_killed_and_restarted_under_a_64_user_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (h, stop) = (h.clone(), stop.clone());
-        actix_rt::spawn(async move { actor_load(&h, 1..=64, stop).await })
+        actix_rt::spawn(async move { actor_load(&h, users, stop).await })
     };
-    let progressed = |h: DbHandle, more: u64| async move {
-        let base = h
-            .stats()
-            .await
-            .unwrap()
-            .actors
-            .iter()
-            .map(|a| a.completed)
-            .sum::<u64>();
-        eventually(Duration::from_secs(60), async || {
-            h.stats()
-                .await
-                .unwrap()
-                .actors
-                .iter()
-                .map(|a| a.completed)
-                .sum::<u64>()
-                >= base + more
-        })
-        .await
-    };
-    assert!(progressed(h.clone(), 500).await, "load running");
+    (h, stop, load)
+}
+
+/// Requests the actors have completed so far.
+async fn completed(h: &DbHandle) -> u64 {
+    h.stats().await.unwrap().actors.iter().map(|a| a.completed).sum()
+}
+
+/// Waits (bounded) until `more` requests completed from now; `false` if they did not.
+async fn progressed(h: &DbHandle, more: u64) -> bool {
+    let base = completed(h).await;
+    eventually(Duration::from_secs(60), async || {
+        completed(h).await >= base + more
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn postgres_killed_and_restarted_under_a_64_user_load() {
+    let pool_timeout = Duration::from_secs(3);
+    let c = Cluster::start(pool_timeout).await;
+    let (h, stop, load) = actors_under_load(&c, 1..=64).await;
+    assert!(progressed(&h, 500).await, "load running");
     c.stop(StopMode::Immediate).await;
     let failing = eventually(Duration::from_secs(60), async || {
         h.stats()
@@ -219,7 +222,7 @@ async fn postgres_killed_and_restarted_under_a_64_user_load() {
     assert!(failing, "requests fail while the server is down");
     c.restart().await;
     assert!(
-        progressed(h.clone(), 500).await,
+        progressed(&h, 500).await,
         "the system recovered without a restart"
     );
     stop.store(true, Ordering::SeqCst);
@@ -393,40 +396,10 @@ async fn sigkill_to_serve_at_load_keeps_every_acknowledged_update() {
 #[actix_rt::test]
 async fn actor_panics_during_load_fail_only_their_requests() {
     let c = Cluster::start(Duration::from_secs(5)).await;
-    let db = Database::connect(&c.config).await.unwrap();
-    let h = DbSystem::start(db, ActorConfig::default());
-    for u in 1..=32 {
-        h.send(RegisterUser {
-            user_id: u,
-            max_history_messages: None,
-            system_prompt: None,
-        })
-        .await
-        .unwrap();
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (h, stop) = (h.clone(), stop.clone());
-        actix_rt::spawn(async move { actor_load(&h, 1..=32, stop).await })
-    };
+    let (h, stop, load) = actors_under_load(&c, 1..=32).await;
     // Panics while the load runs: in handlers and inside requests, for several users.
     for (i, u) in [3, 9, 17, 25, 31].into_iter().enumerate() {
-        let completed = |h: DbHandle| async move {
-            h.stats()
-                .await
-                .unwrap()
-                .actors
-                .iter()
-                .map(|a| a.completed)
-                .sum::<u64>()
-        };
-        let base = completed(h.clone()).await;
-        let h2 = h.clone();
-        assert!(
-            eventually(Duration::from_secs(30), async || completed(h2.clone()).await
-                > base + 200)
-            .await
-        );
+        assert!(progressed(&h, 200).await, "load running before panic {i}");
         if i % 2 == 0 {
             h.faults().panic_in_handler_once(u);
         } else {

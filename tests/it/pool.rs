@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use botdb::Error;
 
-use crate::helpers::{TestDb, eventually, server_connections};
+use crate::helpers::{Capture, TestDb, eventually, server_connections};
 
 #[tokio::test]
 async fn fifteen_checkouts_use_fifteen_connections_and_the_sixteenth_waits_then_times_out() {
@@ -239,26 +239,6 @@ async fn close_waits_for_a_running_query_and_does_not_cut_it() {
     assert_eq!(server_connections(&mut observer, &t.name).await, 0);
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 async fn statements_logged(echo: bool) -> String {
     let t = TestDb::with(|b| b.echo(echo)).await;
     let capture = Capture::default();
@@ -268,7 +248,7 @@ async fn statements_logged(echo: bool) -> String {
         .execute(t.db.pool())
         .await
         .unwrap();
-    String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    capture.text()
 }
 
 #[tokio::test]
