@@ -592,7 +592,7 @@ where
 {
     type Result = Answer<M::Output>;
 
-    fn handle(&mut self, msg: M, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: M, ctx: &mut Context<Self>) -> Self::Result {
         let user = msg.user_id();
         let slot: ReplySlot<M::Output> = Rc::new(Cell::new(None));
         let filed = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -642,7 +642,7 @@ where
                 // Admitted but never filed: answer it here and give its place back.
                 self.gate.release();
                 self.stats.failed += 1;
-                self.restart_after_panic(_ctx);
+                self.restart_after_panic(ctx);
                 self.wake_drains();
                 Answer(AnswerKind::Now(Err(panicked::<M>())))
             }
