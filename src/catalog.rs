@@ -202,19 +202,16 @@ impl CheckReport {
 /// [`Error::Config`](crate::Error::Config) when the user may not create the scratch
 /// database; connection and migration errors.
 pub async fn check(config: &crate::Config) -> Result<CheckReport> {
-    use sqlx::{ConnectOptions, Connection};
+    use crate::migrate::connect_to;
+    use sqlx::Connection;
 
-    let mut live = config.connect_options()?.connect().await?;
+    let mut live = connect_to(config).await?;
     let actual = Snapshot::read(&mut live).await?;
     let history = crate::migrate::history(&mut live).await?;
     let _ = live.close().await;
 
     let scratch = format!("botdb_check_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = config
-        .with_database("postgres")
-        .connect_options()?
-        .connect()
-        .await?;
+    let mut admin = connect_to(&config.with_database("postgres")).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{scratch}\"")))
         .execute(&mut admin)
         .await
@@ -225,11 +222,7 @@ pub async fn check(config: &crate::Config) -> Result<CheckReport> {
             )
         })?;
     let expected = async {
-        let mut conn = config
-            .with_database(&scratch)
-            .connect_options()?
-            .connect()
-            .await?;
+        let mut conn = connect_to(&config.with_database(&scratch)).await?;
         crate::migrate::upgrade(&mut conn).await?;
         let snapshot = Snapshot::read(&mut conn).await;
         let _ = conn.close().await;

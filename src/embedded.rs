@@ -166,8 +166,8 @@ impl EmbeddedPostgres {
     /// # Errors
     /// Database errors.
     pub async fn create_database(&self, name: &str) -> Result<()> {
-        use sqlx::{ConnectOptions, Connection};
-        let mut conn = self.config("postgres").connect_options()?.connect().await?;
+        use sqlx::Connection;
+        let mut conn = crate::migrate::connect_to(&self.config("postgres")).await?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
             .fetch_one(&mut conn)

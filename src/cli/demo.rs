@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use botdb::actors::{DbSystem, ShutdownReport};
+use botdb::bot::telegram::{TgChat, TgMessage, TgUser};
 use botdb::bot::{Bot, EchoModel, Outcome, Update};
 use botdb::shutdown::Signals;
 use botdb::{Config, Database};
@@ -62,17 +63,18 @@ struct Shared {
 }
 
 fn update(user_id: i64, update_id: i64, text: &str) -> Update {
-    let json = serde_json::json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id,
-            "from": { "id": user_id, "is_bot": false, "first_name": "demo" },
-            "chat": { "id": user_id, "type": "private" },
-            "date": 0,
-            "text": text,
-        }
-    });
-    serde_json::from_value(json).unwrap_or_else(|_| unreachable!("a well-formed update literal"))
+    Update {
+        update_id,
+        message: Some(TgMessage {
+            message_id: update_id,
+            from: Some(TgUser {
+                id: user_id,
+                is_bot: false,
+            }),
+            chat: TgChat { id: user_id },
+            text: Some(text.to_string()),
+        }),
+    }
 }
 
 async fn say(shared: &Shared, user_id: i64, n: &mut i64, text: &str) -> Option<String> {

@@ -142,35 +142,30 @@ impl Database {
     {
         let mut conn = self.parking.lease().await?;
         let mut tx = conn.begin().await?;
-        let outcome = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
+        let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
             Ok(Ok(value)) => {
                 tx.commit().await?;
-                Ok(Ok(value))
+                Ok(value)
             }
             Ok(Err(err)) => {
                 if let Err(e) = tx.rollback().await {
                     tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
                     return Err(err);
                 }
-                Ok(Err(err))
+                Err(err)
             }
             Err(panic) => {
                 if let Err(e) = tx.rollback().await {
                     tracing::debug!(error = %e, "rollback after a panic failed; the connection is discarded");
                 }
-                Err(panic)
+                std::panic::resume_unwind(panic)
             }
         };
-        match outcome {
-            // Committed or rolled back: the connection is as good as new. (Dropped
-            // before this point, it goes back through sqlx, which flushes the
-            // rollback a dropped transaction queued.)
-            Ok(result) => {
-                conn.clean();
-                result
-            }
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        // Committed or rolled back: the connection is as good as new. (Left before this
+        // point, it goes back through sqlx, which flushes the rollback a dropped
+        // transaction queued.)
+        conn.clean();
+        result
     }
 
     /// Runs `body` on one pooled connection without an explicit transaction: each
