@@ -26,6 +26,7 @@
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
 //! A scratch database is created, populated and dropped.
 
+use botdb::model::PRIVATE_CHAT;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -623,6 +624,7 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()
     let settings = to.exec(GetSettings { user_id: uid }).await?;
     to.exec(AppendMessage {
         user_id: uid,
+        chat_id: PRIVATE_CHAT,
         role: Role::User,
         content: t.user_text.to_string(),
     })
@@ -630,11 +632,13 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()
     let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
     to.exec(GetHistory {
         user_id: uid,
+        chat_id: PRIVATE_CHAT,
         limit: Some(limit),
     })
     .await?;
     to.exec(AppendMessage {
         user_id: uid,
+        chat_id: PRIVATE_CHAT,
         role: Role::Assistant,
         content: t.reply_text.to_string(),
     })

@@ -8,6 +8,7 @@
 use actix_web::{App, HttpResponse, HttpServer, web};
 use botdb::actors::{AppendTurn, DbHandle, DbSystem, EnsureUser, GetHistory};
 use botdb::embedded::EmbeddedPostgres;
+use botdb::model::PRIVATE_CHAT;
 use botdb::shutdown::Signals;
 use botdb::{Config, Database};
 
@@ -22,12 +23,14 @@ async fn chat(
     let history = db
         .send(GetHistory {
             user_id,
+            chat_id: PRIVATE_CHAT,
             limit: Some(limit),
         })
         .await?;
     let reply = format!("echo: {text} ({} earlier messages remembered)", history.len());
     db.send(AppendTurn {
         user_id,
+        chat_id: PRIVATE_CHAT,
         user_text: text,
         reply_text: reply.clone(),
     })
@@ -39,6 +42,7 @@ async fn history(db: web::Data<DbHandle>, user: web::Path<i64>) -> Result<HttpRe
     let messages = db
         .send(GetHistory {
             user_id: user.into_inner(),
+            chat_id: PRIVATE_CHAT,
             limit: None,
         })
         .await?;
@@ -50,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     botdb::telemetry::init("info");
     let mut signals = Signals::install()?; // botdb owns SIGINT / SIGTERM
     let mut config = Config::from_env()?;
-    let _local = if config.server_is_default() {
+    let _local = if !config.server_configured() {
         let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start).await??;
         config = pg.config_from(&config, "postgres");
         Some(pg)

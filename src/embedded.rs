@@ -209,16 +209,20 @@ impl EmbeddedPostgres {
         self.root.join("data")
     }
 
+    /// A command for the server's tools, with a scrubbed environment: nothing of
+    /// botdb's own (`DB_PASSWORD`, `BOTDB_WEBHOOK_SECRET`, `DATABASE_URL`, ...) reaches the
+    /// server's processes, which may run as another OS user.
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
+        let path = std::env::join_paths([self.bindir.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
+            .unwrap_or_else(|_| "/usr/bin:/bin".into());
         cmd.current_dir(&self.root)
+            .env_clear()
+            .env("PATH", path)
             .env("LC_ALL", "C")
-            .env_remove("PGDATA");
+            .env("HOME", &self.root);
         if let Some(user) = &self.run_as {
-            cmd.uid(user.uid)
-                .gid(user.gid)
-                .env("HOME", &self.root)
-                .env("USER", &user.name);
+            cmd.uid(user.uid).gid(user.gid).env("USER", &user.name);
         }
         cmd
     }

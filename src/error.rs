@@ -52,13 +52,32 @@ pub enum Error {
         source: Option<sqlx::Error>,
     },
 
-    /// A bounded queue is full: the request was refused at once, not queued.
-    #[error("overloaded: {what} already holds {limit} pending requests")]
+    /// The connection broke after the request's last statement, or its COMMIT, was
+    /// sent: the server may have committed it or not, and nobody can tell from here.
+    /// Retrying may apply it twice: retry only a request that is idempotent (one that
+    /// carries an idempotency key, or a read), or read first to find out. Never
+    /// reported for a failure before anything was sent (that is
+    /// [`Unavailable`](Error::Unavailable): nothing was written).
+    #[error("outcome unknown: {reason}; it may or may not have been committed")]
+    OutcomeUnknown {
+        /// What failed, in words.
+        reason: String,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<sqlx::Error>,
+    },
+
+    /// A bounded queue is full: the request was refused at once, not queued. With
+    /// `user_id`, it is that user's share of the queue that is full (other users are
+    /// still admitted); without, the whole queue.
+    #[error("overloaded: {what} already holds {limit} pending requests{}", user_id.map(|u| format!(" of user {u}")).unwrap_or_default())]
     Overloaded {
         /// The queue that is full (an actor's name).
         what: &'static str,
-        /// Its bound.
+        /// Its bound (the per-user share when `user_id` is set).
         limit: usize,
+        /// The user whose share is full, when that is the reason.
+        user_id: Option<i64>,
     },
 
     /// The system is shutting down (or the pool was closed) and accepts no new work.
@@ -114,9 +133,30 @@ impl Error {
         }
     }
 
-    /// `true` when the same request may succeed if retried later
-    /// ([`Unavailable`](Error::Unavailable), [`Overloaded`](Error::Overloaded), and
-    /// serialization conflicts).
+    /// `true` when the write may or may not have been committed
+    /// ([`OutcomeUnknown`](Error::OutcomeUnknown)).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
+    /// This error as seen after a statement was sent on a connection that then broke:
+    /// a lost connection means the statement's outcome is unknown. Errors that happen
+    /// before anything is sent (no connection within the pool timeout) stay as they are.
+    pub(crate) fn after_send(self) -> Error {
+        match self {
+            Error::Unavailable {
+                source: Some(sqlx::Error::PoolTimedOut),
+                ..
+            } => self,
+            Error::Unavailable { reason, source } => Error::OutcomeUnknown { reason, source },
+            other => other,
+        }
+    }
+
+    /// `true` when the same request may succeed if retried later, and nothing of it
+    /// was committed ([`Unavailable`](Error::Unavailable),
+    /// [`Overloaded`](Error::Overloaded), and serialization conflicts).
+    /// [`OutcomeUnknown`](Error::OutcomeUnknown) is not: see [`is_outcome_unknown`](Self::is_outcome_unknown).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Overloaded { .. } => true,
@@ -133,7 +173,15 @@ impl Error {
                 reason: reason.clone(),
                 source: None,
             },
-            Error::Overloaded { what, limit } => Error::Overloaded { what, limit: *limit },
+            Error::OutcomeUnknown { reason, .. } => Error::OutcomeUnknown {
+                reason: reason.clone(),
+                source: None,
+            },
+            Error::Overloaded { what, limit, user_id } => Error::Overloaded {
+                what,
+                limit: *limit,
+                user_id: *user_id,
+            },
             Error::ShuttingDown => Error::ShuttingDown,
             Error::Conflict(m) => Error::Conflict(m.clone()),
             Error::InvalidInput { field, reason } => Error::InvalidInput {
@@ -152,7 +200,7 @@ impl Error {
     pub fn sqlstate(&self) -> Option<String> {
         let source = match self {
             Error::Database(e) => e,
-            Error::Unavailable { source: Some(e), .. } => e,
+            Error::Unavailable { source: Some(e), .. } | Error::OutcomeUnknown { source: Some(e), .. } => e,
             _ => return None,
         };
         source
@@ -171,7 +219,17 @@ impl From<sqlx::Error> for Error {
                 source: Some(err),
             },
             sqlx::Error::PoolClosed => Error::ShuttingDown,
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => Error::Unavailable {
+            // A TLS refusal (the server has no TLS, its certificate does not verify) is
+            // not an outage: retrying cannot help, the settings must change.
+            sqlx::Error::Tls(ref e) => tls_refused(&e.to_string()),
+            sqlx::Error::Io(ref io)
+                if io
+                    .get_ref()
+                    .is_some_and(|e| e.to_string().contains("certificate")) =>
+            {
+                tls_refused(&io.to_string())
+            }
+            sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => Error::Unavailable {
                 reason: "connection to the database failed".into(),
                 source: Some(err),
             },
@@ -216,6 +274,17 @@ impl From<sqlx::migrate::MigrateError> for Error {
             other => Error::Migration(other.to_string()),
         }
     }
+}
+
+/// A TLS handshake the client or the server refused.
+fn tls_refused(why: &str) -> Error {
+    Error::config(
+        "DB_SSLMODE",
+        format!(
+            "the TLS connection was refused ({why}); check the TLS mode and the CA certificate \
+             (DB_SSLMODE / DB_SSLROOTCERT, or sslmode / sslrootcert in DATABASE_URL)"
+        ),
+    )
 }
 
 /// Maps the SQLSTATE classes a caller can act on; `None` leaves it as [`Error::Database`].

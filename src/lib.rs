@@ -1,8 +1,8 @@
 //! # botdb
 //!
 //! The persistence subsystem of AI chat bots built on actix: users, every message of
-//! each user's dialogue with the model (soft-deleted, never physically removed), and
-//! per-user settings, in PostgreSQL through sqlx.
+//! each user's dialogues with the model (one per user and chat; soft-deleted, never
+//! physically removed), and per-user settings, in PostgreSQL through sqlx.
 //!
 //! It does what the reference design (async SQLAlchemy 2.0 + asyncpg + Alembic) does:
 //! a pooled [`Database`] with a transactional [`Database::session`] scope and a graceful
@@ -29,27 +29,33 @@
 //!
 //! ## Layout
 //! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
-//!   settings, `.env`) or a builder; the password is a secret that never prints.
-//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, close, migrate;
+//!   settings, `.env`) or a builder; the password is a secret that never prints, in
+//!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
+//!   `config::urls`).
+//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close, migrate;
 //!   connections held between uses (sqlx's pool pings every connection it gets back).
-//! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on.
-//! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]) and
-//!   validated inputs ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
+//! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
+//!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut).
+//! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]),
+//!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
+//!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
 //! - [`repo`]: the SQL, one module per table, as functions over any executor.
 //! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]) and the operator verbs
-//!   (upgrade, downgrade, current, history, new).
+//!   (upgrade, downgrade, current, history, new), with a lock timeout and retries.
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
 //! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
 //!   tests).
 //! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
-//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded,
-//!   group commit of what is ready at once), [`actors::DbHandle`] sends typed requests,
-//!   [`actors::Shutdown`] drains them.
+//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded
+//!   with a fair share per user, group commit of what is ready at once),
+//!   [`actors::DbHandle`] sends typed requests, [`actors::Shutdown`] drains them.
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
 //! - [`bot`]: the chat bot over the actors (commands, turns, the [`bot::Model`] trait and
 //!   its local [`bot::EchoModel`], Telegram's Update and sendMessage).
-//! - [`server`]: `botdb serve` on actix-web: the webhook (secret token, body limit),
-//!   `/healthz`, `/metrics`, and the ordered shutdown (HTTP, actors, pool).
+//! - [`server`]: `botdb serve` on actix-web: the webhook (secret token before the body,
+//!   body bounded in size and time), `/healthz` (cached) and `/metrics` (optionally on
+//!   an admin address behind a token), connection limits, and the ordered shutdown
+//!   (HTTP with a grace, actors, pool).
 //! - [`telemetry`]: the `tracing` subscriber.
 //!
 //! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
@@ -68,6 +74,10 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{ActorConfig, Config, Limits, PoolConfig};
+pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig};
+
+/// `true` in builds with the test-only `fault-injection` feature (botdb's own test
+/// suite); `false` in every normal build.
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
 pub use db::{Database, PoolStatus};
 pub use error::{Error, Result};

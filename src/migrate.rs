@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::migrate::{Migrate, Migrator};
+use std::time::Duration;
+
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 
+use crate::config::MigrateConfig;
 use crate::error::{Error, Result};
 
 /// The migrations in `migrations/`, embedded at compile time.
@@ -81,7 +84,9 @@ pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> 
 /// # Errors
 /// As [`Database::connect`](crate::Database::connect).
 pub async fn connect_to(config: &crate::Config) -> Result<PgConnection> {
-    connect(&config.connect_options()?).await
+    connect(&config.connect_options()?)
+        .await
+        .map_err(|e| config.explain(e))
 }
 
 #[derive(sqlx::FromRow)]
@@ -164,32 +169,55 @@ fn verify_checksums(status: &[MigrationStatus]) -> Result<()> {
     }
 }
 
-/// Applies every pending migration (`alembic upgrade head`). Returns the versions applied
-/// by this call: empty when another process had already done the work.
+/// Applies every pending migration (`alembic upgrade head`), with the default lock
+/// policy ([`MigrateConfig::default`]). Returns the versions applied by this call:
+/// empty when another process had already done the work.
 ///
 /// # Errors
 /// [`Error::Migration`] when an applied migration was edited (naming it), when the
 /// database has a version this build does not know, or when a migration fails (its
-/// transaction is rolled back).
+/// transaction is rolled back), also when it could not take its locks in time.
 pub async fn upgrade(conn: &mut PgConnection) -> Result<Vec<MigrationStatus>> {
-    upgrade_to(conn, None).await
+    upgrade_with(conn, None, &MigrateConfig::default()).await
 }
 
 /// Applies pending migrations up to and including `target` (all of them for `None`),
-/// like `alembic upgrade <rev>`.
+/// like `alembic upgrade <rev>`, with the default lock policy.
 ///
 /// # Errors
 /// As [`upgrade`].
 pub async fn upgrade_to(conn: &mut PgConnection, target: Option<i64>) -> Result<Vec<MigrationStatus>> {
-    locked(conn, async |conn| {
+    upgrade_with(conn, target, &MigrateConfig::default()).await
+}
+
+/// Applies pending migrations up to `target` (all for `None`) under `policy`: each
+/// migration's statements wait at most `policy.lock_timeout` for a lock, so traffic
+/// queued behind a DDL's lock request on a live database waits at most that long; a
+/// migration that timed out is rolled back and tried again (up to `policy.attempts`
+/// times in all, backing off in between).
+///
+/// # Errors
+/// As [`upgrade`].
+pub async fn upgrade_with(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    policy: &MigrateConfig,
+) -> Result<Vec<MigrationStatus>> {
+    lock(conn, policy).await?;
+    let result = async {
         let before = history(conn).await?;
         verify_checksums(&before)?;
         // sqlx takes the same advisory lock again (it is re-entrant per session).
-        MIGRATOR.run_direct(target, conn, false).await?;
+        let mut attempt = 1;
+        while let Err(e) = MIGRATOR.run_direct(target, &mut *conn, false).await {
+            tokio::time::sleep(retry_after(policy, attempt, e)?).await;
+            attempt += 1;
+        }
         let after = history(conn).await?;
         Ok(newly_changed(&before, &after, true))
-    })
-    .await
+    }
+    .await;
+    unlock(conn, result).await
 }
 
 /// Reverts the newest `steps` applied migrations (`alembic downgrade -N`). Returns the
@@ -199,7 +227,20 @@ pub async fn upgrade_to(conn: &mut PgConnection, target: Option<i64>) -> Result<
 /// As [`upgrade`]; also when an applied migration is unknown to this build (its down
 /// script is not available).
 pub async fn downgrade(conn: &mut PgConnection, steps: usize) -> Result<Vec<MigrationStatus>> {
-    locked(conn, async |conn| {
+    downgrade_with(conn, steps, &MigrateConfig::default()).await
+}
+
+/// [`downgrade`] under `policy` (see [`upgrade_with`]).
+///
+/// # Errors
+/// As [`downgrade`].
+pub async fn downgrade_with(
+    conn: &mut PgConnection,
+    steps: usize,
+    policy: &MigrateConfig,
+) -> Result<Vec<MigrationStatus>> {
+    lock(conn, policy).await?;
+    let result = async {
         let before = history(conn).await?;
         verify_checksums(&before)?;
         if let Some(unknown) = before.iter().find(|s| s.unknown_to_this_build) {
@@ -222,24 +263,41 @@ pub async fn downgrade(conn: &mut PgConnection, steps: usize) -> Result<Vec<Migr
         } else {
             applied[applied.len() - steps - 1]
         };
-        MIGRATOR.undo(&mut *conn, target).await?;
+        let mut attempt = 1;
+        while let Err(e) = MIGRATOR.undo(&mut *conn, target).await {
+            tokio::time::sleep(retry_after(policy, attempt, e)?).await;
+            attempt += 1;
+        }
         let after = history(conn).await?;
         let mut reverted = newly_changed(&before, &after, false);
         reverted.reverse();
         Ok(reverted)
-    })
-    .await
+    }
+    .await;
+    unlock(conn, result).await
 }
 
-/// Runs `body` holding the migrator's advisory lock, so that what it reads before and
-/// after migrating is not changed by a concurrent migrator. On failure every advisory
-/// lock of the session is released, so the connection can be reused safely.
-async fn locked<T>(
-    conn: &mut PgConnection,
-    body: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
-) -> Result<T> {
+/// Takes the migrator's advisory lock, so that what a verb reads before and after
+/// migrating is not changed by a concurrent migrator, then sets `lock_timeout` for the
+/// migrations' own statements (after the advisory lock is held: a second migrator
+/// waits for the first as long as it takes). Pair with [`unlock`].
+async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
     conn.lock().await?;
-    let result = body(&mut *conn).await;
+    let millis = policy.lock_timeout.as_millis().max(1);
+    let set = sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(format!("{millis}ms"))
+        .execute(&mut *conn)
+        .await;
+    match set {
+        Ok(_) => Ok(()),
+        Err(e) => unlock(conn, Err(e.into())).await,
+    }
+}
+
+/// Resets `lock_timeout` and releases the advisory lock; on failure every advisory lock
+/// of the session is released, so the connection can be reused safely.
+async fn unlock<T>(conn: &mut PgConnection, result: Result<T>) -> Result<T> {
+    let _ = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
     let released = match &result {
         Ok(_) => conn.unlock().await.map_err(Error::from),
         Err(_) => sqlx::query("SELECT pg_advisory_unlock_all()")
@@ -251,6 +309,48 @@ async fn locked<T>(
     let value = result?;
     released?;
     Ok(value)
+}
+
+/// `true` when a migration failed because a statement of it could not get a lock
+/// within `lock_timeout` (SQLSTATE 55P03): it was rolled back and may be tried again.
+fn is_lock_timeout(err: &MigrateError) -> bool {
+    let source = match err {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e,
+        _ => return false,
+    };
+    source
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
+/// After pass `attempt` of the migrator failed with `err`: how long to back off
+/// before the next pass, or the error to give up with. Only a lock timeout is retried:
+/// each migration is one transaction, so a timed-out one left nothing behind (the ones
+/// before it stay applied), and backing off lets the traffic it was queued in front of
+/// drain.
+fn retry_after(policy: &MigrateConfig, attempt: u32, err: MigrateError) -> Result<Duration> {
+    if !is_lock_timeout(&err) {
+        return Err(err.into());
+    }
+    if attempt >= policy.attempts {
+        return Err(Error::Migration(format!(
+            "a migration could not take its locks within {:?} in {} attempts: a long-running \
+             transaction holds them (see pg_stat_activity / pg_locks); it was rolled back, \
+             nothing of it is applied; run `botdb migrate` again when the table is free, or \
+             raise BOTDB_MIGRATE_LOCK_TIMEOUT / BOTDB_MIGRATE_ATTEMPTS ({err})",
+            policy.lock_timeout, policy.attempts
+        )));
+    }
+    let backoff = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
+    tracing::warn!(
+        attempt,
+        attempts = policy.attempts,
+        lock_timeout = ?policy.lock_timeout,
+        ?backoff,
+        "a migration could not take its locks in time (a long transaction holds them); rolled back, retrying"
+    );
+    Ok(backoff)
 }
 
 /// Reverts every applied migration (down to an empty schema).
@@ -352,7 +452,7 @@ mod tests {
     #[test]
     fn embedded_migrations_are_reversible_and_numbered() {
         let ups: Vec<i64> = up_migrations().map(|m| m.version).collect();
-        assert_eq!(ups, vec![1, 2, 3, 4]);
+        assert_eq!(ups, vec![1, 2, 3, 4, 5]);
         for v in ups {
             assert!(
                 MIGRATOR
@@ -361,7 +461,7 @@ mod tests {
                 "migration {v} has no down script"
             );
         }
-        assert_eq!(head(), Some(4));
+        assert_eq!(head(), Some(5));
         assert!(describe_version(3).contains("content length and history index"));
     }
 

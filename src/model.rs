@@ -58,6 +58,62 @@ pub fn check_history_limit(field: &'static str, value: i64) -> Result<i32> {
         })
 }
 
+/// `messages.chat_id` of a user's private chat with the bot. Telegram gives a private
+/// chat the user's own id; botdb stores it as 0 (so rows written before chats were
+/// told apart, and rows the reference's code writes, are private), and
+/// [`Dialogue::new`] turns a chat id equal to the user id into it.
+pub const PRIVATE_CHAT: i64 = 0;
+
+/// One dialogue: a user in a chat. Each has its own history: what a user says in
+/// private never appears in, nor feeds the model in, a group, and the reverse. Settings
+/// (history length, system prompt) are the user's, the same in every chat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Dialogue {
+    /// The user (Telegram `from.id`).
+    pub user_id: i64,
+    /// The chat ([`PRIVATE_CHAT`] for the user's private chat with the bot).
+    pub chat_id: i64,
+}
+
+impl Dialogue {
+    /// The user's private chat with the bot.
+    pub fn private(user_id: i64) -> Self {
+        Dialogue {
+            user_id,
+            chat_id: PRIVATE_CHAT,
+        }
+    }
+
+    /// The user in chat `chat_id` (Telegram `chat.id`); a chat id equal to the user's own
+    /// id is their private chat.
+    pub fn new(user_id: i64, chat_id: i64) -> Self {
+        Dialogue {
+            user_id,
+            chat_id: if chat_id == user_id { PRIVATE_CHAT } else { chat_id },
+        }
+    }
+
+    /// `true` for the user's private chat.
+    pub fn is_private(&self) -> bool {
+        self.chat_id == PRIVATE_CHAT
+    }
+
+    /// This dialogue with its user id checked and its chat id in stored form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a non-positive user id.
+    pub fn checked(self) -> Result<Self> {
+        Ok(Dialogue::new(check_user_id(self.user_id)?, self.chat_id))
+    }
+}
+
+impl From<i64> for Dialogue {
+    /// A user id alone means the user's private chat.
+    fn from(user_id: i64) -> Self {
+        Dialogue::private(user_id)
+    }
+}
+
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +183,8 @@ pub struct Message {
     pub id: Uuid,
     /// The user whose dialogue this message belongs to.
     pub user_id: i64,
+    /// The chat of that dialogue ([`PRIVATE_CHAT`]: the user's private chat).
+    pub chat_id: i64,
     /// Who wrote it.
     #[sqlx(try_from = "String")]
     pub role: Role,
@@ -148,6 +206,7 @@ impl fmt::Debug for Message {
         f.debug_struct("Message")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
+            .field("chat_id", &self.chat_id)
             .field("role", &self.role)
             .field("content_length", &self.content_length)
             .field("created_at", &self.created_at)
@@ -248,10 +307,22 @@ pub struct NewMessage {
     pub id: Uuid,
     /// The user (must exist).
     pub user_id: i64,
+    /// The chat ([`PRIVATE_CHAT`]: the user's private chat).
+    pub chat_id: i64,
     /// Who wrote it.
     pub role: Role,
     /// The checked text.
     pub content: Content,
+}
+
+impl NewMessage {
+    /// The dialogue it belongs to.
+    pub fn dialogue(&self) -> Dialogue {
+        Dialogue {
+            user_id: self.user_id,
+            chat_id: self.chat_id,
+        }
+    }
 }
 
 impl NewMessage {
@@ -265,15 +336,30 @@ impl NewMessage {
 }
 
 impl Limits {
-    /// A [`NewMessage`] checked against these limits.
+    /// A [`NewMessage`] of the user's private dialogue, checked against these limits.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a non-positive user id, empty content, a NUL
     /// character, or content longer than `max_content_chars`.
     pub fn message(&self, user_id: i64, role: Role, content: impl Into<String>) -> Result<NewMessage> {
+        self.message_in(Dialogue::private(user_id), role, content)
+    }
+
+    /// A [`NewMessage`] of `dialogue`, checked against these limits.
+    ///
+    /// # Errors
+    /// As [`message`](Self::message).
+    pub fn message_in(
+        &self,
+        dialogue: Dialogue,
+        role: Role,
+        content: impl Into<String>,
+    ) -> Result<NewMessage> {
+        let dialogue = dialogue.checked()?;
         Ok(NewMessage {
             id: Uuid::new_v4(),
-            user_id: check_user_id(user_id)?,
+            user_id: dialogue.user_id,
+            chat_id: dialogue.chat_id,
             role,
             content: Content::parse("content", content, self.max_content_chars)?,
         })

@@ -243,7 +243,13 @@ trait PendingBatch {
     /// Batches of this type running now.
     fn in_flight(&self) -> usize;
     /// Takes up to `max` requests and returns their work.
-    fn launch(&mut self, max: usize, actor: &'static str, db: &Database) -> Work;
+    fn launch(
+        &mut self,
+        max: usize,
+        actor: &'static str,
+        db: &Database,
+        #[cfg(feature = "fault-injection")] faults: &Faults,
+    ) -> Work;
 }
 
 struct Batch<M: DbRequest> {
@@ -273,7 +279,13 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
         self.in_flight.get()
     }
 
-    fn launch(&mut self, max: usize, actor: &'static str, db: &Database) -> Work {
+    fn launch(
+        &mut self,
+        max: usize,
+        actor: &'static str,
+        db: &Database,
+        #[cfg(feature = "fault-injection")] faults: &Faults,
+    ) -> Work {
         let rest = self.requests.split_off(self.requests.len().min(max));
         let requests = std::mem::replace(&mut self.requests, rest);
         self.oldest = self.requests.iter().map(|r| r.caller.accepted_at).min();
@@ -290,6 +302,8 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
             };
         }
         let runner = self.runner;
+        #[cfg(feature = "fault-injection")]
+        let faults = faults.clone();
         let in_flight = self.in_flight.clone();
         in_flight.set(in_flight.get() + 1);
         Box::pin(async move {
@@ -298,10 +312,16 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
             let (msgs, callers): (Vec<M>, Vec<Caller<M::Output>>) =
                 requests.into_iter().map(|r| (r.msg, r.caller)).unzip();
             let n = callers.len();
-            let results = AssertUnwindSafe(runner(msgs, db))
-                .catch_unwind()
-                .instrument(span)
-                .await;
+            #[cfg(feature = "fault-injection")]
+            let poisoned = faults.take_batch_panic(callers.iter().map(|c| c.user));
+            let run = async move {
+                #[cfg(feature = "fault-injection")]
+                if poisoned {
+                    panic!("injected panic in a batch of {n} {}", M::NAME);
+                }
+                runner(msgs, db).await
+            };
+            let results = AssertUnwindSafe(run).catch_unwind().instrument(span).await;
             let finished = match results {
                 Ok(results) if results.len() == n => callers
                     .into_iter()
@@ -321,9 +341,18 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
                         })
                         .collect()
                 }
+                // The runner panicked: where is unknown (before its statement, or after it
+                // committed), so every request of the batch fails, and says so.
                 Err(_) => callers
                     .into_iter()
-                    .map(|caller| caller.answer(Err(panicked::<M>()), Outcome::Panicked, started_at))
+                    .map(|caller| {
+                        let e = Error::Internal(format!(
+                            "the {actor} actor panicked while running a batch of {n} {}; it was restarted, \
+                             and whether this request was carried out is unknown",
+                            M::NAME
+                        ));
+                        caller.answer(Err(e), Outcome::Panicked, started_at)
+                    })
                     .collect(),
             };
             in_flight.set(in_flight.get().saturating_sub(1));
@@ -464,7 +493,13 @@ impl<T: Table> DbActor<T> {
                     self.stats.batched_requests += size as u64;
                     self.stats.largest_batch = self.stats.largest_batch.max(size);
                 }
-                self.running.push(batch.launch(max, T::NAME, &self.db));
+                self.running.push(batch.launch(
+                    max,
+                    T::NAME,
+                    &self.db,
+                    #[cfg(feature = "fault-injection")]
+                    &self.faults,
+                ));
             }
         }
         self.batch_timer = next_due.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
@@ -477,8 +512,9 @@ impl<T: Table> DbActor<T> {
     }
 
     /// A request ended: account for it, ready its user's next job or drop the lane.
-    fn finished(&mut self, done: Finished, ctx: &mut Context<Self>) {
-        self.gate.release();
+    /// Returns `true` when it panicked (the caller restarts the actor).
+    fn finished(&mut self, done: Finished) -> bool {
+        self.gate.release(done.user);
         let now = Instant::now();
         self.latency.record(now - done.accepted_at);
         self.run_latency.record(now - done.started_at);
@@ -501,9 +537,7 @@ impl<T: Table> DbActor<T> {
                 }
             }
         }
-        if done.outcome == Outcome::Panicked {
-            self.restart_after_panic(ctx);
-        }
+        done.outcome == Outcome::Panicked
     }
 
     /// Answers waiting drains once nothing admitted is left unanswered.
@@ -541,10 +575,19 @@ impl<T: Table> ActorFuture<DbActor<T>> for Engine<T> {
         for _ in 0..ENGINE_BUDGET {
             act.flush(task);
             match act.running.poll_next_unpin(task) {
-                Poll::Ready(Some(Completed::One(done))) => act.finished(done, ctx),
+                Poll::Ready(Some(Completed::One(done))) => {
+                    if act.finished(done) {
+                        act.restart_after_panic(ctx);
+                    }
+                }
                 Poll::Ready(Some(Completed::Many(all))) => {
+                    // One panic per batch, however many requests it failed.
+                    let mut panicked = false;
                     for done in all {
-                        act.finished(done, ctx);
+                        panicked |= act.finished(done);
+                    }
+                    if panicked {
+                        act.restart_after_panic(ctx);
                     }
                 }
                 // Nothing ready (or nothing running): the work's wakers, the mailbox or
@@ -640,7 +683,7 @@ where
             Ok(()) => Answer(AnswerKind::Later(slot)),
             Err(_) => {
                 // Admitted but never filed: answer it here and give its place back.
-                self.gate.release();
+                self.gate.release(user);
                 self.stats.failed += 1;
                 self.restart_after_panic(ctx);
                 self.wake_drains();

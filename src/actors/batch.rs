@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 ///   retried alone with `one`, which gives it its own answer;
 /// - when `all` fails as a whole for a transient reason (the server is down, shutting
 ///   down), every input gets that error: nothing of the batch was committed;
+/// - when its outcome is unknown (the connection broke while the statement ran), every
+///   input gets [`Error::OutcomeUnknown`]: retrying alone could write them twice;
 /// - when it fails for any other reason (a constraint, a concurrent delete), every
 ///   input is retried alone, so one bad row never fails the others.
 pub(crate) async fn run<P, T>(
@@ -26,7 +28,9 @@ pub(crate) async fn run<P, T>(
     let mut together = match together {
         Ok(results) if results.len() == n => Ok(results.into_iter()),
         Ok(_) => Err(None),
-        Err(e) if e.is_transient() || matches!(e, Error::ShuttingDown) => Err(Some(e)),
+        Err(e) if e.is_transient() || e.is_outcome_unknown() || matches!(e, Error::ShuttingDown) => {
+            Err(Some(e))
+        }
         Err(e) => {
             tracing::debug!(error = %e, size = n, "batch failed as a whole; running its requests alone");
             Err(None)

@@ -1,6 +1,6 @@
 //! Fault injection for botdb's own tests (cargo feature `fault-injection`, enabled only
-//! by the test build): make a user's next request panic in the actor's handler or in
-//! its database work, or sleep in the database before it runs.
+//! by the test build): make a user's next request panic in the actor's handler, in its
+//! database work, or in the batch it runs in, or sleep in the database before it runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,7 @@ struct Shared {
 struct State {
     panic_in_handler: HashSet<i64>,
     panic_in_run: HashSet<i64>,
+    panic_in_batch: HashSet<i64>,
     sleep_secs: HashMap<i64, f64>,
 }
 
@@ -37,6 +38,15 @@ impl Faults {
     pub fn panic_in_run_once(&self, user_id: i64) {
         self.arm(|s| {
             s.panic_in_run.insert(user_id);
+        });
+    }
+
+    /// The next batch that holds a request of `user_id` panics inside its batch runner,
+    /// before its statement is sent. Unlike the other run-time faults, it does not make
+    /// the user's requests run alone: the point is to hit a batch of several users.
+    pub fn panic_in_batch_once(&self, user_id: i64) {
+        self.arm(|s| {
+            s.panic_in_batch.insert(user_id);
         });
     }
 
@@ -68,6 +78,11 @@ impl Faults {
 
     pub(crate) fn take_run_panic(&self, user_id: i64) -> bool {
         self.check(|s| s.panic_in_run.remove(&user_id))
+    }
+
+    /// `true` (once) when one of `users` is armed to panic in its batch.
+    pub(crate) fn take_batch_panic(&self, users: impl IntoIterator<Item = i64>) -> bool {
+        self.check(|s| users.into_iter().any(|u| s.panic_in_batch.remove(&u)))
     }
 
     /// `true` when a run-time fault is set for the user (its requests then run alone).

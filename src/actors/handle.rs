@@ -55,7 +55,11 @@ impl DbSystem {
             config: &ActorConfig,
             #[cfg(feature = "fault-injection")] faults: &Faults,
         ) -> Endpoint<T> {
-            let gate = Arc::new(Gate::new(T::NAME, config.max_pending));
+            let gate = Arc::new(Gate::new(
+                T::NAME,
+                config.max_pending,
+                config.max_pending_per_user,
+            ));
             let (db, actor_gate) = (db.clone(), gate.clone());
             #[cfg(feature = "fault-injection")]
             let faults = faults.clone();
@@ -143,7 +147,10 @@ impl DbHandle {
     /// request's own outcome ([`Error::Internal`] if its handler panicked).
     pub fn send<M: DbRequest>(&self, msg: M) -> impl Future<Output = Result<M::Output>> + Send + 'static {
         let endpoint = <M::Table as Sealed>::endpoint(&self.inner.endpoints);
-        let request = endpoint.gate.admit().map(|()| endpoint.addr.send(msg));
+        let request = endpoint
+            .gate
+            .admit(msg.user_id())
+            .map(|()| endpoint.addr.send(msg));
         async move {
             match request?.await {
                 Ok(answer) => answer,

@@ -7,17 +7,19 @@ use crate::actors::batch;
 use crate::actors::request::{BatchRunner, DbRequest, Messages, user_request};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{Message, MessageCounts, NewMessage, Role, check_history_limit, check_user_id};
+use crate::model::{Dialogue, Message, MessageCounts, NewMessage, Role, check_history_limit};
 use crate::repo;
 
-/// Append one message to a user's dialogue. The content is checked against the
-/// configured limits ([`InvalidInput`](crate::Error::InvalidInput)); an unknown user is
-/// [`NotFound`](crate::Error::NotFound).
+/// Append one message to a dialogue (a user in a chat). The content is checked against
+/// the configured limits ([`InvalidInput`](crate::Error::InvalidInput)); an unknown user
+/// is [`NotFound`](crate::Error::NotFound).
 #[derive(Clone, ActixMessage)]
 #[rtype(result = "crate::Result<Message>")]
 pub struct AppendMessage {
     /// The user.
     pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
     /// Who wrote it.
     pub role: Role,
     /// The text.
@@ -28,6 +30,7 @@ impl std::fmt::Debug for AppendMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppendMessage")
             .field("user_id", &self.user_id)
+            .field("chat_id", &self.chat_id)
             .field("role", &self.role)
             .field("content_bytes", &self.content.len())
             .finish()
@@ -42,7 +45,9 @@ impl DbRequest for AppendMessage {
         self.user_id
     }
     async fn run(self, db: Database) -> Result<Message> {
-        let msg = db.limits().message(self.user_id, self.role, self.content)?;
+        let msg =
+            db.limits()
+                .message_in(Dialogue::new(self.user_id, self.chat_id), self.role, self.content)?;
         db.autocommit(async |c| repo::messages::append(c, &msg).await)
             .await
     }
@@ -54,7 +59,7 @@ impl DbRequest for AppendMessage {
                 let limits = *db.limits();
                 let prepared = requests
                     .into_iter()
-                    .map(|r| limits.message(r.user_id, r.role, r.content))
+                    .map(|r| limits.message_in(Dialogue::new(r.user_id, r.chat_id), r.role, r.content))
                     .collect();
                 batch::run(
                     prepared,
@@ -79,12 +84,15 @@ pub struct Turn {
     pub reply: Message,
 }
 
-/// Append the user's message and the model's reply in one transaction: both or neither.
+/// Append the user's message and the model's reply to a dialogue in one transaction:
+/// both or neither.
 #[derive(Clone, ActixMessage)]
 #[rtype(result = "crate::Result<Turn>")]
 pub struct AppendTurn {
     /// The user.
     pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
     /// What the user wrote.
     pub user_text: String,
     /// What the model answered.
@@ -95,6 +103,7 @@ impl std::fmt::Debug for AppendTurn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppendTurn")
             .field("user_id", &self.user_id)
+            .field("chat_id", &self.chat_id)
             .field("user_bytes", &self.user_text.len())
             .field("reply_bytes", &self.reply_text.len())
             .finish()
@@ -110,8 +119,9 @@ impl DbRequest for AppendTurn {
     }
     async fn run(self, db: Database) -> Result<Turn> {
         let limits = db.limits();
-        let user = limits.message(self.user_id, Role::User, self.user_text)?;
-        let reply = limits.message(self.user_id, Role::Assistant, self.reply_text)?;
+        let dialogue = Dialogue::new(self.user_id, self.chat_id);
+        let user = limits.message_in(dialogue, Role::User, self.user_text)?;
+        let reply = limits.message_in(dialogue, Role::Assistant, self.reply_text)?;
         append_turn(&db, &(user, reply)).await
     }
 
@@ -123,9 +133,10 @@ impl DbRequest for AppendTurn {
                 let prepared = requests
                     .into_iter()
                     .map(|r| {
+                        let dialogue = Dialogue::new(r.user_id, r.chat_id);
                         Ok((
-                            limits.message(r.user_id, Role::User, r.user_text)?,
-                            limits.message(r.user_id, Role::Assistant, r.reply_text)?,
+                            limits.message_in(dialogue, Role::User, r.user_text)?,
+                            limits.message_in(dialogue, Role::Assistant, r.reply_text)?,
                         ))
                     })
                     .collect();
@@ -166,13 +177,15 @@ async fn append_turn(db: &Database, (user, reply): &(NewMessage, NewMessage)) ->
     .await
 }
 
-/// A user's live history, newest first. `limit` defaults to the user's
-/// `max_history_messages`.
+/// A dialogue's live history, newest first: at most `limit` messages (the user's
+/// `max_history_messages` when `None`) and at most `DB_MAX_HISTORY_BYTES` of content.
 #[derive(Clone, Debug, ActixMessage)]
 #[rtype(result = "crate::Result<Vec<Message>>")]
 pub struct GetHistory {
     /// The user.
     pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
     /// At most this many (1 to 1000); `None`: the user's setting.
     pub limit: Option<i64>,
 }
@@ -185,9 +198,11 @@ impl DbRequest for GetHistory {
         self.user_id
     }
     async fn run(self, db: Database) -> Result<Vec<Message>> {
-        db.autocommit(async |c| match self.limit {
-            Some(limit) => repo::messages::history(c, self.user_id, limit).await,
-            None => repo::messages::history_per_settings(c, self.user_id).await,
+        let dialogue = Dialogue::new(self.user_id, self.chat_id);
+        let max_bytes = db.limits().max_history_bytes;
+        db.read(async |c| match self.limit {
+            Some(limit) => repo::messages::history_within(c, dialogue, limit, max_bytes).await,
+            None => repo::messages::history_per_settings(c, dialogue, max_bytes).await,
         })
         .await
     }
@@ -200,21 +215,23 @@ impl DbRequest for GetHistory {
                     .into_iter()
                     .map(|r| {
                         let limit = r.limit.map(|l| check_history_limit("limit", l)).transpose()?;
-                        Ok((check_user_id(r.user_id)?, limit))
+                        Ok((Dialogue::new(r.user_id, r.chat_id).checked()?, limit))
                     })
                     .collect();
+                let max_bytes = db.limits().max_history_bytes;
                 batch::run(
                     prepared,
-                    async |wanted: &[&(i64, Option<i32>)]| {
-                        let wanted: Vec<(i64, Option<i32>)> = wanted.iter().map(|w| **w).collect();
+                    async |wanted: &[&(Dialogue, Option<i32>)]| {
+                        let wanted: Vec<(Dialogue, Option<i32>)> = wanted.iter().map(|w| **w).collect();
                         let found = db
-                            .autocommit(async |c| repo::messages::history_many(c, &wanted).await)
+                            .read(async |c| repo::messages::history_many(c, &wanted, max_bytes).await)
                             .await?;
                         Ok(found.into_iter().map(Some).collect())
                     },
-                    async |&(user_id, limit): &(i64, Option<i32>)| {
+                    async |&(dialogue, limit): &(Dialogue, Option<i32>)| {
                         GetHistory {
-                            user_id,
+                            user_id: dialogue.user_id,
+                            chat_id: dialogue.chat_id,
                             limit: limit.map(i64::from),
                         }
                         .run(db.clone())
@@ -227,12 +244,32 @@ impl DbRequest for GetHistory {
     }
 }
 
-user_request!(
-    /// Soft-delete a user's whole live history; returns how many messages were hidden.
-    ClearHistory, Messages, u64, repo::messages::clear_history
-);
+/// Soft-delete a dialogue's whole live history; returns how many messages were hidden.
+/// The user's dialogues in other chats are untouched.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<u64>")]
+pub struct ClearHistory {
+    /// The user.
+    pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
+}
+
+impl DbRequest for ClearHistory {
+    type Output = u64;
+    type Table = Messages;
+    const NAME: &'static str = "ClearHistory";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<u64> {
+        let dialogue = Dialogue::new(self.user_id, self.chat_id);
+        db.autocommit(async |c| repo::messages::clear_history(c, dialogue).await)
+            .await
+    }
+}
 
 user_request!(
-    /// Count a user's live and soft-deleted messages.
-    CountMessages, Messages, MessageCounts, repo::messages::count
+    /// Count a user's live and soft-deleted messages, in all their chats.
+    CountMessages, Messages, MessageCounts, read repo::messages::count
 );

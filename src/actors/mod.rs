@@ -5,11 +5,12 @@
 //! ```no_run
 //! # async fn f(db: botdb::Database) -> botdb::Result<()> {
 //! use botdb::actors::{AppendMessage, DbSystem, GetHistory};
-//! use botdb::model::Role;
+//! use botdb::model::{PRIVATE_CHAT, Role};
 //!
 //! let handle = DbSystem::start(db, Default::default()); // inside an actix System
-//! handle.send(AppendMessage { user_id: 42, role: Role::User, content: "hi".into() }).await?;
-//! let history = handle.send(GetHistory { user_id: 42, limit: None }).await?;
+//! let (user_id, chat_id) = (42, PRIVATE_CHAT); // a user in their private chat
+//! handle.send(AppendMessage { user_id, chat_id, role: Role::User, content: "hi".into() }).await?;
+//! let history = handle.send(GetHistory { user_id, chat_id, limit: None }).await?;
 //! let report = handle.shutdown().await; // drain, then close the pool
 //! # Ok(()) }
 //! ```

@@ -103,9 +103,10 @@ pub(crate) mod sealed {
 
 /// Defines a request that carries only a user id and runs one repository function for
 /// that user as a single statement (one implicit transaction), optionally with a batch
-/// runner.
+/// runner. `$run` is the [`Database`] method that runs it: `read` for a read,
+/// `autocommit` for a write.
 macro_rules! user_request {
-    ($(#[$doc:meta])* $name:ident, $table:ty, $output:ty, $repo:path $(, batch = $runner:expr)?) => {
+    ($(#[$doc:meta])* $name:ident, $table:ty, $output:ty, $run:ident $repo:path $(, batch = $runner:expr)?) => {
         $(#[$doc])*
         #[derive(Clone, Debug)]
         pub struct $name {
@@ -127,7 +128,7 @@ macro_rules! user_request {
             }
 
             async fn run(self, db: crate::Database) -> crate::Result<$output> {
-                db.autocommit(async |c| $repo(c, self.user_id).await).await
+                db.$run(async |c| $repo(c, self.user_id).await).await
             }
 
             $(

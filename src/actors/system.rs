@@ -157,7 +157,7 @@ async fn drain(db: Database, endpoints: Arc<Endpoints>, timeout: Duration) -> Sh
         report.completed += s.completed;
         report.failed += s.failed;
         report.unfinished += s.gate.pending;
-        report.rejected += s.gate.rejected_overloaded + s.gate.rejected_shutting_down;
+        report.rejected += s.gate.rejected();
         report.rejected_shutting_down += s.gate.rejected_shutting_down;
     }
     tracing::info!(%report, "shutdown complete");

@@ -13,18 +13,18 @@ use crate::repo;
 
 user_request!(
     /// Get a user, or `None`.
-    GetUser, Users, Option<User>, repo::users::get
+    GetUser, Users, Option<User>, read repo::users::get
 );
 
 user_request!(
     /// Create a user; [`Conflict`](crate::Error::Conflict) if it exists.
-    CreateUser, Users, User, repo::users::create
+    CreateUser, Users, User, autocommit repo::users::create
 );
 
 user_request!(
     /// Create the user if absent, else refresh its `updated_at`. Batched: the upserts of
     /// many users in one statement.
-    UpsertUser, Users, User, repo::users::upsert, batch = upsert_batch
+    UpsertUser, Users, User, autocommit repo::users::upsert, batch = upsert_batch
 );
 
 fn upsert_batch(requests: Vec<UpsertUser>, db: Database) -> LocalBoxFuture<'static, Vec<Result<User>>> {
@@ -47,7 +47,7 @@ fn upsert_batch(requests: Vec<UpsertUser>, db: Database) -> LocalBoxFuture<'stat
 
 user_request!(
     /// Refresh a user's `updated_at`; [`NotFound`](crate::Error::NotFound) if absent.
-    TouchUser, Users, User, repo::users::touch
+    TouchUser, Users, User, autocommit repo::users::touch
 );
 
 /// A user and their settings.

@@ -1,6 +1,10 @@
 //! A Telegram-style chat bot on botdb's actors: what `botdb serve` runs behind its
 //! webhook, and the reference for embedding botdb in a bot of your own.
 //!
+//! Every update belongs to a dialogue: the sender (`from.id`) in the chat it was sent
+//! in (`chat.id`). A user's private chat and each group they talk in are separate
+//! dialogues, with separate histories; settings are the user's, in every chat.
+//!
 //! Every update: make sure the user exists (default settings for one never seen), then
 //! a command (`/start`, `/reset`, `/history`, `/settings`, `/limit N`, `/prompt TEXT`,
 //! `/help`) or a turn: load the history (as many messages as the user's
@@ -18,7 +22,7 @@ use crate::actors::{
     AppendTurn, ClearHistory, DbHandle, EnsureUser, GetHistory, SetSystemPrompt, UpdateSettings,
 };
 use crate::error::Error;
-use crate::model::{MAX_HISTORY_RANGE, Role, UserSettings, check_user_id};
+use crate::model::{Dialogue, MAX_HISTORY_RANGE, Role, UserSettings, check_user_id};
 
 pub use command::Command;
 pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
@@ -96,6 +100,9 @@ impl Bot {
         }
         let user_id = check_user_id(from.id).map_err(|e| BotError::BadUpdate(e.to_string()))?;
         let chat_id = message.chat.id;
+        // The dialogue is the user's in THIS chat: a group never sees, nor feeds the
+        // model with, what the user said in private, and the reverse.
+        let dialogue = Dialogue::new(user_id, chat_id);
         let reply = |text: String| Ok(Outcome::Reply(SendMessage::new(chat_id, text)));
         let Some(text) = message.text else {
             return reply("I only understand text messages.".into());
@@ -106,10 +113,16 @@ impl Bot {
             Command::Start => reply(format!("Welcome back!\n\n{HELP}")),
             Command::Help => reply(HELP.into()),
             Command::Reset => {
-                let hidden = self.db.send(ClearHistory { user_id }).await?;
+                let hidden = self
+                    .db
+                    .send(ClearHistory {
+                        user_id,
+                        chat_id: dialogue.chat_id,
+                    })
+                    .await?;
                 reply(format!("History cleared: {hidden} messages forgotten."))
             }
-            Command::History => reply(self.history(user_id).await?),
+            Command::History => reply(self.history(dialogue).await?),
             Command::Settings => reply(describe(&registered.settings)),
             Command::Limit(Err(why)) => reply(format!("Usage: /limit N ({why})")),
             Command::Limit(Ok(n)) => {
@@ -142,7 +155,7 @@ impl Bot {
                     Err(e) => Err(e.into()),
                 }
             }
-            Command::Text(text) => self.turn(user_id, chat_id, &registered.settings, text).await,
+            Command::Text(text) => self.turn(dialogue, chat_id, &registered.settings, text).await,
         }
     }
 
@@ -150,13 +163,16 @@ impl Bot {
     /// one transaction once the model answered.
     async fn turn(
         &self,
-        user_id: i64,
+        dialogue: Dialogue,
         chat_id: i64,
         settings: &UserSettings,
         text: String,
     ) -> Result<Outcome, BotError> {
         let limits = *self.db.database().limits();
-        if let Err(Error::InvalidInput { reason, .. }) = limits.message(user_id, Role::User, text.as_str()) {
+        let user_id = dialogue.user_id;
+        if let Err(Error::InvalidInput { reason, .. }) =
+            limits.message_in(dialogue, Role::User, text.as_str())
+        {
             return Ok(Outcome::Reply(SendMessage::new(
                 chat_id,
                 format!("Sorry, I cannot store that message: {reason}."),
@@ -168,6 +184,7 @@ impl Bot {
                 .db
                 .send(GetHistory {
                     user_id,
+                    chat_id: dialogue.chat_id,
                     limit: Some(earlier),
                 })
                 .await?;
@@ -204,6 +221,7 @@ impl Bot {
         self.db
             .send(AppendTurn {
                 user_id,
+                chat_id: dialogue.chat_id,
                 user_text: text,
                 reply_text: answer.clone(),
             })
@@ -211,8 +229,15 @@ impl Bot {
         Ok(Outcome::Reply(SendMessage::new(chat_id, answer)))
     }
 
-    async fn history(&self, user_id: i64) -> Result<String, BotError> {
-        let newest_first = self.db.send(GetHistory { user_id, limit: None }).await?;
+    async fn history(&self, dialogue: Dialogue) -> Result<String, BotError> {
+        let newest_first = self
+            .db
+            .send(GetHistory {
+                user_id: dialogue.user_id,
+                chat_id: dialogue.chat_id,
+                limit: None,
+            })
+            .await?;
         if newest_first.is_empty() {
             return Ok("I remember nothing of our conversation yet.".into());
         }

@@ -19,7 +19,7 @@ fn line(s: &MigrationStatus) -> String {
 
 pub async fn migrate(config: &Config, to: Option<i64>) -> anyhow::Result<ExitCode> {
     let mut conn = connect(config).await?;
-    let applied = migrate::upgrade_to(&mut conn, to).await;
+    let applied = migrate::upgrade_with(&mut conn, to, &config.migrate).await;
     let _ = conn.close().await;
     let applied = applied?;
     if applied.is_empty() {
@@ -33,7 +33,7 @@ pub async fn migrate(config: &Config, to: Option<i64>) -> anyhow::Result<ExitCod
 
 pub async fn rollback(config: &Config, steps: usize) -> anyhow::Result<ExitCode> {
     let mut conn = connect(config).await?;
-    let reverted = migrate::downgrade(&mut conn, steps).await;
+    let reverted = migrate::downgrade_with(&mut conn, steps, &config.migrate).await;
     let _ = conn.close().await;
     let reverted = reverted?;
     if reverted.is_empty() {

@@ -17,8 +17,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 /// botdb: PostgreSQL persistence for AI chat bots (users, dialogues, settings).
 ///
 /// The database comes from DATABASE_URL, or DB_HOST / DB_PORT / DB_NAME / DB_USER /
-/// DB_PASSWORD (a .env file is read too). `demo`, `tour` and `serve` run on a
-/// throwaway local PostgreSQL when neither DATABASE_URL nor DB_HOST is set.
+/// DB_PASSWORD (a .env file is read too). `demo` and `tour` run on a throwaway local
+/// PostgreSQL when none of these is set; `serve` only with `--throwaway-db`.
 #[derive(Debug, Parser)]
 #[command(name = "botdb", version, about, long_about)]
 struct Cli {
@@ -112,15 +112,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Command::History => migrations::history(&config).await,
             Command::Check => migrations::check(&config).await,
             Command::Demo(args) => {
-                let (config, _server) = server_for(&config).await?;
+                let (config, _server) = server_for(&config, !config.server_configured()).await?;
                 demo::run(&config, args).await
             }
             Command::Tour => {
-                let (config, _server) = server_for(&config).await?;
+                let (config, _server) = server_for(&config, !config.server_configured()).await?;
                 tour::run(&config).await
             }
             Command::Serve(args) => {
-                let (config, server) = server_for(&config).await?;
+                if args.throwaway_db && config.server_configured() {
+                    anyhow::bail!(
+                        "--throwaway-db starts a temporary PostgreSQL, but a server is configured \
+                         ({}); drop one of the two",
+                        config.redacted_url()
+                    );
+                }
+                let (config, server) = server_for(&config, args.throwaway_db).await?;
                 serve::run(&config, server.is_some(), args).await
             }
             Command::New { .. } => Ok(ExitCode::SUCCESS),
@@ -128,13 +135,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The configured server, or, when none is configured, a throwaway one (returned too,
-/// so it lives as long as the caller needs it) with the configured database created.
-async fn server_for(config: &Config) -> anyhow::Result<(Config, Option<EmbeddedPostgres>)> {
-    if !config.server_is_default() {
+/// The configured server, or, when `throwaway`, a throwaway one (returned too, so it
+/// lives as long as the caller needs it) with the configured database created.
+async fn server_for(config: &Config, throwaway: bool) -> anyhow::Result<(Config, Option<EmbeddedPostgres>)> {
+    if !throwaway {
         return Ok((config.clone(), None));
     }
-    eprintln!("no DATABASE_URL or DB_HOST set: starting a throwaway PostgreSQL (removed on exit)");
+    eprintln!(
+        "starting a THROWAWAY PostgreSQL: everything stored is deleted when botdb exits \
+         (set DATABASE_URL or DB_* to use a real server)"
+    );
     let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
         .await
         .context("starting the embedded PostgreSQL")??;

@@ -16,9 +16,14 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "BOTDB_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
-    /// Apply pending migrations before serving (always done on the embedded default).
+    /// Apply pending migrations before serving (always done with --throwaway-db).
     #[arg(long)]
     migrate: bool,
+    /// Serve from a throwaway PostgreSQL started from the installed binaries and
+    /// DELETED, with every user's data, when serve exits. For a local try-out only;
+    /// refused when DATABASE_URL or any DB_* is set.
+    #[arg(long)]
+    pub throwaway_db: bool,
     /// Serve the webhook without a secret token. For a local test only.
     #[arg(long)]
     insecure_no_secret: bool,
@@ -28,6 +33,36 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "BOTDB_BODY_LIMIT", default_value_t = 256 * 1024)]
     body_limit: usize,
+    /// Seconds a client may take to send a body once its headers are in (then 408).
+    #[arg(long, env = "BOTDB_BODY_TIMEOUT", default_value = "10", value_parser = seconds)]
+    body_timeout: Duration,
+    /// Seconds a new connection may take to send its request head (then it is closed).
+    #[arg(long, env = "BOTDB_HEADER_TIMEOUT", default_value = "5", value_parser = seconds)]
+    header_timeout: Duration,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "BOTDB_KEEP_ALIVE", default_value = "30", value_parser = seconds)]
+    keep_alive: Duration,
+    /// Connections each HTTP worker serves at once (more wait in the listen backlog).
+    #[arg(long, env = "BOTDB_HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    max_connections: usize,
+    /// Serve /healthz and /metrics on this address only, not on --bind.
+    #[arg(long, env = "BOTDB_ADMIN_BIND")]
+    admin_bind: Option<String>,
+    /// Seconds, at shutdown, that open connections stay before idle ones are closed (a
+    /// request already on its way is answered, not cut).
+    #[arg(long, env = "BOTDB_SHUTDOWN_GRACE", default_value = "1", value_parser = seconds)]
+    shutdown_grace: Duration,
+    /// Seconds a /healthz answer is reused before the database is asked again.
+    #[arg(long, env = "BOTDB_HEALTH_CACHE", default_value = "1", value_parser = seconds)]
+    health_cache: Duration,
+}
+
+/// A number of seconds (fractions allowed), more than 0.
+fn seconds(v: &str) -> Result<Duration, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("expected a number of seconds more than 0, got {v:?}")),
+    }
 }
 
 pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -48,21 +83,34 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
             );
         }
     }
-    let secret = std::env::var("BOTDB_WEBHOOK_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(SecretString::from);
+    let secret_var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+    };
     let options = ServeOptions {
         bind: args.bind,
-        webhook_secret: secret,
+        webhook_secret: secret_var("BOTDB_WEBHOOK_SECRET"),
         insecure_no_secret: args.insecure_no_secret,
         body_limit: args.body_limit,
+        body_timeout: args.body_timeout,
+        header_timeout: args.header_timeout,
+        keep_alive: args.keep_alive,
+        max_connections: args.max_connections,
         workers: args.workers,
         http_shutdown_timeout: Duration::from_secs(30),
+        shutdown_grace: args.shutdown_grace,
+        admin_bind: args.admin_bind,
+        admin_token: secret_var("BOTDB_ADMIN_TOKEN"),
+        health_cache: args.health_cache,
     };
     let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;
     for addr in running.addrs() {
         println!("listening on http://{addr}");
+    }
+    for addr in running.admin_addrs() {
+        println!("admin (/healthz, /metrics) on http://{addr}");
     }
     let report = running.run_until(signals.recv()).await.context("serving")?;
     println!("shutdown: {}", report.shutdown);

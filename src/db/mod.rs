@@ -9,7 +9,7 @@ use futures::FutureExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, MigrateConfig};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationStatus};
 
@@ -24,6 +24,8 @@ pub struct Database {
     /// Connections held between uses (see `lease`).
     parking: Arc<Parking>,
     limits: Limits,
+    /// How [`Database::migrate`] takes its locks.
+    migrate: MigrateConfig,
     /// The server's URL without its password, for logs and `Debug`.
     server: Arc<str>,
 }
@@ -90,6 +92,7 @@ impl Database {
             parking: Parking::new(pool.clone(), &config.pool),
             pool,
             limits: config.limits,
+            migrate: config.migrate,
             server: config.redacted_url().into(),
         }
     }
@@ -133,8 +136,10 @@ impl Database {
     /// ```
     ///
     /// # Errors
-    /// `body`'s error; [`Error::Unavailable`] when no connection can be had or the
-    /// commit fails for lack of a connection; [`Error::ShuttingDown`] after
+    /// `body`'s error (a connection lost while `body` ran is [`Error::Unavailable`]:
+    /// COMMIT was never sent, nothing is committed); [`Error::Unavailable`] when no
+    /// connection can be had; [`Error::OutcomeUnknown`] when the connection broke while
+    /// COMMIT was under way (it may have been committed); [`Error::ShuttingDown`] after
     /// [`close`](Self::close).
     pub async fn session<T, F>(&self, body: F) -> Result<T>
     where
@@ -144,7 +149,7 @@ impl Database {
         let mut tx = conn.begin().await?;
         let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
             Ok(Ok(value)) => {
-                tx.commit().await?;
+                tx.commit().await.map_err(|e| Error::from(e).after_send())?;
                 Ok(value)
             }
             Ok(Err(err)) => {
@@ -174,21 +179,49 @@ impl Database {
     /// For a body of ONE statement this is exactly one transaction, like
     /// [`session`](Self::session), at a third of the round trips (no BEGIN, no COMMIT);
     /// the actors use it for their single-statement requests. For two or more writes
-    /// that must succeed or fail together, use [`session`](Self::session).
+    /// that must succeed or fail together, use [`session`](Self::session). For reads,
+    /// use [`read`](Self::read).
     ///
     /// # Errors
-    /// `body`'s error; [`Error::Unavailable`] when no connection can be had;
-    /// [`Error::ShuttingDown`] after [`close`](Self::close).
+    /// `body`'s error; [`Error::OutcomeUnknown`] when the connection broke while the
+    /// statement ran (it commits on its own, so it may have); [`Error::Unavailable`]
+    /// when no connection can be had (nothing was sent); [`Error::ShuttingDown`] after
+    /// [`close`](Self::close).
     pub async fn autocommit<T, F>(&self, body: F) -> Result<T>
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
+        self.on_connection(body, Error::after_send).await
+    }
+
+    /// Runs read-only `body` on one pooled connection, like
+    /// [`autocommit`](Self::autocommit); a lost connection is
+    /// [`Error::Unavailable`]: a read commits nothing, so there is no outcome to doubt.
+    ///
+    /// # Errors
+    /// `body`'s error; [`Error::Unavailable`] when no connection can be had or it broke;
+    /// [`Error::ShuttingDown`] after [`close`](Self::close).
+    pub async fn read<T, F>(&self, body: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    {
+        self.on_connection(body, |e| e).await
+    }
+
+    /// Runs `body` on a leased connection; `failed` interprets the body's error (a
+    /// failure to get the connection is never passed to it: nothing was sent then).
+    async fn on_connection<T, F>(&self, body: F, failed: fn(Error) -> Error) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    {
         let mut conn = self.parking.lease().await?;
-        let result = body(&mut conn).await;
-        if result.is_ok() {
-            conn.clean();
+        match body(&mut conn).await {
+            Ok(value) => {
+                conn.clean();
+                Ok(value)
+            }
+            Err(e) => Err(failed(e)),
         }
-        result
     }
 
     /// Graceful shutdown: stops handing out connections (later callers get
@@ -233,12 +266,14 @@ impl Database {
 
     /// Applies every pending migration (`upgrade head`) on a dedicated connection and
     /// returns the ones this call applied (none when another process did it first).
+    /// Each migration waits at most the configured lock timeout for its locks and is
+    /// retried (see [`migrate::upgrade_with`]), so a live bot is delayed by at most that.
     ///
     /// # Errors
     /// See [`migrate::upgrade`].
     pub async fn migrate(&self) -> Result<Vec<MigrationStatus>> {
         let mut conn = migrate::connect(&self.pool.connect_options()).await?;
-        let result = migrate::upgrade(&mut conn).await;
+        let result = migrate::upgrade_with(&mut conn, None, &self.migrate).await;
         // Closing the connection also releases the advisory lock if `upgrade` failed.
         let _ = conn.close().await;
         result
@@ -269,9 +304,9 @@ fn pool_options(config: &Config) -> PgPoolOptions {
 }
 
 /// Turns a failed first connection into an error that names the server (never the
-/// password) and says what to check.
+/// password) and the setting to fix, and says what to check.
 fn connect_error(config: &Config, err: sqlx::Error) -> Error {
-    match Error::from(err) {
+    match config.explain(Error::from(err)) {
         Error::Unavailable { reason, source } => Error::Unavailable {
             reason: format!(
                 "cannot connect to {} within {:?} ({reason}); is the server running? (DB_POOL_TIMEOUT bounds the wait)",

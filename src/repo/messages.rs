@@ -1,10 +1,16 @@
 //! `messages`: append, live history (newest first), soft delete, count.
+//!
+//! A history is one dialogue's: a user in a chat ([`Dialogue`]; a bare user id means the
+//! user's private chat). Every history read is bounded twice, in rows (`limit`) and in
+//! bytes of content (`max_bytes`, the newest message always included), inside the
+//! query: a read of many users at once stays within `users x max_bytes`.
 
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::config::Limits;
 use crate::error::Result;
-use crate::model::{Message, MessageCounts, NewMessage, check_history_limit, check_user_id};
+use crate::model::{Dialogue, Message, MessageCounts, NewMessage, check_history_limit, check_user_id};
 use crate::repo::user_fk;
 
 /// Appends one message. `content_length` is computed (characters) by the database.
@@ -15,11 +21,13 @@ use crate::repo::user_fk;
 pub async fn append<'e>(ex: impl PgExecutor<'e>, msg: &NewMessage) -> Result<Message> {
     let (id, content_length, created_at, seq): (Uuid, i32, chrono::DateTime<chrono::Utc>, i64) =
         sqlx::query_as(
-            "INSERT INTO messages (id, user_id, role, content, content_length) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING id, content_length, created_at, seq",
+            "INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             RETURNING id, content_length, created_at, seq",
         )
         .bind(msg.id)
         .bind(msg.user_id)
+        .bind(msg.chat_id)
         .bind(msg.role.as_str())
         .bind(msg.content.as_str())
         .bind(i32::try_from(msg.content.char_len()).unwrap_or(i32::MAX))
@@ -29,6 +37,7 @@ pub async fn append<'e>(ex: impl PgExecutor<'e>, msg: &NewMessage) -> Result<Mes
     Ok(Message {
         id,
         user_id: msg.user_id,
+        chat_id: msg.chat_id,
         role: msg.role,
         content: msg.content.as_str().to_owned(),
         content_length,
@@ -38,66 +47,108 @@ pub async fn append<'e>(ex: impl PgExecutor<'e>, msg: &NewMessage) -> Result<Mes
     })
 }
 
-/// The user's live (not deleted) messages, newest first, at most `limit`
-/// (1 to [`MAX_HISTORY_RANGE`](crate::model::MAX_HISTORY_RANGE)'s end). Messages written
-/// in one transaction come back in the reverse of the order they were written.
+/// The dialogue's live (not deleted) messages, newest first, at most `limit` (1 to
+/// [`MAX_HISTORY_RANGE`](crate::model::MAX_HISTORY_RANGE)'s end) and at most the default
+/// [`Limits::max_history_bytes`] of content. Messages written in one transaction come
+/// back in the reverse of the order they were written.
 ///
 /// # Errors
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id or limit.
-pub async fn history<'e>(ex: impl PgExecutor<'e>, user_id: i64, limit: i64) -> Result<Vec<Message>> {
-    check_user_id(user_id)?;
-    let limit = check_history_limit("limit", limit)?;
-    Ok(sqlx::query_as::<_, Message>(
-        "SELECT id, user_id, role, content, content_length, created_at, deleted_at, seq \
-           FROM messages \
-          WHERE user_id = $1 AND deleted_at IS NULL \
-          ORDER BY created_at DESC, seq DESC \
-          LIMIT $2",
-    )
-    .bind(user_id)
-    .bind(i64::from(limit))
-    .fetch_all(ex)
-    .await?)
+pub async fn history<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: impl Into<Dialogue>,
+    limit: i64,
+) -> Result<Vec<Message>> {
+    history_within(ex, dialogue, limit, Limits::default().max_history_bytes).await
 }
 
-/// The user's live messages, newest first, as many as their `max_history_messages`
-/// setting says ([`DEFAULT_MAX_HISTORY`](crate::model::DEFAULT_MAX_HISTORY) when they have
-/// no settings row). One statement.
+/// [`history`] with its byte bound: as many of the newest `limit` messages as fit in
+/// `max_bytes` of content (the newest always comes back, whatever its size).
+///
+/// # Errors
+/// As [`history`].
+pub async fn history_within<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: impl Into<Dialogue>,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<Vec<Message>> {
+    let dialogue = dialogue.into().checked()?;
+    let limit = check_history_limit("limit", limit)?;
+    read_history(ex, dialogue, Some(limit), max_bytes).await
+}
+
+/// The dialogue's live messages, newest first, as many as the user's
+/// `max_history_messages` setting says ([`DEFAULT_MAX_HISTORY`](crate::model::DEFAULT_MAX_HISTORY)
+/// when they have no settings row) and at most `max_bytes` of content. One statement.
 ///
 /// # Errors
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id.
-pub async fn history_per_settings<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<Vec<Message>> {
-    check_user_id(user_id)?;
-    Ok(sqlx::query_as::<_, Message>(
-        "SELECT id, user_id, role, content, content_length, created_at, deleted_at, seq \
-           FROM messages \
-          WHERE user_id = $1 AND deleted_at IS NULL \
-          ORDER BY created_at DESC, seq DESC \
-          LIMIT COALESCE((SELECT max_history_messages FROM user_settings WHERE user_id = $1), $2)",
-    )
-    .bind(user_id)
-    .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
-    .fetch_all(ex)
-    .await?)
+pub async fn history_per_settings<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: impl Into<Dialogue>,
+    max_bytes: usize,
+) -> Result<Vec<Message>> {
+    let dialogue = dialogue.into().checked()?;
+    read_history(ex, dialogue, None, max_bytes).await
 }
 
-/// Soft-deletes the user's whole live history (`deleted_at = now()`); rows are kept.
+/// One dialogue's history: the first `limit` rows of the partial index
+/// `ix_messages_dialogue_live`, cut where their running size passes `max_bytes`.
+/// `octet_length` reads a TOASTed value's size without fetching it, so rows past the
+/// byte bound are never detoasted.
+async fn read_history<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: Dialogue,
+    limit: Option<i32>,
+    max_bytes: usize,
+) -> Result<Vec<Message>> {
+    Ok(sqlx::query_as::<_, Message>(
+        "SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq FROM ( \
+             SELECT m.*, \
+                    sum(octet_length(m.content)) OVER w AS running_bytes, \
+                    row_number() OVER w AS n \
+               FROM messages m \
+              WHERE m.user_id = $1 AND m.chat_id = $2 AND m.deleted_at IS NULL \
+             WINDOW w AS (ORDER BY m.created_at DESC, m.seq DESC) \
+              ORDER BY m.created_at DESC, m.seq DESC \
+              LIMIT COALESCE($3, (SELECT s.max_history_messages FROM user_settings s WHERE s.user_id = $1), $4) \
+         ) h \
+         WHERE h.running_bytes <= $5 OR h.n = 1 \
+         ORDER BY h.created_at DESC, h.seq DESC",
+    )
+    .bind(dialogue.user_id)
+        .bind(dialogue.chat_id)
+        .bind(limit.map(i64::from))
+        .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
+        .bind(bytes_param(max_bytes))
+        .fetch_all(ex)
+        .await?)
+}
+
+fn bytes_param(max_bytes: usize) -> i64 {
+    i64::try_from(max_bytes).unwrap_or(i64::MAX)
+}
+
+/// Soft-deletes the dialogue's whole live history (`deleted_at = now()`); rows are kept.
 /// Returns how many messages were hidden.
 ///
 /// # Errors
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id.
-pub async fn clear_history<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<u64> {
-    check_user_id(user_id)?;
-    Ok(
-        sqlx::query("UPDATE messages SET deleted_at = now() WHERE user_id = $1 AND deleted_at IS NULL")
-            .bind(user_id)
-            .execute(ex)
-            .await?
-            .rows_affected(),
+pub async fn clear_history<'e>(ex: impl PgExecutor<'e>, dialogue: impl Into<Dialogue>) -> Result<u64> {
+    let dialogue = dialogue.into().checked()?;
+    Ok(sqlx::query(
+        "UPDATE messages SET deleted_at = now() \
+          WHERE user_id = $1 AND chat_id = $2 AND deleted_at IS NULL",
     )
+    .bind(dialogue.user_id)
+    .bind(dialogue.chat_id)
+    .execute(ex)
+    .await?
+    .rows_affected())
 }
 
-/// How many live and soft-deleted messages the user has.
+/// How many live and soft-deleted messages the user has, in all their chats.
 ///
 /// # Errors
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id.
@@ -123,6 +174,7 @@ pub async fn count<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<MessageC
 pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> Result<Vec<Option<Message>>> {
     let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
     let users: Vec<i64> = msgs.iter().map(|m| m.user_id).collect();
+    let chats: Vec<i64> = msgs.iter().map(|m| m.chat_id).collect();
     let roles: Vec<&str> = msgs.iter().map(|m| m.role.as_str()).collect();
     let contents: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
     let lengths: Vec<i32> = msgs
@@ -130,16 +182,17 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
         .map(|m| i32::try_from(m.content.char_len()).unwrap_or(i32::MAX))
         .collect();
     let rows: Vec<(Uuid, i32, chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
-        "INSERT INTO messages (id, user_id, role, content, content_length) \
-         SELECT r.id, r.user_id, r.role, r.content, r.content_length \
-           FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int4[]) WITH ORDINALITY \
-                AS r(id, user_id, role, content, content_length, ord) \
+        "INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
+         SELECT r.id, r.user_id, r.chat_id, r.role, r.content, r.content_length \
+           FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int4[]) \
+                WITH ORDINALITY AS r(id, user_id, chat_id, role, content, content_length, ord) \
           WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = r.user_id) \
           ORDER BY r.ord \
          RETURNING id, content_length, created_at, seq",
     )
     .bind(&ids)
     .bind(&users)
+    .bind(&chats)
     .bind(&roles)
     .bind(&contents)
     .bind(&lengths)
@@ -157,6 +210,7 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
                 .map(|(content_length, created_at, seq)| Message {
                     id: m.id,
                     user_id: m.user_id,
+                    chat_id: m.chat_id,
                     role: m.role,
                     content: m.content.as_str().to_owned(),
                     content_length,
@@ -175,33 +229,46 @@ struct Ranked {
     message: Message,
 }
 
-/// The live history of several users in ONE query: for each `(user_id, limit)`, that
-/// user's messages newest first, at most `limit` (`None`: the user's
-/// `max_history_messages`). Limits must already be checked.
+/// The live history of several dialogues in ONE query: for each `(dialogue, limit)`,
+/// its messages newest first, at most `limit` (`None`: the user's
+/// `max_history_messages`) and at most `max_bytes` of content per dialogue. Ids and
+/// limits must already be checked.
 ///
 /// # Errors
 /// Database errors.
 pub async fn history_many<'e>(
     ex: impl PgExecutor<'e>,
-    requests: &[(i64, Option<i32>)],
+    requests: &[(Dialogue, Option<i32>)],
+    max_bytes: usize,
 ) -> Result<Vec<Vec<Message>>> {
-    let users: Vec<i64> = requests.iter().map(|r| r.0).collect();
+    let users: Vec<i64> = requests.iter().map(|r| r.0.user_id).collect();
+    let chats: Vec<i64> = requests.iter().map(|r| r.0.chat_id).collect();
     let limits: Vec<Option<i64>> = requests.iter().map(|r| r.1.map(i64::from)).collect();
     let rows: Vec<Ranked> = sqlx::query_as(
-        "SELECT q.ord, m.id, m.user_id, m.role, m.content, m.content_length, m.created_at, m.deleted_at, m.seq \
-           FROM UNNEST($1::int8[], $2::int8[]) WITH ORDINALITY AS q(user_id, lim, ord) \
+        "SELECT q.ord, m.id, m.user_id, m.chat_id, m.role, m.content, m.content_length, \
+                m.created_at, m.deleted_at, m.seq \
+           FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) WITH ORDINALITY AS q(user_id, chat_id, lim, ord) \
            CROSS JOIN LATERAL ( \
-                SELECT * FROM messages h \
-                 WHERE h.user_id = q.user_id AND h.deleted_at IS NULL \
-                 ORDER BY h.created_at DESC, h.seq DESC \
-                 LIMIT COALESCE(q.lim, \
-                       (SELECT s.max_history_messages FROM user_settings s WHERE s.user_id = q.user_id), $3) \
+                SELECT h.* FROM ( \
+                    SELECT x.*, \
+                           sum(octet_length(x.content)) OVER w AS running_bytes, \
+                           row_number() OVER w AS n \
+                      FROM messages x \
+                     WHERE x.user_id = q.user_id AND x.chat_id = q.chat_id AND x.deleted_at IS NULL \
+                    WINDOW w AS (ORDER BY x.created_at DESC, x.seq DESC) \
+                     ORDER BY x.created_at DESC, x.seq DESC \
+                     LIMIT COALESCE(q.lim, \
+                           (SELECT s.max_history_messages FROM user_settings s WHERE s.user_id = q.user_id), $4) \
+                ) h \
+                WHERE h.running_bytes <= $5 OR h.n = 1 \
            ) m \
           ORDER BY q.ord, m.created_at DESC, m.seq DESC",
     )
     .bind(&users)
+    .bind(&chats)
     .bind(&limits)
     .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
+    .bind(bytes_param(max_bytes))
     .fetch_all(ex)
     .await?;
     let mut out: Vec<Vec<Message>> = requests.iter().map(|_| Vec::new()).collect();

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actors::{ActorStats, SystemStats};
+use crate::server::admin::HealthCache;
 
 /// The webhook's own counters.
 #[derive(Debug, Default)]
@@ -36,7 +37,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 }
 
 /// Renders everything as Prometheus text.
-pub fn render(stats: &SystemStats, webhook: &WebhookMetrics, shutting_down: bool) -> String {
+pub(crate) fn render(
+    stats: &SystemStats,
+    webhook: &WebhookMetrics,
+    health: &HealthCache,
+    shutting_down: bool,
+) -> String {
     let mut out = String::new();
     let per_actor = |f: &dyn Fn(&ActorStats) -> f64| -> Vec<(String, f64)> {
         stats
@@ -72,6 +78,7 @@ pub fn render(stats: &SystemStats, webhook: &WebhookMetrics, shutting_down: bool
             ("ok", a.completed),
             ("error", a.failed),
             ("overloaded", a.gate.rejected_overloaded),
+            ("user_overloaded", a.gate.rejected_user_overloaded),
             ("shutting_down", a.gate.rejected_shutting_down),
         ] {
             outcomes.push((
@@ -142,6 +149,16 @@ pub fn render(stats: &SystemStats, webhook: &WebhookMetrics, shutting_down: bool
             ("{result=\"ignored\"}".into(), load(&webhook.ignored)),
             ("{result=\"rejected\"}".into(), load(&webhook.rejected)),
             ("{result=\"failed\"}".into(), load(&webhook.failed)),
+        ],
+    );
+    family(
+        &mut out,
+        "botdb_health_checks_total",
+        "counter",
+        "/healthz calls, by where the answer came from (the database at most once per cache period).",
+        &[
+            ("{source=\"database\"}".into(), load(&health.database_checks)),
+            ("{source=\"cache\"}".into(), load(&health.cached_answers)),
         ],
     );
     family(

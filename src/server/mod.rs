@@ -3,39 +3,49 @@
 //! Routes: `POST /telegram/webhook` (Telegram Update JSON in, a `sendMessage` body out,
 //! as a Telegram webhook answer), `GET /healthz`, `GET /metrics` (Prometheus text).
 //!
-//! The webhook requires Telegram's secret token header
-//! (`X-Telegram-Bot-Api-Secret-Token`, compared in constant time); a missing or wrong
-//! token gets 401 and touches nothing. Bodies are limited in size.
+//! - `webhook`: the secret token (before the body is read), the body bounded in size
+//!   and time, the bot;
+//! - `admin`: `/healthz` (cached, single flight) and `/metrics`, optionally behind a
+//!   bearer token and on a listener of their own;
+//! - `metrics`: the Prometheus text.
+//!
+//! Connections are bounded per worker, and a client must send its request head within
+//! `header_timeout`; idle keep-alive connections close after `keep_alive`.
 //!
 //! Shutdown order, with one owner of the signals (botdb's, through ctrlc; actix-web's
 //! own handling is disabled): stop the HTTP server gracefully (no new connections;
-//! in-flight requests finish, and with them the actor requests they wait on), then shut
-//! the actors down (every accepted request drains), then the pool closes.
+//! in-flight requests finish, and with them the actor requests they wait on; every
+//! answer from then on carries `Connection: close`, so keep-alive clients go away
+//! instead of having a later request cut), then shut the actors down (every accepted
+//! request drains), then the pool closes, then the admin listener stops.
 
+mod admin;
 pub mod metrics;
+mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use actix_web::dev::{Server, Service};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
+use futures::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::actors::{DbHandle, DbSystem, ShutdownReport};
-use crate::bot::telegram::parse_update;
-use crate::bot::{Bot, BotError, Model, Outcome};
+use crate::bot::{Bot, Model};
 use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
+use admin::HealthCache;
 use metrics::WebhookMetrics;
 
-/// The header Telegram puts its secret token in.
-pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
+pub use webhook::SECRET_HEADER;
 
 /// How `botdb serve` runs.
 #[derive(Clone)]
@@ -49,10 +59,29 @@ pub struct ServeOptions {
     pub insecure_no_secret: bool,
     /// Largest request body accepted, in bytes (larger: 413).
     pub body_limit: usize,
+    /// How long a client may take to send the body once its headers are in (then 408).
+    pub body_timeout: Duration,
+    /// How long a new connection may take to send its request head (then it is closed).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive: Duration,
+    /// Connections one HTTP worker serves at once; past it new ones wait in the
+    /// listen backlog.
+    pub max_connections: usize,
     /// HTTP worker threads.
     pub workers: usize,
     /// How long the HTTP server waits for in-flight requests at shutdown.
     pub http_shutdown_timeout: Duration,
+    /// At shutdown, how long keep-alive connections stay open (no new ones accepted,
+    /// every answer closing its connection) before idle ones are closed: a request
+    /// already on its way on an idle connection is answered, not cut.
+    pub shutdown_grace: Duration,
+    /// Serve `/healthz` and `/metrics` on this address only (not on `bind`).
+    pub admin_bind: Option<String>,
+    /// Require `Authorization: Bearer <token>` on `/healthz` and `/metrics`.
+    pub admin_token: Option<SecretString>,
+    /// How long a `/healthz` answer is reused before the database is asked again.
+    pub health_cache: Duration,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -62,7 +91,15 @@ impl std::fmt::Debug for ServeOptions {
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "***"))
             .field("insecure_no_secret", &self.insecure_no_secret)
             .field("body_limit", &self.body_limit)
+            .field("body_timeout", &self.body_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_connections", &self.max_connections)
             .field("workers", &self.workers)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("admin_bind", &self.admin_bind)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("health_cache", &self.health_cache)
             .finish()
     }
 }
@@ -74,26 +111,49 @@ impl Default for ServeOptions {
             webhook_secret: None,
             insecure_no_secret: false,
             body_limit: 256 * 1024,
+            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(30),
+            max_connections: 256,
             workers: 2,
             http_shutdown_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            admin_bind: None,
+            admin_token: None,
+            health_cache: Duration::from_secs(1),
         }
     }
+}
+
+/// The handlers' limits, from [`ServeOptions`].
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    body_limit: usize,
+    body_timeout: Duration,
+    health_cache: Duration,
 }
 
 /// What the handlers share.
 struct AppState {
     bot: Bot,
     secret: Option<SecretString>,
+    admin_token: Option<SecretString>,
+    limits: Limits,
     webhook: WebhookMetrics,
+    health: HealthCache,
 }
 
 /// A server that is bound and running; [`RunningServer::run_until`] drives it to the
 /// end.
 pub struct RunningServer {
     addrs: Vec<SocketAddr>,
-    server: actix_web::dev::Server,
+    admin_addrs: Vec<SocketAddr>,
+    server: Server,
+    admin: Option<Server>,
+    closing: Arc<AtomicBool>,
     actors: DbHandle,
     http_shutdown_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 /// How a server ended.
@@ -104,9 +164,14 @@ pub struct ServeReport {
 }
 
 impl RunningServer {
-    /// Where it listens.
+    /// Where the webhook listens (and `/healthz`, `/metrics` without an admin address).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Where `/healthz` and `/metrics` listen when they have an address of their own.
+    pub fn admin_addrs(&self) -> &[SocketAddr] {
+        &self.admin_addrs
     }
 
     /// The actors behind it.
@@ -115,27 +180,44 @@ impl RunningServer {
     }
 
     /// Serves until `shutdown` resolves (or the server fails), then stops in order: HTTP
-    /// (gracefully), actors (drained), pool (closed).
+    /// (gracefully), actors (drained), pool (closed), admin listener.
     ///
     /// # Errors
     /// [`Error::Internal`] if the HTTP server failed on its own.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<ServeReport> {
         let handle = self.server.handle();
-        // The server must keep being polled while it stops: it is a task of its own.
+        // The servers must keep being polled while they stop: tasks of their own.
         let mut server = actix_rt::spawn(self.server);
+        let admin = self.admin.map(|admin| {
+            let handle = admin.handle();
+            (handle, actix_rt::spawn(admin))
+        });
         let failed = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
         };
         if failed.is_none() {
             tracing::info!("shutdown: stopping HTTP (in-flight requests finish)");
-            // Graceful: stop accepting, let in-flight requests complete (bounded by the
-            // server's shutdown timeout), then the workers stop.
+            // From now on every answer closes its connection: a keep-alive client does
+            // not send a next request into a server that is going away.
+            self.closing.store(true, Ordering::Release);
+            // No new connections; the open ones stay a moment. Stopping at once would
+            // close idle keep-alive connections, cutting a request already on its way on
+            // one (sent before the signal, not yet read): during the grace it is read
+            // and answered, with `Connection: close`.
+            handle.pause().await;
+            tokio::time::sleep(self.shutdown_grace).await;
+            // Graceful: let in-flight requests complete (bounded by the server's
+            // shutdown timeout), close idle connections, then the workers stop.
             handle.stop(true).await;
             let _ = tokio::time::timeout(self.http_shutdown_timeout, &mut server).await;
         }
         tracing::info!("shutdown: HTTP stopped; draining actors");
         let report = self.actors.shutdown().await;
+        if let Some((handle, task)) = admin {
+            handle.stop(true).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         match failed {
             Some(Ok(Err(e))) => Err(Error::Internal(format!("HTTP server failed: {e}"))),
             Some(Err(e)) => Err(Error::Internal(format!("HTTP server task failed: {e}"))),
@@ -144,12 +226,33 @@ impl RunningServer {
     }
 }
 
-/// Starts the actors on `db` and binds the HTTP server; call
+/// Which routes a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    /// Webhook, health and metrics.
+    All,
+    /// The webhook only (health and metrics have a listener of their own).
+    Webhook,
+    /// Health and metrics only.
+    Admin,
+}
+
+fn routes(cfg: &mut web::ServiceConfig, which: Routes) {
+    if which != Routes::Admin {
+        cfg.route("/telegram/webhook", web::post().to(webhook::webhook));
+    }
+    if which != Routes::Webhook {
+        cfg.route("/healthz", web::get().to(admin::healthz))
+            .route("/metrics", web::get().to(admin::metrics));
+    }
+}
+
+/// Starts the actors on `db` and binds the HTTP server(s); call
 /// [`RunningServer::run_until`] to serve.
 ///
 /// # Errors
 /// [`Error::Config`] when there is no webhook secret and `insecure_no_secret` is not
-/// set, or the address cannot be bound.
+/// set, a secret or token is malformed, or an address cannot be bound.
 pub fn start(
     db: Database,
     actors: ActorConfig,
@@ -164,136 +267,138 @@ pub fn start(
         ));
     }
     if let Some(secret) = &options.webhook_secret {
-        let s = secret.expose_secret();
-        if s.is_empty()
-            || s.len() > 256
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(Error::config(
-                "BOTDB_WEBHOOK_SECRET",
-                "expected 1 to 256 characters A-Z, a-z, 0-9, _ and - (Telegram's secret_token alphabet)",
-            ));
-        }
+        check_token("BOTDB_WEBHOOK_SECRET", secret)?;
+    }
+    if let Some(token) = &options.admin_token {
+        check_token("BOTDB_ADMIN_TOKEN", token)?;
     }
     let handle = DbSystem::start(db, actors);
     let state = web::Data::new(AppState {
         bot: Bot::new(handle.clone(), model),
         secret: options.webhook_secret.clone(),
+        admin_token: options.admin_token.clone(),
+        limits: Limits {
+            body_limit: options.body_limit,
+            body_timeout: options.body_timeout,
+            health_cache: options.health_cache,
+        },
         webhook: WebhookMetrics::default(),
+        health: HealthCache::default(),
     });
-    let body_limit = options.body_limit;
+    let closing = Arc::new(AtomicBool::new(false));
+    let public_routes = if options.admin_bind.is_some() {
+        Routes::Webhook
+    } else {
+        Routes::All
+    };
+    let (server, addrs) = http_server(
+        &state,
+        &closing,
+        &options,
+        public_routes,
+        &options.bind,
+        "BOTDB_BIND",
+    )?;
+    let (admin, admin_addrs) = match &options.admin_bind {
+        Some(bind) => {
+            let admin_options = ServeOptions {
+                workers: 1,
+                max_connections: 64,
+                ..options.clone()
+            };
+            let (admin, addrs) = http_server(
+                &state,
+                &Arc::new(AtomicBool::new(false)),
+                &admin_options,
+                Routes::Admin,
+                bind,
+                "BOTDB_ADMIN_BIND",
+            )?;
+            (Some(admin), addrs)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(RunningServer {
+        addrs,
+        admin_addrs,
+        server,
+        admin,
+        closing,
+        actors: handle,
+        http_shutdown_timeout: options.http_shutdown_timeout,
+        shutdown_grace: options.shutdown_grace,
+    })
+}
+
+/// One bound HTTP server serving `which` routes on `bind`.
+fn http_server(
+    state: &web::Data<AppState>,
+    closing: &Arc<AtomicBool>,
+    options: &ServeOptions,
+    which: Routes,
+    bind: &str,
+    setting: &'static str,
+) -> Result<(Server, Vec<SocketAddr>)> {
+    let (state, closing_flag) = (state.clone(), closing.clone());
     let server = HttpServer::new(move || {
+        let closing = closing_flag.clone();
         App::new()
             .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(body_limit))
-            .configure(routes)
+            .wrap_fn(move |req, srv| {
+                let closing = closing.clone();
+                srv.call(req).map(move |res| {
+                    res.map(|mut res| {
+                        if closing.load(Ordering::Acquire) {
+                            res.response_mut()
+                                .head_mut()
+                                .set_connection_type(actix_web::http::ConnectionType::Close);
+                        }
+                        res
+                    })
+                })
+            })
+            .configure(|cfg| routes(cfg, which))
     })
     // botdb owns SIGINT/SIGTERM (see the module docs).
     .disable_signals()
     .shutdown_timeout(options.http_shutdown_timeout.as_secs())
     .workers(options.workers.max(1))
-    .bind(&options.bind)
-    .map_err(|e| Error::config("BOTDB_BIND", format!("cannot listen on {}: {e}", options.bind)))?;
+    .max_connections(options.max_connections.max(1))
+    .client_request_timeout(options.header_timeout)
+    .keep_alive(options.keep_alive)
+    .bind(bind)
+    .map_err(|e| Error::config(setting, format!("cannot listen on {bind}: {e}")))?;
     let addrs = server.addrs();
-    Ok(RunningServer {
-        addrs,
-        server: server.run(),
-        actors: handle,
-        http_shutdown_timeout: options.http_shutdown_timeout,
-    })
+    Ok((server.run(), addrs))
 }
 
-/// The bot's routes, for an `App` of your own.
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/telegram/webhook", web::post().to(webhook))
-        .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics));
+/// Telegram's `secret_token` alphabet, which the admin token follows too.
+fn check_token(setting: &'static str, token: &SecretString) -> Result<()> {
+    let s = token.expose_secret();
+    if s.is_empty()
+        || s.len() > 256
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Error::config(
+            setting,
+            "expected 1 to 256 characters A-Z, a-z, 0-9, _ and - (Telegram's secret_token alphabet)",
+        ));
+    }
+    Ok(())
 }
 
 fn json_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message }))
 }
 
-fn token_ok(req: &HttpRequest, secret: &Option<SecretString>) -> bool {
-    let Some(secret) = secret else { return true };
-    match req.headers().get(SECRET_HEADER) {
-        Some(given) => bool::from(given.as_bytes().ct_eq(secret.expose_secret().as_bytes())),
-        None => false,
-    }
-}
-
-async fn webhook(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let rejected = || WebhookMetrics::count(&state.webhook.rejected);
-    if !token_ok(&req, &state.secret) {
-        rejected();
-        return json_error(StatusCode::UNAUTHORIZED, "missing or wrong secret token");
-    }
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        rejected();
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected Content-Type: application/json",
-        );
-    }
-    let update = match parse_update(&body) {
-        Ok(update) => update,
-        Err(e) => {
-            rejected();
-            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
-        }
-    };
-    match state.bot.handle(update).await {
-        Ok(Outcome::Reply(message)) => {
-            WebhookMetrics::count(&state.webhook.replied);
-            HttpResponse::Ok().json(message)
-        }
-        Ok(Outcome::Ignored(_)) => {
-            WebhookMetrics::count(&state.webhook.ignored);
-            HttpResponse::Ok().finish()
-        }
-        Err(BotError::BadUpdate(why)) => {
-            rejected();
-            json_error(StatusCode::BAD_REQUEST, &why)
-        }
-        Err(BotError::Db(e)) => {
-            WebhookMetrics::count(&state.webhook.failed);
-            e.error_response()
-        }
-    }
-}
-
-async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    let actors = state.bot.db();
-    if actors.is_shutting_down() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    let db = actors.database();
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        db.autocommit(async |c| Ok(sqlx::query("SELECT 1").execute(c).await?)),
-    )
-    .await;
-    match ping {
-        Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "pool": db.pool_status() })),
-        _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
-    }
-}
-
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let actors = state.bot.db();
-    match actors.stats().await {
-        Ok(stats) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(metrics::render(&stats, &state.webhook, actors.is_shutting_down())),
-        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),
-    }
+/// `response`, closing its connection after it is sent.
+fn closing(mut response: HttpResponse) -> HttpResponse {
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    response
 }
 
 /// botdb errors as HTTP answers, so handlers can use `?`: client errors say what was
@@ -304,9 +409,13 @@ impl ResponseError for Error {
             Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Unavailable { .. } | Error::Overloaded { .. } | Error::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            // OutcomeUnknown too: Telegram redelivers, which is safe once the update's id
+            // is recorded with its turn; until then a redelivery may repeat the turn, which
+            // is better than losing it.
+            Error::Unavailable { .. }
+            | Error::OutcomeUnknown { .. }
+            | Error::Overloaded { .. }
+            | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

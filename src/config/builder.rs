@@ -1,0 +1,345 @@
+//! [`ConfigBuilder`]: a [`Config`] built in code, and the range checks every source of
+//! settings goes through.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sqlx::postgres::PgSslMode;
+
+use super::urls;
+use super::{Config, Server};
+use crate::error::{Error, Result};
+
+/// The largest `pool_size + max_overflow` botdb accepts.
+const MAX_POOL_CONNECTIONS: u32 = 1_000;
+
+/// Builds a [`Config`] in code; unset fields keep the reference's defaults.
+#[derive(Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+    url: Option<String>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("config", &self.config)
+            .field("url", &self.url.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// A setter of one of the separate server fields (`DB_*`).
+macro_rules! part_setter {
+    ($(#[$doc:meta])* $name:ident, $field:ident, $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+            if let Server::Parts { $field, .. } = &mut self.config.server {
+                *$field = value.into();
+            }
+            self.config.server_configured = true;
+            self
+        }
+    };
+}
+
+/// A setter of a plain field.
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $($path:ident).+) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.config.$($path).+ = value;
+            self
+        }
+    };
+}
+
+impl ConfigBuilder {
+    pub(super) fn new() -> Self {
+        ConfigBuilder {
+            config: Config::default(),
+            url: None,
+        }
+    }
+
+    part_setter!(
+        /// Server host (`DB_HOST`).
+        host, host, String
+    );
+    part_setter!(
+        /// Server port (`DB_PORT`).
+        port, port, u16
+    );
+    part_setter!(
+        /// Database name (`DB_NAME`).
+        database, name, String
+    );
+    part_setter!(
+        /// User name (`DB_USER`).
+        user, user, String
+    );
+
+    /// Password (`DB_PASSWORD`).
+    pub fn password(mut self, value: impl Into<String>) -> Self {
+        if let Server::Parts { password, .. } = &mut self.config.server {
+            *password = SecretString::from(value.into());
+        }
+        self.config.server_configured = true;
+        self
+    }
+
+    /// TLS mode for the separate fields (`DB_SSLMODE`: `disable`, `allow`, `prefer`,
+    /// `require`, `verify-ca`, `verify-full`). A URL carries its own (`?sslmode=`).
+    pub fn ssl_mode(mut self, mode: PgSslMode) -> Self {
+        if let Server::Parts { ssl_mode, .. } = &mut self.config.server {
+            *ssl_mode = Some(mode);
+        }
+        self.config.server_configured = true;
+        self
+    }
+
+    /// The CA certificate (PEM file) that `verify-ca` / `verify-full` check the server
+    /// against (`DB_SSLROOTCERT`).
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        if let Server::Parts { ssl_root_cert, .. } = &mut self.config.server {
+            *ssl_root_cert = Some(path.into());
+        }
+        self.config.server_configured = true;
+        self
+    }
+
+    /// A full URL (`DATABASE_URL`), which wins over the separate fields. The reference's
+    /// `postgresql+asyncpg://` scheme is accepted too.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self.config.server_configured = true;
+        self
+    }
+
+    setter!(
+        /// Connections kept open (`DB_POOL_SIZE`).
+        pool_size: u32 => pool.size
+    );
+    setter!(
+        /// Extra connections under load (`DB_MAX_OVERFLOW`).
+        max_overflow: u32 => pool.max_overflow
+    );
+    setter!(
+        /// Pre-ping on checkout (`DB_POOL_PRE_PING`).
+        pre_ping: bool => pool.pre_ping
+    );
+    setter!(
+        /// Only pre-ping connections idle at least this long (`DB_POOL_PRE_PING_IDLE`).
+        pre_ping_idle: Duration => pool.pre_ping_idle
+    );
+    setter!(
+        /// Connection recycle age (`DB_POOL_RECYCLE`); `None` never recycles.
+        recycle: Option<Duration> => pool.recycle
+    );
+    setter!(
+        /// Wait for a connection at most this long (`DB_POOL_TIMEOUT`).
+        pool_timeout: Duration => pool.timeout
+    );
+    setter!(
+        /// Close overflow connections idle this long (`DB_POOL_IDLE_TIMEOUT`).
+        idle_timeout: Duration => pool.idle_timeout
+    );
+    setter!(
+        /// Log every statement (`DB_ECHO`).
+        echo: bool => echo
+    );
+    setter!(
+        /// Longest message content, in characters (`DB_MAX_CONTENT_CHARS`).
+        max_content_chars: usize => limits.max_content_chars
+    );
+    setter!(
+        /// Longest system prompt, in characters.
+        max_system_prompt_chars: usize => limits.max_system_prompt_chars
+    );
+    setter!(
+        /// Most bytes of content one user's history read returns (`DB_MAX_HISTORY_BYTES`).
+        max_history_bytes: usize => limits.max_history_bytes
+    );
+    setter!(
+        /// Requests one actor holds at most before Overloaded (`BOTDB_MAX_PENDING`).
+        max_pending: usize => actors.max_pending
+    );
+    setter!(
+        /// Requests one user may hold in one actor (`BOTDB_MAX_PENDING_PER_USER`).
+        max_pending_per_user: usize => actors.max_pending_per_user
+    );
+    setter!(
+        /// Largest batch of ready requests run as one statement (`BOTDB_BATCH_MAX`; 1: off).
+        batch_max: usize => actors.batch_max
+    );
+    setter!(
+        /// Batches of one request type running at once per actor (`BOTDB_BATCH_IN_FLIGHT`).
+        batch_in_flight: usize => actors.batch_in_flight
+    );
+    setter!(
+        /// How long a batch may wait to fill (`BOTDB_BATCH_WAIT_MS`).
+        batch_wait: Duration => actors.batch_wait
+    );
+    setter!(
+        /// How long Shutdown waits for accepted requests (`BOTDB_DRAIN_TIMEOUT`).
+        drain_timeout: Duration => actors.drain_timeout
+    );
+    setter!(
+        /// `lock_timeout` of each migration (`BOTDB_MIGRATE_LOCK_TIMEOUT`).
+        migrate_lock_timeout: Duration => migrate.lock_timeout
+    );
+    setter!(
+        /// Tries of a migration that timed out on a lock (`BOTDB_MIGRATE_ATTEMPTS`).
+        migrate_attempts: u32 => migrate.attempts
+    );
+
+    /// `application_name` reported to the server.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.config.application_name = name.into();
+        self
+    }
+
+    /// Checks every value and returns the [`Config`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that is out of range or the URL that does
+    /// not parse (the URL itself is never repeated in the message).
+    pub fn build(self) -> Result<Config> {
+        let mut config = self.config;
+        if let Some(url) = self.url {
+            let url = urls::normalize_scheme(&url);
+            // Parse now so that a broken URL fails at configuration time.
+            let _ = urls::parse_url(&url)?;
+            let display = urls::redact_url(&url);
+            config.server = Server::Url {
+                url: SecretString::from(url),
+                display,
+            };
+        }
+        check(&config)?;
+        Ok(config)
+    }
+}
+
+/// `value` within `range`, else an error naming `key`.
+fn within<T: PartialOrd + fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            key,
+            format!(
+                "expected from {} to {} {unit}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// `path` names a file this process can read, else an error naming `key`.
+pub(super) fn readable_file(key: &'static str, what: &str, path: &std::path::Path) -> Result<()> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| Error::config(key, format!("{what} {} cannot be read: {e}", path.display())))
+}
+
+fn positive(key: &'static str, value: Duration) -> Result<()> {
+    if value.is_zero() {
+        Err(Error::config(key, "expected more than 0 seconds"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check(config: &Config) -> Result<()> {
+    let pool = &config.pool;
+    within("DB_POOL_SIZE", pool.size, 1..=MAX_POOL_CONNECTIONS, "connections")?;
+    within(
+        "DB_MAX_OVERFLOW",
+        pool.max_connections(),
+        1..=MAX_POOL_CONNECTIONS,
+        "connections (DB_POOL_SIZE + DB_MAX_OVERFLOW)",
+    )?;
+    positive("DB_POOL_TIMEOUT", pool.timeout)?;
+    positive("DB_POOL_IDLE_TIMEOUT", pool.idle_timeout)?;
+    if pool.recycle.is_some_and(|d| d.is_zero()) {
+        return Err(Error::config(
+            "DB_POOL_RECYCLE",
+            "expected more than 0 seconds, or never",
+        ));
+    }
+    let limits = &config.limits;
+    within(
+        "DB_MAX_CONTENT_CHARS",
+        limits.max_content_chars,
+        1..=10_000_000,
+        "characters",
+    )?;
+    within(
+        "max_system_prompt_chars",
+        limits.max_system_prompt_chars,
+        1..=10_000_000,
+        "characters",
+    )?;
+    within(
+        "DB_MAX_HISTORY_BYTES",
+        limits.max_history_bytes,
+        1024..=1 << 30,
+        "bytes",
+    )?;
+    let actors = &config.actors;
+    within(
+        "BOTDB_MAX_PENDING",
+        actors.max_pending,
+        1..=10_000_000,
+        "requests",
+    )?;
+    within(
+        "BOTDB_MAX_PENDING_PER_USER",
+        actors.max_pending_per_user,
+        1..=actors.max_pending,
+        "requests (at most BOTDB_MAX_PENDING)",
+    )?;
+    within("BOTDB_BATCH_MAX", actors.batch_max, 1..=10_000, "requests")?;
+    within(
+        "BOTDB_BATCH_IN_FLIGHT",
+        actors.batch_in_flight,
+        1..=1000,
+        "batches",
+    )?;
+    positive("BOTDB_DRAIN_TIMEOUT", actors.drain_timeout)?;
+    if config.migrate.lock_timeout < Duration::from_millis(1) {
+        return Err(Error::config(
+            "BOTDB_MIGRATE_LOCK_TIMEOUT",
+            "expected at least 0.001 seconds (0 would wait forever)",
+        ));
+    }
+    within(
+        "BOTDB_MIGRATE_ATTEMPTS",
+        config.migrate.attempts,
+        1..=1000,
+        "attempts",
+    )?;
+    if let Server::Parts {
+        ssl_root_cert: Some(cert),
+        ..
+    } = &config.server
+    {
+        readable_file("DB_SSLROOTCERT", "the CA certificate", cert)?;
+    }
+    if let Server::Parts { port: 0, .. } = config.server {
+        return Err(Error::config(
+            "DB_PORT",
+            "expected a port number from 1 to 65535, got 0",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Configuration: one typed struct, loaded once.
+//!
+//! Sources, highest priority first: the process environment, a `.env` file in the
+//! working directory (read, never written into the environment), then the reference
+//! design's defaults. Code builds a [`Config`] with [`Config::builder`]. The password is
+//! a [`SecretString`]: it never appears in `Debug`, `Display`, logs or errors, whether it
+//! came from `DB_PASSWORD`, the URL's user info or its `?password=` query.
+//!
+//! - `settings`: [`PoolConfig`], [`Limits`], [`ActorConfig`], [`MigrateConfig`];
+//! - `env`: [`Config::from_env`], [`ENV_VARS`];
+//! - `builder`: [`ConfigBuilder`] and the range checks;
+//! - `urls`: `DATABASE_URL` parsing and redaction.
+
+mod builder;
+mod env;
+mod settings;
+mod urls;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+use crate::error::{Error, Result};
+
+pub use builder::ConfigBuilder;
+pub use env::ENV_VARS;
+pub use settings::{ActorConfig, Limits, MigrateConfig, PoolConfig};
+
+/// Where the server is: a URL, or the reference's separate fields.
+#[derive(Clone)]
+enum Server {
+    Url {
+        url: SecretString,
+        display: String,
+    },
+    Parts {
+        host: String,
+        port: u16,
+        name: String,
+        user: String,
+        password: SecretString,
+        ssl_mode: Option<PgSslMode>,
+        ssl_root_cert: Option<PathBuf>,
+    },
+}
+
+/// botdb's configuration. Build it with [`Config::from_env`] or [`Config::builder`].
+#[derive(Clone)]
+pub struct Config {
+    server: Server,
+    /// `true` when a server was configured (`DATABASE_URL`, any `DB_*` server setting,
+    /// or a builder setter): botdb then never substitutes a throwaway server for it.
+    server_configured: bool,
+    /// Pool settings.
+    pub pool: PoolConfig,
+    /// Log every SQL statement through `tracing` (`echo`).
+    pub echo: bool,
+    /// Text size limits.
+    pub limits: Limits,
+    /// Actor layer settings.
+    pub actors: ActorConfig,
+    /// How migrations take their locks.
+    pub migrate: MigrateConfig,
+    /// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`).
+    pub application_name: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("server", &self.redacted_url())
+            .field("pool", &self.pool)
+            .field("echo", &self.echo)
+            .field("limits", &self.limits)
+            .field("actors", &self.actors)
+            .field("migrate", &self.migrate)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (pool {}+{}, pre_ping {}, recycle {}, timeout {:?})",
+            self.redacted_url(),
+            self.pool.size,
+            self.pool.max_overflow,
+            self.pool.pre_ping,
+            self.pool
+                .recycle
+                .map_or_else(|| "never".to_string(), |d| format!("{}s", d.as_secs())),
+            self.pool.timeout
+        )
+    }
+}
+
+impl Default for Config {
+    /// The reference's defaults: `postgres@localhost:5432/ai_tg_bot`, pool 5 + 10.
+    fn default() -> Self {
+        Config {
+            server: Server::Parts {
+                host: "localhost".into(),
+                port: 5432,
+                name: "ai_tg_bot".into(),
+                user: "postgres".into(),
+                password: SecretString::from(String::new()),
+                ssl_mode: None,
+                ssl_root_cert: None,
+            },
+            server_configured: false,
+            pool: PoolConfig::default(),
+            echo: false,
+            limits: Limits::default(),
+            actors: ActorConfig::default(),
+            migrate: MigrateConfig::default(),
+            application_name: "botdb".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Starts a [`ConfigBuilder`] from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::new()
+    }
+
+    /// `true` when a server was configured: `DATABASE_URL`, any of `DB_HOST`,
+    /// `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`, `DB_SSLMODE`, `DB_SSLROOTCERT`, or a
+    /// builder setter for one of them. `false` means "the reference's defaults, nobody
+    /// said anything": only then may a command offer a throwaway server, and `serve`
+    /// only when asked explicitly.
+    pub fn server_configured(&self) -> bool {
+        self.server_configured
+    }
+
+    /// The server's URL with every password replaced by `***` (safe to print).
+    pub fn redacted_url(&self) -> String {
+        match &self.server {
+            Server::Url { display, .. } => display.clone(),
+            Server::Parts {
+                host,
+                port,
+                name,
+                user,
+                password,
+                ssl_mode,
+                ..
+            } => {
+                let pw = if password.expose_secret().is_empty() {
+                    ""
+                } else {
+                    ":***"
+                };
+                let ssl = ssl_mode
+                    .map(|m| format!("?sslmode={}", ssl_mode_name(m)))
+                    .unwrap_or_default();
+                format!("postgres://{user}{pw}@{host}:{port}/{name}{ssl}")
+            }
+        }
+    }
+
+    /// The database name this configuration points at.
+    pub fn database_name(&self) -> String {
+        match &self.server {
+            Server::Url { .. } => self
+                .connect_options()
+                .ok()
+                .and_then(|o| o.get_database().map(str::to_owned))
+                .unwrap_or_default(),
+            Server::Parts { name, .. } => name.clone(),
+        }
+    }
+
+    /// A copy of this configuration pointing at another database on the same server
+    /// (tests and `botdb check` use it for scratch databases).
+    pub fn with_database(&self, database: &str) -> Config {
+        let mut config = self.clone();
+        match &mut config.server {
+            Server::Url { url, display } => {
+                if let Ok(mut parsed) = url::Url::parse(url.expose_secret()) {
+                    parsed.set_path(database);
+                    *url = SecretString::from(parsed.to_string());
+                    if let Ok(mut shown) = url::Url::parse(display) {
+                        shown.set_path(database);
+                        *display = shown.to_string();
+                    }
+                }
+            }
+            Server::Parts { name, .. } => *name = database.to_string(),
+        }
+        config
+    }
+
+    /// A copy of this configuration with the server part of `other` (URL or host, port,
+    /// name, user, password, TLS) and this one's pool and limits.
+    pub fn with_server_of(&self, other: &Config) -> Config {
+        Config {
+            server: other.server.clone(),
+            server_configured: other.server_configured,
+            ..self.clone()
+        }
+    }
+
+    /// The name of the setting that holds `part` of the server's address, as the user
+    /// gave it: `DATABASE_URL` when the URL was used, else `DB_NAME`, `DB_USER`, ...
+    pub fn setting_for(&self, part: ServerPart) -> &'static str {
+        match (&self.server, part) {
+            (Server::Url { .. }, _) => "DATABASE_URL",
+            (Server::Parts { .. }, ServerPart::Address) => "DB_HOST / DB_PORT",
+            (Server::Parts { .. }, ServerPart::Database) => "DB_NAME",
+            (Server::Parts { .. }, ServerPart::Credentials) => "DB_USER / DB_PASSWORD",
+            (Server::Parts { .. }, ServerPart::Tls) => "DB_SSLMODE / DB_SSLROOTCERT",
+        }
+    }
+
+    /// `err` made to speak of this configuration: a configuration error about the
+    /// server names the setting the user actually used (`DATABASE_URL` rather than
+    /// `DB_NAME`), and no message carries a password in any form.
+    pub fn explain(&self, err: Error) -> Error {
+        let secrets = self.secrets();
+        match err {
+            Error::Config { key, message } => {
+                let key = match key.as_ref() {
+                    "DB_NAME" => self.setting_for(ServerPart::Database).into(),
+                    "DB_USER / DB_PASSWORD" => self.setting_for(ServerPart::Credentials).into(),
+                    "DB_SSLMODE" => self.setting_for(ServerPart::Tls).into(),
+                    _ => key,
+                };
+                Error::Config {
+                    key,
+                    message: urls::scrub(&message, &secrets),
+                }
+            }
+            Error::Unavailable { reason, source } => Error::Unavailable {
+                reason: urls::scrub(&reason, &secrets),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Every secret this configuration holds, in every form it may be written.
+    fn secrets(&self) -> Vec<SecretString> {
+        match &self.server {
+            Server::Url { url, .. } => urls::secrets_in(url.expose_secret())
+                .into_iter()
+                .map(SecretString::from)
+                .collect(),
+            Server::Parts { password, .. } => vec![password.clone()],
+        }
+    }
+
+    /// The driver's connect options (host, credentials, TLS, statement logging).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL cannot be parsed; the message never contains it.
+    pub fn connect_options(&self) -> Result<PgConnectOptions> {
+        let options = match &self.server {
+            Server::Url { url, .. } => urls::parse_url(url.expose_secret())?,
+            Server::Parts {
+                host,
+                port,
+                name,
+                user,
+                password,
+                ssl_mode,
+                ssl_root_cert,
+            } => {
+                let mut o = PgConnectOptions::new_without_pgpass()
+                    .host(host)
+                    .port(*port)
+                    .username(user)
+                    .database(name);
+                if !password.expose_secret().is_empty() {
+                    o = o.password(password.expose_secret());
+                }
+                if let Some(mode) = ssl_mode {
+                    // As libpq: `require` with a root certificate verifies the CA.
+                    o = o.ssl_mode(match (mode, ssl_root_cert) {
+                        (PgSslMode::Require, Some(_)) => PgSslMode::VerifyCa,
+                        (mode, _) => *mode,
+                    });
+                }
+                if let Some(cert) = ssl_root_cert {
+                    o = o.ssl_root_cert(cert);
+                }
+                o
+            }
+        };
+        let options = options.application_name(&self.application_name);
+        Ok(if self.echo {
+            options.log_statements(log::LevelFilter::Info)
+        } else {
+            options
+                .log_statements(log::LevelFilter::Off)
+                .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1))
+        })
+    }
+}
+
+/// A part of the server's address, for [`Config::setting_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerPart {
+    /// Host and port.
+    Address,
+    /// The database name.
+    Database,
+    /// User and password.
+    Credentials,
+    /// TLS mode and root certificate.
+    Tls,
+}
+
+/// libpq's name of an `sslmode`.
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}

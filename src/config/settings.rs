@@ -1,0 +1,136 @@
+//! The groups of settings inside a [`Config`](super::Config): pool, text limits, actor
+//! layer, migrations. Each has the reference's (or botdb's) defaults.
+
+use std::time::Duration;
+
+/// Settings of the actor layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActorConfig {
+    /// Requests one table actor holds at most (waiting in its per-user queues plus
+    /// running); past it a request fails at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded).
+    pub max_pending: usize,
+    /// Requests ONE user may hold in one table actor (queued + running); past it that
+    /// user's requests fail at once with [`Error::Overloaded`](crate::Error::Overloaded)
+    /// (`per_user`), while other users keep being admitted. Keeps one user's flood from
+    /// taking the whole `max_pending`.
+    pub max_pending_per_user: usize,
+    /// How long Shutdown waits for accepted requests to finish before it closes the pool
+    /// anyway (and reports the stragglers).
+    pub drain_timeout: Duration,
+    /// At most this many ready requests of one type (different users) run as one
+    /// statement or transaction: group commit for appends, one round trip for reads.
+    /// 1 turns batching off.
+    pub batch_max: usize,
+    /// How long a batch may wait to fill. Zero (the default): batch only what is
+    /// already queued, so an idle system adds no latency.
+    pub batch_wait: Duration,
+    /// At most this many batches of one request type run at once per actor; ready
+    /// requests of that type gather for the next batch meanwhile.
+    pub batch_in_flight: usize,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            max_pending: 10_000,
+            max_pending_per_user: 100,
+            drain_timeout: Duration::from_secs(30),
+            batch_max: 64,
+            batch_wait: Duration::ZERO,
+            batch_in_flight: 2,
+        }
+    }
+}
+
+/// Pool settings, named as in the reference (SQLAlchemy's `create_async_engine`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Connections kept open permanently (`pool_size`, sqlx's `min_connections`).
+    pub size: u32,
+    /// Extra connections opened under load and closed again when idle (`max_overflow`).
+    pub max_overflow: u32,
+    /// Check a pooled connection for life before handing it out (`pool_pre_ping`).
+    pub pre_ping: bool,
+    /// With `pre_ping`, only connections idle at least this long are pinged; zero pings
+    /// every checkout, as the reference does. The default, 500 ms (HikariCP's
+    /// `aliveBypassWindowMs`), checks every connection that sat idle, and none of those
+    /// a busy system hands from one request to the next: under load the check costs no
+    /// round trip.
+    pub pre_ping_idle: Duration,
+    /// Replace connections older than this (`pool_recycle`); `None` never recycles.
+    pub recycle: Option<Duration>,
+    /// How long a caller waits for a connection before [`Error::Unavailable`]
+    /// (`pool_timeout`). Also bounds connecting to a server that is down.
+    ///
+    /// [`Error::Unavailable`]: crate::Error::Unavailable
+    pub timeout: Duration,
+    /// How long an idle connection beyond `size` stays open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 5,
+            max_overflow: 10,
+            pre_ping: true,
+            pre_ping_idle: Duration::from_millis(500),
+            recycle: Some(Duration::from_secs(3600)),
+            timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The most connections the pool opens: `size + max_overflow`.
+    pub fn max_connections(&self) -> u32 {
+        self.size + self.max_overflow
+    }
+}
+
+/// Size limits applied to text before it reaches the database, and to what one read
+/// brings back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest message content accepted, in characters (Unicode scalar values, the unit
+    /// of `content_length`).
+    pub max_content_chars: usize,
+    /// Longest system prompt accepted, in characters.
+    pub max_system_prompt_chars: usize,
+    /// Most bytes of message content one user's history read returns (the newest
+    /// message always comes back, whatever its size). Enforced in the query, so a batched
+    /// read of many users stays within `users x max_history_bytes`.
+    pub max_history_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_content_chars: 65_536,
+            max_system_prompt_chars: 16_384,
+            max_history_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// How migrations take their locks on a live database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrateConfig {
+    /// `lock_timeout` of each migration: a DDL statement that cannot get its lock within
+    /// this gives up (and is retried), so the traffic queued behind its lock request
+    /// waits at most this long.
+    pub lock_timeout: Duration,
+    /// How many times a migration that timed out on a lock is tried in all.
+    pub attempts: u32,
+}
+
+impl Default for MigrateConfig {
+    fn default() -> Self {
+        MigrateConfig {
+            lock_timeout: Duration::from_secs(2),
+            attempts: 10,
+        }
+    }
+}
