@@ -2,6 +2,7 @@
 //! same moment run as one statement, and nothing about that is visible to a caller:
 //! per-user order, one answer per request, a bad row failing alone, every Ok committed.
 
+use botdb::model::PRIVATE_CHAT;
 use std::collections::HashMap;
 
 use botdb::actors::{
@@ -17,6 +18,7 @@ use crate::helpers::TestDb;
 fn append(user_id: i64, content: impl Into<String>) -> AppendMessage {
     AppendMessage {
         user_id,
+        chat_id: PRIVATE_CHAT,
         role: Role::User,
         content: content.into(),
     }
@@ -79,6 +81,7 @@ async fn appends_of_many_users_go_in_batches_and_keep_each_users_order() {
         .map(|u| {
             h.send(AppendTurn {
                 user_id: u,
+                chat_id: PRIVATE_CHAT,
                 user_text: format!("q{u}"),
                 reply_text: format!("a{u}"),
             })
@@ -210,6 +213,7 @@ async fn batched_reads_and_upserts_answer_each_user_with_their_own_rows() {
     let histories = join_all((1..=6).map(|u| {
         h.send(GetHistory {
             user_id: u,
+            chat_id: PRIVATE_CHAT,
             limit: limits[&u],
         })
     }))
@@ -229,10 +233,12 @@ async fn batched_reads_and_upserts_answer_each_user_with_their_own_rows() {
     let mixed = join_all([
         h.send(GetHistory {
             user_id: 1,
+            chat_id: PRIVATE_CHAT,
             limit: Some(0),
         }),
         h.send(GetHistory {
             user_id: 2,
+            chat_id: PRIVATE_CHAT,
             limit: None,
         }),
     ])
@@ -298,4 +304,126 @@ async fn an_offered_load_far_past_the_bound_stays_within_it() {
         .await
         .unwrap();
     assert_eq!(n as usize, admitted, "acknowledged = committed");
+}
+
+#[actix_rt::test]
+async fn a_batched_history_read_stays_within_the_byte_bound_per_user() {
+    let t = TestDb::with(|b| b.max_history_bytes(20_000)).await;
+    let h = DbSystem::start(t.db.clone(), ActorConfig::default());
+    let users: Vec<i64> = (1..=16).collect();
+    register_all(&h, users.clone()).await;
+    for round in 0..30 {
+        let sent: Vec<_> = users
+            .iter()
+            .map(|&u| h.send(append(u, format!("{round:03}{}", "x".repeat(997)))))
+            .collect();
+        assert!(join_all(sent).await.iter().all(Result::is_ok));
+    }
+    // /limit 1000 for everyone, and a history read of all of them at once.
+    let (batches_before, ..) = batch_stats(&h, "messages").await;
+    let reads: Vec<_> = users
+        .iter()
+        .map(|&user_id| {
+            h.send(GetHistory {
+                user_id,
+                chat_id: PRIVATE_CHAT,
+                limit: None,
+            })
+        })
+        .collect();
+    let answers = join_all(reads).await;
+    let (batches_after, ..) = batch_stats(&h, "messages").await;
+    assert!(batches_after > batches_before, "the reads ran batched");
+    for (u, answer) in users.iter().zip(answers) {
+        let history = answer.unwrap();
+        let bytes: usize = history.iter().map(|m| m.content.len()).sum();
+        assert_eq!(history.len(), 20, "user {u}");
+        assert!(bytes <= 20_000, "user {u}: {bytes} bytes");
+        assert!(history[0].content.starts_with("029"), "user {u}: newest first");
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[actix_rt::test]
+async fn a_panic_inside_a_batch_fails_that_batch_only_and_writes_none_of_it() {
+    let t = TestDb::new().await;
+    let h = DbSystem::start(t.db.clone(), ActorConfig::default());
+    let users: Vec<i64> = (1..=32).collect();
+    register_all(&h, users.clone()).await;
+    // The next batch that holds a turn of user 5 panics inside its runner. The fault does
+    // not make user 5's requests run alone: it hits a real batch of several users.
+    h.faults().panic_in_batch_once(5);
+    let tasks: Vec<_> = users
+        .iter()
+        .map(|&u| {
+            let h = h.clone();
+            actix_rt::spawn(async move {
+                let mut log = Vec::new();
+                for i in 0..10 {
+                    let text = format!("u{u}-t{i}");
+                    let answer = h
+                        .send(AppendTurn {
+                            user_id: u,
+                            chat_id: PRIVATE_CHAT,
+                            user_text: text.clone(),
+                            reply_text: format!("re {text}"),
+                        })
+                        .await;
+                    log.push((text, answer));
+                }
+                (u, log)
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    let mut acked = 0;
+    for task in tasks {
+        let (u, log) = task.await.unwrap();
+        let mut ok_texts = Vec::new();
+        for (text, answer) in log {
+            match answer {
+                Ok(turn) => {
+                    assert_eq!(turn.user.content, text);
+                    ok_texts.push(text);
+                }
+                Err(Error::Internal(why)) => {
+                    assert!(why.contains("batch") && why.contains("unknown"), "{why}");
+                    failed.push((u, text));
+                }
+                Err(e) => panic!("user {u}: unexpected {e:?}"),
+            }
+        }
+        acked += ok_texts.len();
+        // Stored: exactly the acknowledged turns, in order, each whole.
+        let rows = stored(&t, u).await;
+        let expected: Vec<String> = ok_texts
+            .iter()
+            .flat_map(|text| [text.clone(), format!("re {text}")])
+            .collect();
+        assert_eq!(rows, expected, "user {u}");
+    }
+    let stats = h.stats().await.unwrap();
+    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
+    assert_eq!((m.panicked, m.restarts), (1, 1), "one panic, one restart: {m:?}");
+    // Which requests failed: user 5's, and the others that shared its batch (one turn
+    // each); every other turn of the load succeeded.
+    assert!(failed.iter().any(|(u, _)| *u == 5), "{failed:?}");
+    let mut failed_users: Vec<i64> = failed.iter().map(|(u, _)| *u).collect();
+    failed_users.dedup();
+    failed_users.sort();
+    failed_users.dedup();
+    assert_eq!(
+        failed_users.len(),
+        failed.len(),
+        "one request per user in the batch: {failed:?}"
+    );
+    assert!(
+        failed.len() > 1,
+        "the panic hit a batch of several users: {failed:?}"
+    );
+    assert_eq!(acked + failed.len(), 320);
+    eprintln!(
+        "panic in a batch: {} of 320 turns failed (the batch's), {acked} acknowledged and stored whole",
+        failed.len()
+    );
 }

@@ -23,6 +23,10 @@ fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
         "DB_NAME",
         "DB_USER",
         "DB_PASSWORD",
+        "DB_SSLMODE",
+        "DB_SSLROOTCERT",
+        "BOTDB_WEBHOOK_SECRET",
+        "BOTDB_ADMIN_TOKEN",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);
@@ -60,17 +64,20 @@ async fn operator_verbs_migrate_current_history_rollback() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).lines().filter(|l| l.starts_with("applied ")).count(),
-        4,
+        5,
         "{}",
         stdout(&o)
     );
 
     let o = run(&["current"], &env).await;
-    assert_eq!(stdout(&o).trim(), "0004 integrity and ordering (head)");
+    assert_eq!(stdout(&o).trim(), "0005 dialogues per chat (head)");
 
-    let o = run(&["rollback"], &env).await;
+    let o = run(&["rollback", "-n", "2"], &env).await;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o).trim(), "reverted 0004 integrity and ordering");
+    assert_eq!(
+        stdout(&o).trim(),
+        "reverted 0005 dialogues per chat\nreverted 0004 integrity and ordering"
+    );
 
     let o = run(&["history"], &env).await;
     let out = stdout(&o);
@@ -90,7 +97,7 @@ async fn operator_verbs_migrate_current_history_rollback() {
     let o = run(&["migrate", "--to", "2"], &env).await;
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
     let o = run(&["migrate"], &env).await;
-    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
 }
 
 #[tokio::test]
@@ -130,7 +137,7 @@ async fn two_migrate_commands_at_once_one_applies_the_other_finds_nothing_to_do(
     outs.sort_by_key(|o| o.contains("nothing to do"));
     assert_eq!(
         outs[0].lines().filter(|l| l.starts_with("applied")).count(),
-        4,
+        5,
         "{outs:?}"
     );
     assert!(outs[1].starts_with("nothing to do"), "{outs:?}");
@@ -359,4 +366,126 @@ async fn the_embedded_cluster_is_removed_even_when_botdb_is_killed() {
     );
     let removed = crate::helpers::eventually(Duration::from_secs(30), async || !dir.exists()).await;
     assert!(removed, "{} left behind after SIGKILL", dir.display());
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serve_with_db_settings_never_starts_a_throwaway_database() {
+    // The trap: DB_NAME and credentials but no DB_HOST, relying on its default. That is
+    // the configured server (localhost), which here is down: serve must fail and say so,
+    // never serve real users from a database deleted on exit.
+    let port = closed_port().to_string();
+    let secret = ("BOTDB_WEBHOOK_SECRET", crate::serve::SECRET.to_string());
+    let o = run(
+        &["serve", "--bind", "127.0.0.1:0", "--migrate"],
+        &[
+            ("DB_NAME", "prod_bot".into()),
+            ("DB_USER", "postgres".into()),
+            ("DB_PASSWORD", "pw-of-prod".into()),
+            ("DB_PORT", port.clone()),
+            ("DB_POOL_TIMEOUT", "2".into()),
+            secret.clone(),
+        ],
+    )
+    .await;
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(!out.contains("listening"), "{out}");
+    assert!(!err.to_lowercase().contains("throwaway"), "{err}");
+    assert!(
+        err.contains(&format!("postgres://postgres:***@localhost:{port}/prod_bot")),
+        "the error names the configured server: {err}"
+    );
+    assert!(!err.contains("pw-of-prod"), "{err}");
+
+    // Asking for a throwaway database while a server is configured is refused too.
+    let o = run(
+        &["serve", "--bind", "127.0.0.1:0", "--throwaway-db"],
+        &[("DB_NAME", "prod_bot".into()), secret],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--throwaway-db"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("listening"));
+}
+
+/// The environment of a running process, as `KEY=value` strings.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| String::from_utf8_lossy(kv).into_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn serve_uses_a_throwaway_database_only_when_asked_and_hands_it_no_secrets() {
+    let canary = "canary-secret_4b7d1e";
+    let mut child = botdb(
+        &["serve", "--bind", "127.0.0.1:0", "--throwaway-db"],
+        &[
+            ("NO_COLOR", "1".into()),
+            ("BOTDB_WEBHOOK_SECRET", canary.into()),
+            ("BOTDB_ADMIN_TOKEN", canary.into()),
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut errs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut warned = false;
+    let dir = loop {
+        let line = errs
+            .next_line()
+            .await
+            .unwrap()
+            .expect("serve names its cluster directory");
+        warned |= line.contains("THROWAWAY");
+        if let Some(dir) = cluster_dir(&line) {
+            break dir;
+        }
+    };
+    assert!(warned, "the throwaway database is announced as such");
+    actix_rt::spawn(async move { while let Ok(Some(_)) = errs.next_line().await {} });
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = out.next_line().await.unwrap() {
+        if line.starts_with("listening on") {
+            break;
+        }
+    }
+    // The server's processes (postmaster and its children) get none of botdb's
+    // environment: no secret, nothing of cargo's or the test's.
+    let pid_file = std::fs::read_to_string(dir.join("data/postmaster.pid")).unwrap();
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let env = environ(postmaster);
+    assert!(!env.is_empty(), "the postmaster's environment was read");
+    for kv in &env {
+        assert!(!kv.contains(canary), "{kv} reached PostgreSQL");
+        let key = kv.split('=').next().unwrap_or_default();
+        assert!(
+            !key.starts_with("BOTDB_")
+                && !key.starts_with("CARGO")
+                && !key.starts_with("DB_")
+                && key != "DATABASE_URL",
+            "{key} reached PostgreSQL: {env:?}"
+        );
+    }
+    let ours = environ(std::process::id());
+    assert!(
+        ours.iter().any(|kv| kv.starts_with("CARGO")),
+        "the test's own environment has cargo's variables, so their absence above means something"
+    );
+    let status = crate::serve::sigterm(&mut child).await;
+    assert_eq!(status.code(), Some(0));
+    let removed = crate::helpers::eventually(Duration::from_secs(30), async || !dir.exists()).await;
+    assert!(removed, "{} left behind", dir.display());
 }

@@ -5,6 +5,7 @@
 use botdb::actors::{
     AppendMessage, AppendTurn, DbSystem, GetHistory, RegisterUser, SetSystemPrompt, UpdateSettings,
 };
+use botdb::model::PRIVATE_CHAT;
 use botdb::model::{NewMessage, Role, SettingsPatch};
 use botdb::{Config, Error, repo};
 use serde_json::{Value, json};
@@ -186,6 +187,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: NUL in content",
             h.send(AppendMessage {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: "\0".into(),
             })
@@ -197,6 +199,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: 10 MB content",
             h.send(AppendMessage {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: big.clone(),
             })
@@ -219,6 +222,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: history limit 0",
             h.send(GetHistory {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 limit: Some(0),
             })
             .await
@@ -229,6 +233,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: turn with an empty reply",
             h.send(AppendTurn {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 user_text: "fine".into(),
                 reply_text: String::new(),
             })
@@ -240,6 +245,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: turn with a 10 MB reply",
             h.send(AppendTurn {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 user_text: "fine".into(),
                 reply_text: big.clone(),
             })
@@ -273,6 +279,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             "actors: append for an unknown user",
             h.send(AppendMessage {
                 user_id: 404,
+                chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: "hi".into(),
             })
@@ -302,6 +309,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
         let stored = h
             .send(AppendMessage {
                 user_id: 1,
+                chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: text.into(),
             })
@@ -313,6 +321,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
     let history = h
         .send(GetHistory {
             user_id: 1,
+            chat_id: PRIVATE_CHAT,
             limit: Some(3),
         })
         .await

@@ -3,6 +3,7 @@
 //! stop and start it), talks over loopback only, and prints its figures:
 //! sent / acknowledged / found / lost.
 
+use botdb::model::PRIVATE_CHAT;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +105,7 @@ async fn actor_load(h: &DbHandle, users: std::ops::RangeInclusive<i64>, stop: Ar
                     let answer = h
                         .send(AppendMessage {
                             user_id: u,
+                            chat_id: PRIVATE_CHAT,
                             role: Role::User,
                             content: content.clone(),
                         })
@@ -115,6 +117,7 @@ async fn actor_load(h: &DbHandle, users: std::ops::RangeInclusive<i64>, stop: Ar
                             continue;
                         }
                         Err(Error::Unavailable { .. }) => "unavailable",
+                        Err(Error::OutcomeUnknown { .. }) => "outcome unknown",
                         Err(Error::Internal(_)) => "internal",
                         Err(e) => panic!("user {u}: an untyped or unexpected error: {e:?}"),
                     };
@@ -139,9 +142,11 @@ async fn actor_load(h: &DbHandle, users: std::ops::RangeInclusive<i64>, stop: Ar
     total
 }
 
-/// Every acknowledged message of every user is stored, in order (and nothing else
-/// acknowledged is missing). Returns how many were found.
-async fn verify_appends(conn: &mut PgConnection, load: &ActorLoad) -> usize {
+/// How many acknowledged messages are stored, user by user in the order they were
+/// acknowledged (a missing or misplaced one stops the count for its user). Messages
+/// stored without an acknowledgment (their answer was an error of unknown outcome) may
+/// sit between them.
+async fn found_in_order(conn: &mut PgConnection, load: &ActorLoad) -> usize {
     let mut found = 0;
     for (u, acked) in &load.acked {
         let stored: Vec<String> =
@@ -150,14 +155,8 @@ async fn verify_appends(conn: &mut PgConnection, load: &ActorLoad) -> usize {
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap();
-        let mut it = stored.iter();
-        for text in acked {
-            assert!(
-                it.any(|s| s == text),
-                "user {u}: acknowledged {text} missing or out of order"
-            );
-            found += 1;
-        }
+        let mut rest = stored.iter();
+        found += acked.iter().take_while(|text| rest.any(|s| s == *text)).count();
     }
     found
 }
@@ -239,13 +238,23 @@ async fn postgres_killed_and_restarted_under_a_64_user_load() {
         "slowest answer {:?}",
         load.slowest
     );
+    // Requests cut with the server fail typed: OutcomeUnknown when they went out on a
+    // connection the crash broke, Unavailable when no connection could be had.
     assert!(
-        load.errors.get("unavailable").copied().unwrap_or(0) > 0,
+        !load.errors.is_empty(),
+        "requests failed while the server was down"
+    );
+    assert!(
+        load.errors
+            .keys()
+            .all(|k| ["unavailable", "outcome unknown"].contains(k)),
         "{:?}",
         load.errors
     );
     let acked: usize = load.acked.values().map(Vec::len).sum();
-    let found = verify_appends(&mut c.conn().await, &load).await;
+    let failed: usize = load.errors.values().sum();
+    assert_eq!(load.sent, acked + failed, "every request answered, Ok or typed");
+    let found = found_in_order(&mut c.conn().await, &load).await;
     figures("pg_ctl stop -m immediate under 64 users", load.sent, acked, found);
     eprintln!(
         "      errors: {:?}; slowest answer {:?}",
@@ -259,6 +268,7 @@ async fn a_backend_terminated_mid_transaction_fails_its_caller_and_nothing_is_vi
     let c = Cluster::start(Duration::from_secs(5)).await;
     let db = Database::connect(&c.config).await.unwrap();
     repo::users::create(db.pool(), 1).await.unwrap();
+    let (mut sent, mut acked) = (0, Vec::new());
     let msg = db
         .limits()
         .message(1, Role::User, "inside the doomed transaction")
@@ -279,6 +289,7 @@ async fn a_backend_terminated_mid_transaction_fails_its_caller_and_nothing_is_vi
             .await
         })
     };
+    sent += 1;
     let pid = started_rx.await.unwrap();
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
@@ -290,60 +301,93 @@ async fn a_backend_terminated_mid_transaction_fails_its_caller_and_nothing_is_vi
         .await
         .expect("no hang")
         .unwrap();
+    // COMMIT was never sent: known not committed, so Unavailable (retry is safe).
     assert!(matches!(answer, Err(Error::Unavailable { .. })), "{answer:?}");
     let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&mut c.conn().await)
         .await
         .unwrap();
     assert_eq!(visible, 0, "nothing of the killed transaction is visible");
-    // The next request succeeds, directly and through the actors.
-    let next = db.limits().message(1, Role::User, "after").unwrap();
+    // The next requests succeed, directly and through the actors.
+    let next = db.limits().message(1, Role::User, "after, directly").unwrap();
+    sent += 1;
     repo::messages::append(db.pool(), &next).await.unwrap();
+    acked.push("after, directly".to_string());
     let h = DbSystem::start(db.clone(), ActorConfig::default());
+    sent += 1;
     h.send(AppendMessage {
         user_id: 1,
+        chat_id: PRIVATE_CHAT,
         role: Role::User,
-        content: "via actors".into(),
+        content: "after, via the actors".into(),
     })
     .await
     .unwrap();
+    acked.push("after, via the actors".to_string());
     h.shutdown().await;
-    figures("pg_terminate_backend mid-transaction", 3, 2, 2);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT content FROM messages ORDER BY created_at, seq")
+        .fetch_all(&mut c.conn().await)
+        .await
+        .unwrap();
+    let found = acked.iter().filter(|a| stored.contains(a)).count();
+    figures("pg_terminate_backend mid-transaction", sent, acked.len(), found);
+    assert_eq!(stored, acked, "exactly the acknowledged writes, in order");
+}
+
+/// SIGTERM to `served` while `run` loads it: exit 0; then the run's figures.
+async fn sigterm_under_load(c: &Cluster, users: std::ops::Range<i64>, threshold: usize, what: &str) {
+    let mut served = spawn_serve_on(&c.url(), &[]).await;
+    let (stop, signalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let load = webhook_load(
+        Arc::new(served.base.clone()),
+        users,
+        stop.clone(),
+        signalled.clone(),
+        enough.clone(),
+        threshold,
+    );
+    enough.notified().await;
+    signalled.store(true, Ordering::SeqCst);
+    let status = sigterm(&mut served.child).await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(status.code(), Some(0), "{what}");
+    let run = load.await.unwrap();
+    let found = verify_turns(&mut c.conn().await, &run).await;
+    figures(what, run.sent(), run.acked(), found.in_order);
+    eprintln!(
+        "      not acknowledged: {} answered 503 while draining, {} refused at connect (never reached serve), \
+         {} cut (sent before the signal on a served connection: {}, as a new connection's first request: {}); \
+         stored without an answer: {}",
+        run.unavailable,
+        run.refused,
+        run.cut(),
+        run.cut_before_signal,
+        run.cut_before_signal_unaccepted,
+        found.unacknowledged
+    );
+    assert_eq!(
+        run.cut_before_signal, 0,
+        "{what}: a request sent before SIGTERM was cut: {:?}",
+        run.cut_errors
+    );
+    assert_eq!(found.in_order, run.acked(), "{what}");
+    assert!(found.unacknowledged <= run.cut(), "{what}: {found:?}");
 }
 
 #[actix_rt::test]
 async fn sigterm_to_serve_at_load_repeatedly_loses_nothing() {
     let c = Cluster::start(Duration::from_secs(5)).await;
     for round in 1..=3 {
-        let mut served = spawn_serve_on(&c.url(), &[]).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let enough = Arc::new(tokio::sync::Notify::new());
         // New users each round, so every round's turns are checked on their own.
         let users = round * 100..round * 100 + 16;
-        let load = webhook_load(
-            Arc::new(served.base.clone()),
+        sigterm_under_load(
+            &c,
             users,
-            stop.clone(),
-            enough.clone(),
             200,
-        );
-        enough.notified().await;
-        let status = sigterm(&mut served.child).await;
-        stop.store(true, Ordering::SeqCst);
-        assert_eq!(status.code(), Some(0), "round {round}");
-        let run = load.await.unwrap();
-        let found = verify_turns(&mut c.conn().await, &run).await;
-        figures(
             &format!("SIGTERM to serve under 16 clients, round {round}"),
-            run.sent(),
-            run.acked(),
-            found,
-        );
-        eprintln!(
-            "      not acknowledged: {} answered 503 while draining, {} unanswered (server gone)",
-            run.unavailable, run.unanswered
-        );
-        assert_eq!(found, run.acked());
+        )
+        .await;
     }
 }
 
@@ -351,16 +395,18 @@ async fn sigterm_to_serve_at_load_repeatedly_loses_nothing() {
 async fn sigkill_to_serve_at_load_keeps_every_acknowledged_update() {
     let c = Cluster::start(Duration::from_secs(5)).await;
     let mut served = spawn_serve_on(&c.url(), &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, signalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let enough = Arc::new(tokio::sync::Notify::new());
     let load = webhook_load(
         Arc::new(served.base.clone()),
         500..516,
         stop.clone(),
+        signalled.clone(),
         enough.clone(),
         300,
     );
     enough.notified().await;
+    signalled.store(true, Ordering::SeqCst);
     served.child.start_kill().unwrap();
     let status = served.child.wait().await.unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -374,13 +420,18 @@ async fn sigkill_to_serve_at_load_keeps_every_acknowledged_update() {
         "SIGKILL to serve under 16 clients",
         run.sent(),
         run.acked(),
-        found,
+        found.in_order,
     );
     eprintln!(
-        "      not acknowledged: {} answered 503, {} unanswered (killed)",
-        run.unavailable, run.unanswered
+        "      not acknowledged: {} answered 503, {} refused, {} cut by the kill; stored without an answer: {}",
+        run.unavailable,
+        run.refused,
+        run.cut(),
+        found.unacknowledged
     );
-    assert_eq!(found, run.acked());
+    assert_eq!(found.in_order, run.acked());
+    // A killed process cuts what it was doing: at most one request per client.
+    assert!(run.cut() <= 16 && found.unacknowledged <= run.cut(), "{found:?}");
     let body = serde_json::to_vec(&crate::serve::text_update(1, 500, "after the restart")).unwrap();
     let (status, _) = crate::serve::post_raw(
         &crate::serve::client(),
@@ -434,7 +485,7 @@ async fn actor_panics_during_load_fail_only_their_requests() {
     let report = h.shutdown().await;
     assert!(report.drained && report.unfinished == 0, "{report}");
     let acked: usize = load.acked.values().map(Vec::len).sum();
-    let found = verify_appends(&mut c.conn().await, &load).await;
+    let found = found_in_order(&mut c.conn().await, &load).await;
     figures("actor panics (5) under 32 users", load.sent, acked, found);
     assert_eq!(found, acked);
 }

@@ -12,6 +12,15 @@ use botdb::embedded::EmbeddedPostgres;
 use botdb::{Config, Database};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+/// The `botdb` binary to run: `BOTDB_BIN` when set (the build without fault injection
+/// that `.ci/run` tests too), else the one cargo built for this test crate.
+pub fn botdb_bin() -> std::path::PathBuf {
+    std::env::var_os("BOTDB_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_botdb").map(std::path::PathBuf::from))
+        .expect("set BOTDB_BIN to the botdb binary to test (cargo sets CARGO_BIN_EXE_botdb only for botdb's own tests)")
+}
+
 /// The shared server of this test binary.
 pub struct TestServer {
     /// Points at the server's `postgres` database, as a superuser.

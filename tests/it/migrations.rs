@@ -63,9 +63,9 @@ async fn rollback_n_steps_and_all() {
     let t = TestDb::new().await;
     let mut conn = t.conn().await;
     let reverted = migrate::downgrade(&mut conn, 2).await.unwrap();
-    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![4, 3]);
-    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 2);
-    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 2);
+    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![5, 4]);
+    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 3);
+    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 3);
     assert!(migrate::downgrade(&mut conn, 1).await.unwrap().is_empty());
 }
 
@@ -91,6 +91,7 @@ async fn the_final_schema_is_the_specs() {
         ),
         ("column messages.id", "uuid NOT NULL DEFAULT gen_random_uuid()"),
         ("column messages.user_id", "bigint NOT NULL"),
+        ("column messages.chat_id", "bigint NOT NULL DEFAULT 0"),
         ("column messages.role", "text NOT NULL"),
         ("column messages.content", "text NOT NULL"),
         ("column messages.content_length", "integer NOT NULL"),
@@ -117,6 +118,14 @@ async fn the_final_schema_is_the_specs() {
         (
             "index ix_messages_user_deleted_created",
             "CREATE INDEX ix_messages_user_deleted_created ON public.messages USING btree (user_id, deleted_at, created_at)",
+        ),
+        (
+            "index ix_messages_dialogue_live",
+            "CREATE INDEX ix_messages_dialogue_live ON public.messages USING btree (user_id, chat_id, created_at DESC, seq DESC) WHERE (deleted_at IS NULL)",
+        ),
+        (
+            "constraint messages.ck_messages_chat_id",
+            "CHECK ((chat_id <> user_id))",
         ),
         (
             "index ix_users_id",
@@ -183,13 +192,13 @@ async fn check_reports_pending_migrations() {
     let report = catalog::check(&t.config).await.unwrap();
     assert_eq!(
         report.pending.iter().map(|s| s.version).collect::<Vec<_>>(),
-        vec![4]
+        vec![5]
     );
     assert!(
         report
             .differences
             .iter()
-            .any(|d| d.object() == "column messages.seq")
+            .any(|d| d.object() == "column messages.chat_id")
     );
 }
 
@@ -262,4 +271,179 @@ async fn the_reference_models_work_unchanged_on_a_botdb_schema() {
     // botdb reads what the reference wrote.
     let counts = botdb::repo::messages::count(&mut conn, 77).await.unwrap();
     assert_eq!((counts.live, counts.deleted), (0, 1));
+}
+
+#[tokio::test]
+async fn private_dialogues_written_before_chats_were_told_apart_keep_working() {
+    let t = TestDb::empty().await;
+    let mut conn = t.conn().await;
+    migrate::upgrade_to(&mut conn, Some(4)).await.unwrap();
+    // Written at 0004, as the reference's code writes (it never names chat_id).
+    sqlx::raw_sql(
+        "INSERT INTO users (id) VALUES (77);
+         INSERT INTO messages (id, user_id, role, content, content_length)
+              VALUES (gen_random_uuid(), 77, 'user', 'before chats', 12),
+                     (gen_random_uuid(), 77, 'assistant', 'reply', 5);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 1);
+    // They are the user's private dialogue: what botdb reads for the private chat.
+    let private: Vec<String> = botdb::repo::messages::history(&mut conn, 77, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(private, ["reply", "before chats"]);
+    let in_group = botdb::repo::messages::history(&mut conn, botdb::model::Dialogue::new(77, -100), 20)
+        .await
+        .unwrap();
+    assert!(in_group.is_empty());
+    // The reference's code keeps inserting without chat_id: private, too.
+    sqlx::query(
+        "INSERT INTO messages (id, user_id, role, content, content_length) \
+         VALUES (gen_random_uuid(), 77, 'user', 'from the reference', 18)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        botdb::repo::messages::history(&mut conn, 77, 20)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // A private chat is stored one way only: 0, never the user's own id.
+    let err = sqlx::query(
+        "INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
+         VALUES (gen_random_uuid(), 77, 77, 'user', 'x', 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ck_messages_chat_id"), "{err}");
+    // Rolling 0005 back keeps every row.
+    migrate::downgrade(&mut conn, 1).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+/// Waits until a session of database `name` waits for a lock on `messages`.
+async fn lock_waiter_on_messages(observer: &mut PgConnection, name: &str) -> bool {
+    crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+              WHERE d.datname = $1 AND NOT l.granted AND l.relation = 'messages'::regclass)",
+        )
+        .bind(name)
+        .fetch_one(&mut *observer)
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its_lock_timeout() {
+    use sqlx::Connection;
+    let t = TestDb::new().await;
+    migrate::downgrade(&mut t.conn().await, 1).await.unwrap();
+    // An operator's long transaction reads messages and stays open.
+    let mut blocker = t.conn().await;
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM messages")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // `botdb migrate` on the live database: 0005 needs messages exclusively.
+    let policy = botdb::MigrateConfig {
+        lock_timeout: std::time::Duration::from_millis(200),
+        attempts: 1000,
+    };
+    let mut migrator = t.conn().await;
+    let migration = tokio::spawn(async move { migrate::upgrade_with(&mut migrator, None, &policy).await });
+    let mut observer = t.conn().await;
+    assert!(
+        lock_waiter_on_messages(&mut observer, &t.name).await,
+        "the migration waits for its lock"
+    );
+    // The bot's traffic: an insert into messages, which conflicts with the queued DDL.
+    // Without a lock timeout it would wait behind the DDL as long as the long
+    // transaction lasts; with one, the DDL steps back and the insert goes through,
+    // while the long transaction is still open.
+    repo_user(&t, 1).await;
+    // (At 0004 the bot writes as the reference does: without chat_id.)
+    let insert = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sqlx::query(
+            "INSERT INTO messages (id, user_id, role, content, content_length) \
+             VALUES (gen_random_uuid(), 1, 'user', 'live', 4)",
+        )
+        .execute(t.db.pool()),
+    )
+    .await;
+    assert!(
+        matches!(insert, Ok(Ok(_))),
+        "the live insert was not served while the migration waited: {insert:?}"
+    );
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let still_held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND granted \
+            AND relation = 'messages'::regclass AND mode = 'AccessShareLock')",
+    )
+    .bind(blocker_pid)
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    assert!(
+        still_held,
+        "the long transaction still holds its lock on messages"
+    );
+    // Once it ends, the migration (still retrying) goes through.
+    tx.commit().await.unwrap();
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(60), migration)
+        .await
+        .expect("the migration finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.iter().map(|s| s.version).collect::<Vec<_>>(), vec![5]);
+}
+
+async fn repo_user(t: &TestDb, id: i64) {
+    botdb::repo::users::create(t.db.pool(), id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_migration_that_never_gets_its_lock_fails_named_and_applies_nothing() {
+    use sqlx::Connection;
+    let t = TestDb::new().await;
+    migrate::downgrade(&mut t.conn().await, 1).await.unwrap();
+    let mut blocker = t.conn().await;
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM messages")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let policy = botdb::MigrateConfig {
+        lock_timeout: std::time::Duration::from_millis(50),
+        attempts: 3,
+    };
+    let err = migrate::upgrade_with(&mut t.conn().await, None, &policy)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Migration(_)), "{err:?}");
+    assert!(err.to_string().contains("could not take its locks"), "{err}");
+    assert!(err.to_string().contains("3 attempts"), "{err}");
+    tx.rollback().await.unwrap();
+    let current = migrate::current(&mut t.conn().await).await.unwrap().unwrap();
+    assert_eq!(current.version, 4, "nothing of 0005 applied");
 }

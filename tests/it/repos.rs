@@ -241,3 +241,48 @@ async fn updated_at_is_refreshed_by_any_update() {
     let after = repo::users::get(pool, 4).await.unwrap().unwrap();
     assert!(after.updated_at > u.updated_at);
 }
+
+#[tokio::test]
+async fn a_history_read_is_bounded_in_bytes_as_well_as_rows() {
+    let t = TestDb::new().await;
+    let limits = *t.db.limits();
+    repo::users::create(t.db.pool(), 4).await.unwrap();
+    // 30 messages of 1,000 bytes, 502 characters: bytes, not characters, count.
+    for i in 0..30 {
+        let text = format!("{i:03}{}x", "é".repeat(498));
+        assert_eq!((text.len(), text.chars().count()), (1000, 502));
+        repo::messages::append(t.db.pool(), &limits.message(4, Role::User, text).unwrap())
+            .await
+            .unwrap();
+    }
+    let bytes = |h: &[botdb::model::Message]| h.iter().map(|m| m.content.len()).sum::<usize>();
+    let h = repo::messages::history_within(t.db.pool(), 4, 1000, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 20, "as many of the newest as fit in 20,000 bytes");
+    assert!(bytes(&h) <= 20_000);
+    assert!(h[0].content.starts_with("029"), "newest first");
+    // Rows still bound it when they come first.
+    assert_eq!(
+        repo::messages::history_within(t.db.pool(), 4, 5, 20_000)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    // The newest message always comes back, even when it alone is over the bound.
+    let one = repo::messages::history_within(t.db.pool(), 4, 1000, 1024)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    let none_fit = repo::messages::history_within(t.db.pool(), 4, 1000, 500)
+        .await
+        .unwrap();
+    assert_eq!(none_fit.len(), 1);
+    // The settings-driven read is bounded the same way.
+    repo::settings::upsert(t.db.pool(), 4, 1000, None).await.unwrap();
+    let per_settings = repo::messages::history_per_settings(t.db.pool(), 4, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(per_settings.len(), 10);
+}

@@ -137,3 +137,104 @@ async fn a_trace_level_serve_never_prints_the_webhook_secret_or_the_password() {
     assert_eq!(occurrences(&all, SECRET), 0);
     assert_eq!(occurrences(&all, &password), 0);
 }
+
+/// `botdb ARGS` with only `DATABASE_URL` (and a quiet log) set; stdout + stderr and the
+/// exit code.
+async fn botdb_with_url(args: &[&str], url: &str) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .env("DATABASE_URL", url)
+        .env("DB_POOL_TIMEOUT", "3")
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1");
+    for var in ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), all)
+}
+
+#[actix_rt::test]
+async fn passwords_in_every_url_form_are_redacted_everywhere() {
+    let (pg, _, _) = cluster().await;
+    // A role whose password needs percent-encoding in a URL.
+    let password = "Pq@7 w/rd%!x";
+    let encoded = "Pq%407%20w%2Frd%25%21x";
+    let mut admin = botdb::migrate::connect_to(&pg.config("postgres")).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE tester LOGIN SUPERUSER PASSWORD '{password}'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let port = pg.port();
+    let wrong = "Wr0ng-pw_%3Fsecret";
+    let forms = |pw: &str, db: &str, port: u16| {
+        vec![
+            format!("postgres://tester:{pw}@127.0.0.1:{port}/{db}"),
+            format!("postgres://tester@127.0.0.1:{port}/{db}?password={pw}"),
+            format!("postgres://tester@127.0.0.1:{port}/{db}?sslmode=disable&password={pw}"),
+            format!(
+                "postgresql+asyncpg://tester:{pw}@127.0.0.1:{port}/{db}?application_name=x&password={pw}"
+            ),
+        ]
+    };
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let leaks = |text: &str, pws: &[&str]| -> Vec<String> {
+        pws.iter()
+            .flat_map(|pw| [pw.to_string(), pw.replace("%3F", "?")])
+            .filter(|pw| text.contains(pw.as_str()))
+            .collect()
+    };
+    let mut checked = 0;
+    // Rejected credentials: typed, naming the setting used (DATABASE_URL), no password.
+    for url in forms(wrong, "botdb", port) {
+        let (code, all) = botdb_with_url(&["migrate"], &url).await;
+        assert_eq!(code, Some(2), "{all}");
+        assert!(all.contains("configuration error in DATABASE_URL"), "{all}");
+        assert!(leaks(&all, &[wrong]).is_empty(), "{url}: {all}");
+        checked += 1;
+    }
+    // A database that does not exist: DATABASE_URL named, not DB_NAME.
+    for url in forms(encoded, "no_such_db", port) {
+        let (code, all) = botdb_with_url(&["migrate"], &url).await;
+        assert_eq!(code, Some(2), "{all}");
+        assert!(all.contains("DATABASE_URL") && !all.contains("DB_NAME"), "{all}");
+        assert!(leaks(&all, &[password, encoded]).is_empty(), "{url}: {all}");
+        checked += 1;
+    }
+    // A server that is down.
+    for url in forms(encoded, "botdb", down) {
+        let (code, all) = botdb_with_url(&["migrate"], &url).await;
+        assert_eq!(code, Some(2), "{all}");
+        assert!(leaks(&all, &[password, encoded]).is_empty(), "{url}: {all}");
+        checked += 1;
+    }
+    // And every form works, at TRACE level, without printing the password.
+    for url in forms(encoded, "botdb", port) {
+        let (code, all) = botdb_with_url(&["current"], &url).await;
+        assert_eq!(code, Some(0), "{all}");
+        assert!(leaks(&all, &[password, encoded]).is_empty(), "{url}: {all}");
+        let config = botdb::Config::builder().url(url.clone()).build().unwrap();
+        for shown in [format!("{config:?}"), format!("{config}"), config.redacted_url()] {
+            assert!(leaks(&shown, &[password, encoded]).is_empty(), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        checked += 1;
+    }
+    eprintln!("password forms checked: {checked} runs of botdb, password found 0 times");
+    assert_eq!(checked, 16);
+}

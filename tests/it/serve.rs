@@ -1,7 +1,6 @@
 //! `botdb serve` over real HTTP: a whole dialogue, hostile requests, health and metrics,
 //! and SIGTERM under load.
 
-use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,10 @@ pub const SECRET: &str = "test-secret_0123456789";
 /// A running `botdb serve` on a test database.
 pub struct Served {
     pub child: Child,
+    /// `http://host:port` of the webhook.
     pub base: String,
+    /// `http://host:port` of `/healthz` and `/metrics` when they have their own address.
+    pub admin: Option<String>,
 }
 
 /// Starts `botdb serve --bind 127.0.0.1:0` on `t` with the test secret and waits for it
@@ -29,7 +31,13 @@ pub async fn spawn_serve(t: &TestDb, extra_args: &[&str]) -> Served {
 
 /// Starts `botdb serve --bind 127.0.0.1:0` on the database at `url`.
 pub async fn spawn_serve_on(url: &str, extra_args: &[&str]) -> Served {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
+    spawn_serve_with(url, extra_args, &[]).await
+}
+
+/// Starts `botdb serve --bind 127.0.0.1:0` on the database at `url`, with extra
+/// arguments and environment variables.
+pub async fn spawn_serve_with(url: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(crate::helpers::botdb_bin());
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--migrate"])
         .args(extra_args)
         .current_dir(std::env::temp_dir())
@@ -40,9 +48,15 @@ pub async fn spawn_serve_on(url: &str, extra_args: &[&str]) -> Served {
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     cmd.env("DATABASE_URL", url);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut child = cmd.spawn().expect("botdb serve starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
+    let admin_expected =
+        extra_args.contains(&"--admin-bind") || env.iter().any(|(k, _)| *k == "BOTDB_ADMIN_BIND");
+    let (base, admin) = tokio::time::timeout(Duration::from_secs(60), async {
+        let (mut base, mut admin) = (None, None);
         loop {
             let line = lines
                 .next_line()
@@ -50,7 +64,15 @@ pub async fn spawn_serve_on(url: &str, extra_args: &[&str]) -> Served {
                 .unwrap()
                 .expect("serve printed its address");
             if let Some(addr) = line.strip_prefix("listening on ") {
-                return addr.to_string();
+                base = Some(addr.to_string());
+            }
+            if let Some(addr) = line.strip_prefix("admin (/healthz, /metrics) on ") {
+                admin = Some(addr.to_string());
+            }
+            if let Some(base) = &base
+                && (admin.is_some() || !admin_expected)
+            {
+                return (base.clone(), admin);
             }
         }
     })
@@ -58,7 +80,7 @@ pub async fn spawn_serve_on(url: &str, extra_args: &[&str]) -> Served {
     .expect("serve listens");
     // Keep draining stdout so the child never blocks on a full pipe.
     actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Served { child, base }
+    Served { child, base, admin }
 }
 
 pub fn text_update(update_id: i64, user_id: i64, text: &str) -> Value {
@@ -325,7 +347,7 @@ async fn health_and_metrics() {
 #[actix_rt::test]
 async fn serve_refuses_to_start_without_a_secret() {
     let t = TestDb::empty().await;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
+    let mut cmd = Command::new(crate::helpers::botdb_bin());
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--migrate"])
         .current_dir(std::env::temp_dir())
         .env_remove("BOTDB_WEBHOOK_SECRET");
@@ -340,14 +362,24 @@ async fn serve_refuses_to_start_without_a_secret() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("BOTDB_WEBHOOK_SECRET"));
 }
 
-/// What a webhook load run saw: requests answered 503 (draining) or not answered at
-/// all (the server had stopped: refused or cut), and per user the texts answered 200,
-/// in order.
+/// What a webhook load run saw. Every request sent is counted in exactly one bucket:
+/// answered 200 (`acked`, per user in send order), answered 503, refused at connect
+/// (the listener was gone: it never reached serve), or cut after it was sent (no
+/// answer). A cut request is counted by when it was sent: before the signal on a
+/// connection serve had already answered on (serve was reading it: must never happen),
+/// before the signal as the first request of a new connection (the connection may still
+/// have been in the listen queue, which closing the listener drops: Telegram retries
+/// such an update), or after the signal.
 #[derive(Default)]
 pub struct LoadRun {
     pub unavailable: usize,
-    pub unanswered: usize,
+    pub refused: usize,
+    pub cut_before_signal: usize,
+    pub cut_before_signal_unaccepted: usize,
+    pub cut_after_signal: usize,
     pub acked: Vec<(i64, Vec<String>)>,
+    /// How each cut request failed (for the failure message).
+    pub cut_errors: Vec<String>,
 }
 
 impl LoadRun {
@@ -356,37 +388,62 @@ impl LoadRun {
         self.acked.iter().map(|(_, a)| a.len()).sum()
     }
 
+    /// Requests sent and not answered.
+    pub fn cut(&self) -> usize {
+        self.cut_before_signal + self.cut_before_signal_unaccepted + self.cut_after_signal
+    }
+
     /// Every request sent.
     pub fn sent(&self) -> usize {
-        self.acked() + self.unavailable + self.unanswered
+        self.acked() + self.unavailable + self.refused + self.cut()
     }
 }
 
 /// `clients` users send text updates to `base` as fast as they are answered, each
-/// waiting for its answer, until `stop` is set. `after` is notified once `threshold`
-/// updates were answered 200. Answers other than 200 must be 503 (draining) or no
-/// answer at all (the server stopped or died).
+/// waiting for its answer, until `stop` is set or the server refuses a connection.
+/// `after` is notified once `threshold` updates were answered 200. A request is counted
+/// as sent before the signal when `signalled` was still false as it was sent. Answers
+/// other than 200 must be 503.
 pub fn webhook_load(
     base: Arc<String>,
     users: std::ops::Range<i64>,
     stop: Arc<AtomicBool>,
+    signalled: Arc<AtomicBool>,
     after: Arc<tokio::sync::Notify>,
     threshold: usize,
 ) -> actix_rt::task::JoinHandle<LoadRun> {
     let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = users
         .map(|user| {
-            let (base, stop, after, acked_count) =
-                (base.clone(), stop.clone(), after.clone(), acked_count.clone());
+            let (base, stop, signalled, after, acked_count) = (
+                base.clone(),
+                stop.clone(),
+                signalled.clone(),
+                after.clone(),
+                acked_count.clone(),
+            );
             actix_rt::spawn(async move {
                 let c = client();
-                let (mut acked, mut unavailable, mut unanswered) = (Vec::new(), 0, 0);
+                let mut run = LoadRun::default();
+                let mut acked = Vec::new();
+                // Whether serve has answered on this client's connection yet.
+                let mut connected = false;
+                let count_cut = |run: &mut LoadRun, before_signal: bool, connected: bool, what: String| {
+                    run.cut_errors
+                        .push(format!("{what} (sent before the signal: {before_signal}, on a connection already answered on: {connected})"));
+                    match (before_signal, connected) {
+                        (true, true) => run.cut_before_signal += 1,
+                        (true, false) => run.cut_before_signal_unaccepted += 1,
+                        (false, _) => run.cut_after_signal += 1,
+                    }
+                };
                 for i in 0.. {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let text = format!("u{user}-m{i}");
                     let body = serde_json::to_vec(&text_update(i, user, &text)).unwrap();
+                    let before_signal = !signalled.load(Ordering::SeqCst);
                     let answer = c
                         .post(format!("{base}/telegram/webhook"))
                         .insert_header(("Content-Type", "application/json"))
@@ -394,56 +451,83 @@ pub fn webhook_load(
                         .timeout(Duration::from_secs(30))
                         .send_body(body)
                         .await;
+                    let was_connected = connected;
+                    connected |= answer.is_ok();
                     match answer {
-                        Ok(mut resp) if resp.status().as_u16() == 200 => {
-                            let Ok(reply) = resp.json::<Value>().await else {
-                                continue;
-                            };
-                            assert!(
-                                reply["text"]
-                                    .as_str()
-                                    .unwrap()
-                                    .starts_with(&format!("You said: {text}"))
-                            );
-                            acked.push(text);
-                            if acked_count.fetch_add(1, Ordering::SeqCst) + 1 == threshold {
-                                after.notify_one();
+                        Ok(mut resp) if resp.status().as_u16() == 200 => match resp.json::<Value>().await {
+                            Ok(reply) => {
+                                assert!(
+                                    reply["text"]
+                                        .as_str()
+                                        .unwrap()
+                                        .starts_with(&format!("You said: {text}"))
+                                );
+                                acked.push(text);
+                                if acked_count.fetch_add(1, Ordering::SeqCst) + 1 == threshold {
+                                    after.notify_one();
+                                }
                             }
-                        }
+                            // The head said 200 but the body never came: cut.
+                            Err(e) => count_cut(&mut run, before_signal, true, format!("the body of a 200: {e}")),
+                        },
                         Ok(resp) => {
                             assert_eq!(resp.status().as_u16(), 503, "unexpected status");
-                            unavailable += 1;
+                            run.unavailable += 1;
                         }
-                        // The server stopped (connection refused or cut): this client
-                        // is done.
-                        Err(_) => {
-                            unanswered += 1;
+                        // No connection: the server had stopped listening. This client
+                        // is done. (awc reports a connection closed after the request
+                        // was sent and before an answer as `Connect(Disconnected)`: that
+                        // one was cut, below.)
+                        Err(awc::error::SendRequestError::Connect(e))
+                            if !matches!(e, awc::error::ConnectError::Disconnected) =>
+                        {
+                            run.refused += 1;
+                            break;
+                        }
+                        // Sent, and no answer came.
+                        Err(e) => {
+                            count_cut(&mut run, before_signal, was_connected, format!("{e:?}"));
                             break;
                         }
                     }
                 }
-                (user, acked, unavailable, unanswered)
+                run.acked.push((user, acked));
+                run
             })
         })
         .collect();
     actix_rt::spawn(async move {
-        let mut run = LoadRun::default();
+        let mut total = LoadRun::default();
         for c in clients {
-            let (user, acked, unavailable, unanswered) = c.await.unwrap();
-            run.unavailable += unavailable;
-            run.unanswered += unanswered;
-            run.acked.push((user, acked));
+            let run = c.await.unwrap();
+            total.unavailable += run.unavailable;
+            total.refused += run.refused;
+            total.cut_before_signal += run.cut_before_signal;
+            total.cut_before_signal_unaccepted += run.cut_before_signal_unaccepted;
+            total.cut_after_signal += run.cut_after_signal;
+            total.cut_errors.extend(run.cut_errors);
+            total.acked.extend(run.acked);
         }
-        run
+        total
     })
 }
 
-/// Checks the database against a load run: every update answered 200 is stored, turns
-/// are whole (user message, then its reply), and at most one turn per user more than
-/// acknowledged (its answer was lost with the connection). Returns how many turns were
-/// found.
-pub async fn verify_turns(conn: &mut sqlx::PgConnection, run: &LoadRun) -> usize {
-    let mut found = 0;
+/// What the database holds for a load run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Acknowledged updates stored, in the order they were acknowledged (a missing one
+    /// or one out of order stops the count for its user).
+    pub in_order: usize,
+    /// Turns stored that were not acknowledged (their answer was lost or was an error).
+    pub unacknowledged: usize,
+}
+
+/// Reads back a load run: every stored turn must be whole (the user's message, then its
+/// reply; asserted, as a half-written turn is a failure of its own); counts how many
+/// acknowledged turns are stored in order, and how many stored turns were not
+/// acknowledged. Compare the counts with the run's.
+pub async fn verify_turns(conn: &mut sqlx::PgConnection, run: &LoadRun) -> Found {
+    let mut found = Found::default();
     for (user, acked) in &run.acked {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT role, content FROM messages WHERE user_id = $1 ORDER BY created_at, seq")
@@ -464,17 +548,10 @@ pub async fn verify_turns(conn: &mut sqlx::PgConnection, run: &LoadRun) -> usize
                 pair[0].1.clone()
             })
             .collect();
-        let stored_set: HashSet<&String> = stored.iter().collect();
-        for text in acked {
-            assert!(stored_set.contains(text), "acknowledged {text} is missing");
-        }
-        assert!(
-            stored.len() <= acked.len() + 1,
-            "user {user}: {} stored, {} acked",
-            stored.len(),
-            acked.len()
-        );
-        found += acked.iter().filter(|t| stored_set.contains(t)).count();
+        let mut rest = stored.iter();
+        let in_order = acked.iter().take_while(|text| rest.any(|s| s == *text)).count();
+        found.in_order += in_order;
+        found.unacknowledged += stored.len().saturating_sub(in_order);
     }
     found
 }
@@ -489,23 +566,139 @@ pub async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
 }
 
 #[actix_rt::test]
-async fn sigterm_under_load_exits_zero_and_loses_nothing_acknowledged() {
+async fn sigterm_under_load_answers_everything_sent_before_it_and_loses_nothing() {
     let t = TestDb::empty().await;
     let mut served = spawn_serve(&t, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, signalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let enough = Arc::new(tokio::sync::Notify::new());
     let load = webhook_load(
         Arc::new(served.base.clone()),
         1000..1016,
         stop.clone(),
+        signalled.clone(),
         enough.clone(),
         300,
     );
     enough.notified().await;
+    signalled.store(true, Ordering::SeqCst);
     let status = sigterm(&mut served.child).await;
     stop.store(true, Ordering::SeqCst);
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
     let run = load.await.unwrap();
     let found = verify_turns(&mut t.conn().await, &run).await;
-    assert_eq!(found, run.acked());
+    eprintln!(
+        "SIGTERM under 16 clients: sent {}, acknowledged {}, found in order {}, 503 {}, refused {}, \
+         cut before the signal {} (+ {} first requests of new connections), cut after {}",
+        run.sent(),
+        run.acked(),
+        found.in_order,
+        run.unavailable,
+        run.refused,
+        run.cut_before_signal,
+        run.cut_before_signal_unaccepted,
+        run.cut_after_signal
+    );
+    assert_eq!(
+        run.cut_before_signal, 0,
+        "a request sent before SIGTERM went unanswered: {:?}",
+        run.cut_errors
+    );
+    assert_eq!(
+        found.in_order,
+        run.acked(),
+        "every acknowledged turn stored, in order"
+    );
+    assert!(
+        found.unacknowledged <= run.cut(),
+        "only a request whose answer was lost may be stored unacknowledged: {found:?}"
+    );
+}
+
+/// A text update from `user_id` in chat `chat_id` (a group when negative).
+pub fn chat_update(update_id: i64, user_id: i64, chat_id: i64, text: &str) -> Value {
+    let kind = if chat_id == user_id {
+        "private"
+    } else {
+        "supergroup"
+    };
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": {"id": user_id, "is_bot": false, "first_name": "T"},
+            "chat": {"id": chat_id, "type": kind},
+            "date": 1_700_000_000,
+            "text": text
+        }
+    })
+}
+
+/// Sends `text` as `user_id` in `chat_id`; returns the reply, asserting it goes to
+/// that chat.
+async fn say_in(
+    c: &awc::Client,
+    base: &str,
+    update_id: i64,
+    user_id: i64,
+    chat_id: i64,
+    text: &str,
+) -> String {
+    let body = serde_json::to_vec(&chat_update(update_id, user_id, chat_id, text)).unwrap();
+    let (status, body) = post_raw(c, base, body, "application/json", Some(SECRET)).await;
+    assert_eq!(status, 200, "{text}: {}", String::from_utf8_lossy(&body));
+    let reply: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        reply["chat_id"], chat_id,
+        "the reply goes where the message came from"
+    );
+    reply["text"].as_str().unwrap().to_string()
+}
+
+#[actix_rt::test]
+async fn a_users_private_dialogue_never_reaches_a_group_and_the_reverse() {
+    let t = TestDb::empty().await;
+    let served = spawn_serve(&t, &[]).await;
+    let (c, base) = (client(), served.base.as_str());
+    let (user, group) = (5150, -1_001_234_567_890);
+    say_in(&c, base, 1, user, user, "my private diagnosis is X").await;
+    // In the group, the same user asks for "their" history: the group's dialogue only.
+    let history = say_in(&c, base, 2, user, group, "/history@botdb_bot").await;
+    assert!(
+        !history.contains("diagnosis"),
+        "private text leaked into the group: {history}"
+    );
+    assert!(history.starts_with("I remember nothing"), "{history}");
+    // A group turn: the model sees only the group's dialogue (the new message alone).
+    let reply = say_in(&c, base, 3, user, group, "hello group").await;
+    assert!(
+        reply.contains("context: 1 messages"),
+        "the model saw more: {reply}"
+    );
+    assert!(!reply.contains("diagnosis"), "{reply}");
+    // And the reverse: the private dialogue does not contain the group's messages.
+    let history = say_in(&c, base, 4, user, user, "/history").await;
+    assert!(history.starts_with("I remember 2 messages"), "{history}");
+    assert!(
+        history.contains("diagnosis") && !history.contains("hello group"),
+        "{history}"
+    );
+    let reply = say_in(&c, base, 5, user, user, "and in private again").await;
+    assert!(reply.contains("context: 3 messages"), "{reply}");
+    // /reset in the group clears the group's dialogue only.
+    assert_eq!(
+        say_in(&c, base, 6, user, group, "/reset").await,
+        "History cleared: 2 messages forgotten."
+    );
+    let history = say_in(&c, base, 7, user, user, "/history").await;
+    assert!(history.starts_with("I remember 4 messages"), "{history}");
+    // Stored: the private dialogue as chat 0 (the reference's rows too), the group by its id.
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT chat_id, count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) \
+           FROM messages WHERE user_id = $1 GROUP BY chat_id ORDER BY chat_id",
+    )
+    .bind(user)
+    .fetch_all(&mut t.conn().await)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(group, 0, 2), (botdb::model::PRIVATE_CHAT, 4, 0)]);
 }

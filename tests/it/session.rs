@@ -112,3 +112,115 @@ async fn session_futures_are_send() {
         .unwrap();
     assert_eq!(n.live, 0);
 }
+
+/// Waits until a backend of database `name` is running a statement that starts with
+/// `query`, and terminates it; returns its pid.
+async fn terminate_while_running(t: &TestDb, query: &str) -> i32 {
+    let mut observer = t.conn().await;
+    let mut pid = None;
+    let found = crate::helpers::eventually(Duration::from_secs(20), async || {
+        pid = sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
+               AND query LIKE $2 AND pid <> pg_backend_pid()",
+        )
+        .bind(&t.name)
+        .bind(format!("{query}%"))
+        .fetch_optional(&mut observer)
+        .await
+        .unwrap();
+        pid.is_some()
+    })
+    .await;
+    assert!(found, "no backend ran {query}");
+    let pid = pid.unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert!(killed);
+    pid
+}
+
+#[tokio::test]
+async fn a_connection_lost_during_commit_is_reported_as_outcome_unknown() {
+    let t = TestDb::new().await;
+    // A deferred constraint trigger runs at COMMIT: this one sleeps there, which gives
+    // the test the moment to cut the connection while COMMIT is under way.
+    sqlx::raw_sql(
+        "CREATE TABLE slow_commit (id int);
+         CREATE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON slow_commit
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sleep_at_commit();",
+    )
+    .execute(&mut t.conn().await)
+    .await
+    .unwrap();
+    let db = t.db.clone();
+    let session = tokio::spawn(async move {
+        db.session(async |tx| {
+            repo::users::create(&mut *tx, 1).await?;
+            sqlx::query("INSERT INTO slow_commit VALUES (1)")
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+        .await
+    });
+    terminate_while_running(&t, "COMMIT").await;
+    let answer = tokio::time::timeout(Duration::from_secs(20), session)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        matches!(answer, Err(Error::OutcomeUnknown { .. })),
+        "COMMIT was under way: the outcome is unknown, not 'nothing written': {answer:?}"
+    );
+    assert!(
+        !answer.as_ref().unwrap_err().is_transient(),
+        "not safe to retry blindly"
+    );
+
+    // A single-statement write (autocommit) cut while it runs: unknown too.
+    let db = t.db.clone();
+    let write = tokio::spawn(async move {
+        db.autocommit(async |c| {
+            Ok(sqlx::query(
+                "WITH u AS (INSERT INTO users (id) VALUES (2) RETURNING id) SELECT pg_sleep(30) FROM u",
+            )
+            .execute(c)
+            .await?)
+        })
+        .await
+    });
+    terminate_while_running(&t, "WITH u AS").await;
+    let answer = write.await.unwrap();
+    assert!(matches!(answer, Err(Error::OutcomeUnknown { .. })), "{answer:?}");
+
+    // A read cut while it runs: nothing to commit, so plainly Unavailable.
+    let db = t.db.clone();
+    let read = tokio::spawn(async move {
+        db.read(async |c| Ok(sqlx::query("SELECT pg_sleep(30)").execute(c).await?))
+            .await
+    });
+    terminate_while_running(&t, "SELECT pg_sleep").await;
+    let answer = read.await.unwrap();
+    assert!(matches!(answer, Err(Error::Unavailable { .. })), "{answer:?}");
+
+    // A session cut before COMMIT was sent: known not to be committed.
+    let db = t.db.clone();
+    let early = tokio::spawn(async move {
+        db.session(async |tx| {
+            repo::users::create(&mut *tx, 3).await?;
+            sqlx::query("SELECT pg_sleep(30)").execute(&mut *tx).await?;
+            Ok(())
+        })
+        .await
+    });
+    terminate_while_running(&t, "SELECT pg_sleep").await;
+    let answer = early.await.unwrap();
+    assert!(matches!(answer, Err(Error::Unavailable { .. })), "{answer:?}");
+    assert!(answer.unwrap_err().is_transient());
+    assert!(!user_exists(&t, 3).await);
+}

@@ -1,0 +1,190 @@
+//! What a `/healthz` flood costs the bot: `cargo bench --bench healthz [-- --help]`.
+//!
+//! `botdb serve` on a throwaway cluster; `--clients` Telegram-like clients send text
+//! updates (keep-alive, each waiting for its answer) for `--seconds`, three ways, in
+//! interleaved rounds (each cell reports its best round):
+//! - `quiet`: no health checks;
+//! - `flood`: `--flood` more clients call `GET /healthz` as fast as they are answered,
+//!   with the default health cache (the database is asked at most once a second);
+//! - `flood-uncached`: the same flood against a server whose cache is 1 µs, i.e. one
+//!   database round trip per call, as before the cache existed.
+//!
+//! Reported: turns/s and health calls/s per cell, and each flood's turns/s as a share of
+//! `quiet`'s.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use botdb::embedded::EmbeddedPostgres;
+use clap::Parser;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "bench-secret_0123456789";
+
+#[derive(Debug, Parser)]
+#[command(about = "botdb: what a /healthz flood costs the webhook")]
+struct Args {
+    /// Seconds per cell.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Interleaved rounds; each cell reports its best.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Clients sending updates.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Clients calling /healthz during the flood cells.
+    #[arg(long, default_value_t = 8)]
+    flood: usize,
+    /// cargo bench passes --bench; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// A running `botdb serve`, killed on drop.
+struct Served {
+    _child: Child,
+    base: String,
+}
+
+async fn serve(url: &str, health_cache: &str) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_botdb"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--migrate",
+            "--health-cache",
+            health_cache,
+        ])
+        .env("DATABASE_URL", url)
+        .env("BOTDB_WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("botdb serve starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        let line = lines.next_line().await.expect("read").expect("serve listens");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Served { _child: child, base }
+}
+
+fn update(update_id: u64, user_id: u64, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": {"id": user_id, "is_bot": false, "first_name": "B"},
+            "chat": {"id": user_id, "type": "private"},
+            "date": 1_700_000_000,
+            "text": text
+        }
+    }))
+    .expect("json")
+}
+
+/// Turns per second and health calls per second of one cell.
+async fn cell(base: &str, clients: usize, flood: usize, seconds: f64, first_user: u64) -> (f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (turns, checks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for c in 0..clients as u64 {
+        let (base, stop, turns) = (base.to_string(), stop.clone(), turns.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+            let user = first_user + c;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let answer = client
+                    .post(format!("{base}/telegram/webhook"))
+                    .insert_header(("Content-Type", "application/json"))
+                    .insert_header(("X-Telegram-Bot-Api-Secret-Token", SECRET))
+                    .send_body(update(i, user, &format!("turn {i} of user {user}")))
+                    .await;
+                if let Ok(mut resp) = answer
+                    && resp.status().as_u16() == 200
+                    && resp.body().await.is_ok()
+                {
+                    turns.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for _ in 0..flood {
+        let (base, stop, checks) = (base.to_string(), stop.clone(), checks.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut resp) = client.get(format!("{base}/healthz")).send().await
+                    && resp.status().as_u16() == 200
+                    && resp.body().await.is_ok()
+                {
+                    checks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (t, h) = (turns.load(Ordering::Relaxed), checks.load(Ordering::Relaxed));
+    for task in tasks {
+        let _ = task.await;
+    }
+    (t as f64 / elapsed, h as f64 / elapsed)
+}
+
+fn main() {
+    let args = Args::parse();
+    actix_rt::System::new().block_on(async move {
+        let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+            .await
+            .expect("join")
+            .expect("a throwaway PostgreSQL");
+        pg.create_database("bench").await.expect("create database");
+        let url = pg.url("bench").expose_secret().to_string();
+        let cached = serve(&url, "1").await;
+        let uncached = serve(&url, "0.000001").await;
+        let cells: [(&str, &Served, usize); 3] = [
+            ("quiet", &cached, 0),
+            ("flood", &cached, args.flood),
+            ("flood-uncached", &uncached, args.flood),
+        ];
+        let mut best = [(0.0f64, 0.0f64); 3];
+        let mut next_user = 1_000_000u64;
+        for round in 1..=args.rounds {
+            for (i, (name, served, flood)) in cells.iter().enumerate() {
+                let (turns, checks) = cell(&served.base, args.clients, *flood, args.seconds, next_user).await;
+                next_user += args.clients as u64;
+                println!("round {round} {name:<15} {turns:>8.0} turns/s {checks:>9.0} /healthz per s");
+                if turns > best[i].0 {
+                    best[i] = (turns, checks);
+                }
+            }
+        }
+        println!(
+            "\n{} clients sending updates, {} calling /healthz, {} s cells, best of {} rounds:",
+            args.clients, args.flood, args.seconds, args.rounds
+        );
+        for (i, (name, ..)) in cells.iter().enumerate() {
+            println!(
+                "{name:<15} {:>8.0} turns/s ({:.2}x quiet) {:>9.0} /healthz per s",
+                best[i].0,
+                best[i].0 / best[0].0,
+                best[i].1
+            );
+        }
+    });
+}
