@@ -4,10 +4,13 @@
 //! updates (keep-alive, each waiting for its answer) for `--seconds`, three ways, in
 //! interleaved rounds (each cell reports its best round):
 //! - `quiet`: no health checks;
-//! - `flood`: `--flood` more clients call `GET /healthz` as fast as they are answered,
-//!   with the default health cache (the database is asked at most once a second);
+//! - `flood`: `--flood` more clients call `GET /healthz`, `--flood-rate` calls per
+//!   second in all, with the default health cache (the database is asked at most once
+//!   a second);
 //! - `flood-uncached`: the same flood against a server whose cache is 1 µs, i.e. one
-//!   database round trip per call, as before the cache existed.
+//!   database round trip per call, as before the cache existed;
+//! - `flood-max`: the flood clients as fast as they are answered (cached): what
+//!   answering that many HTTP requests costs the machine's CPU, whatever the route.
 //!
 //! Reported: turns/s and health calls/s per cell, and each flood's turns/s as a share of
 //! `quiet`'s.
@@ -40,6 +43,10 @@ struct Args {
     /// Clients calling /healthz during the flood cells.
     #[arg(long, default_value_t = 8)]
     flood: usize,
+    /// /healthz calls per second, all flood clients together (the `flood-max` cell
+    /// ignores it).
+    #[arg(long, default_value_t = 2000)]
+    flood_rate: u64,
     /// cargo bench passes --bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -93,8 +100,16 @@ fn update(update_id: u64, user_id: u64, text: &str) -> Vec<u8> {
     .expect("json")
 }
 
-/// Turns per second and health calls per second of one cell.
-async fn cell(base: &str, clients: usize, flood: usize, seconds: f64, first_user: u64) -> (f64, f64) {
+/// Turns per second and health calls per second of one cell. `rate`: /healthz calls
+/// per second in all, or 0 for as fast as answered.
+async fn cell(
+    base: &str,
+    clients: usize,
+    flood: usize,
+    rate: u64,
+    seconds: f64,
+    first_user: u64,
+) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (turns, checks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
@@ -125,7 +140,16 @@ async fn cell(base: &str, clients: usize, flood: usize, seconds: f64, first_user
         let (base, stop, checks) = (base.to_string(), stop.clone(), checks.clone());
         tasks.push(actix_rt::spawn(async move {
             let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+            let mut pace = (rate > 0).then(|| {
+                let every = Duration::from_secs_f64(flood as f64 / rate as f64);
+                let mut tick = actix_rt::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             while !stop.load(Ordering::Relaxed) {
+                if let Some(tick) = pace.as_mut() {
+                    tick.tick().await;
+                }
                 if let Ok(mut resp) = client.get(format!("{base}/healthz")).send().await
                     && resp.status().as_u16() == 200
                     && resp.body().await.is_ok()
@@ -157,16 +181,17 @@ fn main() {
         let url = pg.url("bench").expose_secret().to_string();
         let cached = serve(&url, "1").await;
         let uncached = serve(&url, "0.000001").await;
-        let cells: [(&str, &Served, usize); 3] = [
-            ("quiet", &cached, 0),
-            ("flood", &cached, args.flood),
-            ("flood-uncached", &uncached, args.flood),
+        let cells: [(&str, &Served, usize, u64); 4] = [
+            ("quiet", &cached, 0, 0),
+            ("flood", &cached, args.flood, args.flood_rate),
+            ("flood-uncached", &uncached, args.flood, args.flood_rate),
+            ("flood-max", &cached, args.flood, 0),
         ];
-        let mut best = [(0.0f64, 0.0f64); 3];
+        let mut best = [(0.0f64, 0.0f64); 4];
         let mut next_user = 1_000_000u64;
         for round in 1..=args.rounds {
-            for (i, (name, served, flood)) in cells.iter().enumerate() {
-                let (turns, checks) = cell(&served.base, args.clients, *flood, args.seconds, next_user).await;
+            for (i, (name, served, flood, rate)) in cells.iter().enumerate() {
+                let (turns, checks) = cell(&served.base, args.clients, *flood, *rate, args.seconds, next_user).await;
                 next_user += args.clients as u64;
                 println!("round {round} {name:<15} {turns:>8.0} turns/s {checks:>9.0} /healthz per s");
                 if turns > best[i].0 {
@@ -175,8 +200,8 @@ fn main() {
             }
         }
         println!(
-            "\n{} clients sending updates, {} calling /healthz, {} s cells, best of {} rounds:",
-            args.clients, args.flood, args.seconds, args.rounds
+            "\n{} clients sending updates, {} calling /healthz ({}/s in all; flood-max: unpaced), {} s cells, best of {} rounds:",
+            args.clients, args.flood, args.flood_rate, args.seconds, args.rounds
         );
         for (i, (name, ..)) in cells.iter().enumerate() {
             println!(

@@ -67,6 +67,20 @@ pub enum Error {
         source: Option<sqlx::Error>,
     },
 
+    /// The request ran out of time in the database: a statement ran past
+    /// `statement_timeout` (`DB_STATEMENT_TIMEOUT`), a row it needed stayed locked by
+    /// another transaction past the lock timeout and botdb's retries (`DB_LOCK_TIMEOUT`,
+    /// `BOTDB_LOCK_WAIT`), or a session sat idle inside a transaction past
+    /// `idle_in_transaction_session_timeout` and the server ended it. Nothing of the
+    /// request was committed; retrying later may succeed (`is_transient()`).
+    #[error("timed out ({kind}): {reason}")]
+    Timeout {
+        /// Which limit was reached.
+        kind: TimeoutKind,
+        /// What the server said.
+        reason: String,
+    },
+
     /// A bounded queue is full: the request was refused at once, not queued. With
     /// `user_id`, it is that user's share of the queue that is full (other users are
     /// still admitted); without, the whole queue.
@@ -106,6 +120,28 @@ pub enum Error {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+}
+
+/// Which time limit a request reached ([`Error::Timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// A row or table stayed locked by another transaction (`lock_timeout`).
+    Lock,
+    /// A statement ran too long (`statement_timeout`).
+    Statement,
+    /// A transaction sat idle too long (`idle_in_transaction_session_timeout`).
+    IdleInTransaction,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Lock => "lock wait",
+            TimeoutKind::Statement => "statement",
+            TimeoutKind::IdleInTransaction => "idle in transaction",
+        })
+    }
 }
 
 impl Error {
@@ -159,7 +195,7 @@ impl Error {
     /// [`OutcomeUnknown`](Error::OutcomeUnknown) is not: see [`is_outcome_unknown`](Self::is_outcome_unknown).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::Overloaded { .. } => true,
+            Error::Unavailable { .. } | Error::Overloaded { .. } | Error::Timeout { .. } => true,
             Error::Conflict(msg) => msg.starts_with("serialization"),
             _ => false,
         }
@@ -176,6 +212,10 @@ impl Error {
             Error::OutcomeUnknown { reason, .. } => Error::OutcomeUnknown {
                 reason: reason.clone(),
                 source: None,
+            },
+            Error::Timeout { kind, reason } => Error::Timeout {
+                kind: *kind,
+                reason: reason.clone(),
             },
             Error::Overloaded { what, limit, user_id } => Error::Overloaded {
                 what,
@@ -318,6 +358,19 @@ fn classify_sqlstate(code: &str, message: &str, constraint: Option<&str>) -> Opt
         },
         "22021" => Error::invalid("text", "contains a byte sequence PostgreSQL cannot store (NUL?)"),
         "40001" | "40P01" => Error::Conflict(format!("serialization failure or deadlock: {message}")),
+        "55P03" => Error::Timeout {
+            kind: TimeoutKind::Lock,
+            reason: message.to_string(),
+        },
+        "57014" if message.contains("statement timeout") => Error::Timeout {
+            kind: TimeoutKind::Statement,
+            reason: message.to_string(),
+        },
+        "57014" => unavailable("the statement was cancelled"),
+        "25P03" => Error::Timeout {
+            kind: TimeoutKind::IdleInTransaction,
+            reason: message.to_string(),
+        },
         _ => return None,
     })
 }

@@ -80,4 +80,4 @@ pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig};
 /// suite); `false` in every normal build.
 pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
 pub use db::{Database, PoolStatus};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TimeoutKind};

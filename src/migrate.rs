@@ -282,7 +282,16 @@ pub async fn downgrade_with(
 /// migrations' own statements (after the advisory lock is held: a second migrator
 /// waits for the first as long as it takes). Pair with [`unlock`].
 async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
+    // A migration may rightly run for minutes (a backfill): the statement and idle
+    // limits botdb sets on every connection do not apply to it, and the advisory lock
+    // is waited for as long as the other migrator takes.
+    sqlx::raw_sql(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET lock_timeout = 0",
+    )
+    .execute(&mut *conn)
+    .await?;
     conn.lock().await?;
+    // Its lock waits on the tables, though, are bounded.
     let millis = policy.lock_timeout.as_millis().max(1);
     let set = sqlx::query("SELECT set_config('lock_timeout', $1, false)")
         .bind(format!("{millis}ms"))
@@ -297,7 +306,11 @@ async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
 /// Resets `lock_timeout` and releases the advisory lock; on failure every advisory lock
 /// of the session is released, so the connection can be reused safely.
 async fn unlock<T>(conn: &mut PgConnection, result: Result<T>) -> Result<T> {
-    let _ = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
+    let _ = sqlx::raw_sql(
+        "RESET lock_timeout; RESET statement_timeout; RESET idle_in_transaction_session_timeout",
+    )
+    .execute(&mut *conn)
+    .await;
     let released = match &result {
         Ok(_) => conn.unlock().await.map_err(Error::from),
         Err(_) => sqlx::query("SELECT pg_advisory_unlock_all()")

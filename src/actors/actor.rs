@@ -37,13 +37,14 @@ use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::fut::ActorFuture;
@@ -55,12 +56,13 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::actors::batch::Ran;
 use crate::actors::gate::Gate;
 use crate::actors::request::{BatchRunner, DbRequest, Table};
 use crate::actors::stats::{ActorStats, Latency};
 use crate::config::ActorConfig;
 use crate::db::Database;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 
 #[cfg(feature = "fault-injection")]
 use crate::actors::fault::Faults;
@@ -96,12 +98,64 @@ pub(crate) struct Finished {
     outcome: Outcome,
     accepted_at: Instant,
     started_at: Instant,
+    /// Tries repeated after a lock timeout.
+    lock_retries: u32,
+    /// The time limit its final error reached, if any.
+    timeout: Option<TimeoutKind>,
 }
 
-/// What a unit of running work hands back: one request, or a batch of them.
+/// What a unit of running work hands back: one request, or a batch of them and the
+/// work of its requests that go on alone (split out of the batch).
 enum Completed {
     One(Finished),
-    Many(Vec<Finished>),
+    Many { done: Vec<Finished>, split: Vec<Work> },
+}
+
+/// Retries after a lock timeout: how long a request may keep trying, and the permits
+/// (shared by every actor of a system) that bound how many retries hold a connection
+/// at once, so users whose rows another transaction holds cannot take the pool.
+#[derive(Clone, Debug)]
+pub(crate) struct LockRetry {
+    wait: Duration,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl LockRetry {
+    pub(crate) fn new(wait: Duration, connections: usize) -> Self {
+        LockRetry {
+            wait,
+            permits: Arc::new(tokio::sync::Semaphore::new(connections.max(1))),
+        }
+    }
+
+    /// Runs `attempt` again while it fails on a lock timeout (nothing of it committed),
+    /// backing off without a connection in between, until it succeeds, fails otherwise,
+    /// or `wait` is spent. Returns the last result and how many retries it took.
+    async fn run<T>(&self, attempt: &dyn Fn() -> LocalBoxFuture<'static, Result<T>>) -> (Result<T>, u32) {
+        let started = Instant::now();
+        let mut result = attempt().await;
+        let mut retries = 0;
+        while let Err(Error::Timeout {
+            kind: TimeoutKind::Lock,
+            ..
+        }) = &result
+        {
+            // 50 ms, doubling, at most 1 s, with a little jitter so that the users a
+            // lock released do not all come back in the same millisecond.
+            let jitter = Duration::from_micros(u64::from(started.elapsed().subsec_nanos() % 20_000));
+            let backoff = Duration::from_millis(50 << retries.min(4)).min(Duration::from_secs(1)) + jitter;
+            let Some(left) = self.wait.checked_sub(started.elapsed() + backoff) else {
+                break;
+            };
+            tokio::time::sleep(backoff).await;
+            let Ok(Ok(_permit)) = tokio::time::timeout(left, self.permits.acquire()).await else {
+                break;
+            };
+            retries += 1;
+            result = attempt().await;
+        }
+        (result, retries)
+    }
 }
 
 type Work = LocalBoxFuture<'static, Completed>;
@@ -160,8 +214,20 @@ impl<T> Caller<T> {
             outcome,
             accepted_at: self.accepted_at,
             started_at,
+            lock_retries: 0,
+            timeout: None,
         }
     }
+}
+
+/// What the work of an actor runs with: the database, the lock retry policy, and (in
+/// test builds) the fault switches.
+#[derive(Clone)]
+pub(crate) struct Env {
+    pub(crate) db: Database,
+    pub(crate) retry: LockRetry,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) faults: Faults,
 }
 
 /// One filed request, with everything needed to run and answer it.
@@ -171,41 +237,79 @@ struct Request<M: DbRequest> {
 }
 
 impl<M: DbRequest> Request<M> {
-    /// Runs it alone (catching a panic).
-    fn run_alone(self, db: Database, #[cfg(feature = "fault-injection")] faults: Faults) -> Work {
-        Box::pin(async move {
-            let started_at = Instant::now();
-            let Request { msg, caller } = self;
-            #[cfg(feature = "fault-injection")]
-            let user = caller.user;
-            let work = async move {
-                #[cfg(feature = "fault-injection")]
-                {
-                    if let Some(secs) = faults.sleep_for(user) {
-                        sqlx::query("SELECT pg_sleep($1)")
-                            .bind(secs)
-                            .execute(db.pool())
-                            .await?;
-                    }
-                    if faults.take_run_panic(user) {
-                        panic!("injected panic in a {} request (user {user})", M::NAME);
-                    }
+    /// Runs it alone (catching a panic, retrying on lock timeouts).
+    fn run_alone(self, env: &Env) -> Work {
+        let Request { msg, caller } = self;
+        let db = env.db.clone();
+        #[cfg(feature = "fault-injection")]
+        let prelude = {
+            let (db, user, faults) = (db.clone(), caller.user, env.faults.clone());
+            async move {
+                if let Some(secs) = faults.sleep_for(user) {
+                    sqlx::query("SELECT pg_sleep($1)")
+                        .bind(secs)
+                        .execute(db.pool())
+                        .await?;
                 }
-                msg.run(db).await
-            };
-            let result = AssertUnwindSafe(work)
-                .catch_unwind()
-                .instrument(caller.span.clone())
-                .await;
-            Completed::One(match result {
-                Ok(result) => {
-                    let outcome = Outcome::of(&result);
-                    caller.answer(result, outcome, started_at)
+                if faults.take_run_panic(user) {
+                    panic!("injected panic in a {} request (user {user})", M::NAME);
                 }
-                Err(_) => caller.answer(Err(panicked::<M>()), Outcome::Panicked, started_at),
-            })
-        })
+                Ok(())
+            }
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let prelude = async { Ok(()) };
+        let attempt: Attempt<M::Output> = Rc::new(move || Box::pin(msg.clone().run(db.clone())));
+        alone(caller, prelude, attempt, env.retry.clone(), panicked::<M>)
     }
+}
+
+/// One try of a request that runs alone: a fresh future each time it is called.
+type Attempt<T> = Rc<dyn Fn() -> LocalBoxFuture<'static, Result<T>>>;
+
+/// The work of a request running on its own: `prelude` (test faults), then `attempt`,
+/// again after lock timeouts; a panic anywhere answers `panicked()`.
+fn alone<T: 'static>(
+    caller: Caller<T>,
+    prelude: impl Future<Output = Result<()>> + 'static,
+    attempt: Attempt<T>,
+    retry: LockRetry,
+    panicked: fn() -> Error,
+) -> Work {
+    Box::pin(async move {
+        let started_at = Instant::now();
+        let work = async move {
+            match prelude.await {
+                Ok(()) => retry.run(&*attempt).await,
+                Err(e) => (Err(e), 0),
+            }
+        };
+        let ran = AssertUnwindSafe(work)
+            .catch_unwind()
+            .instrument(caller.span.clone())
+            .await;
+        Completed::One(match ran {
+            Ok((result, retries)) => {
+                let timeout = match &result {
+                    Err(Error::Timeout { kind, .. }) => Some(*kind),
+                    _ => None,
+                };
+                if retries > 0 {
+                    caller.span.record("lock_retries", retries);
+                }
+                if let Some(kind) = timeout {
+                    caller.span.record("timeout", tracing::field::display(kind));
+                }
+                let outcome = Outcome::of(&result);
+                Finished {
+                    lock_retries: retries,
+                    timeout,
+                    ..caller.answer(result, outcome, started_at)
+                }
+            }
+            Err(_) => caller.answer(Err(panicked()), Outcome::Panicked, started_at),
+        })
+    })
 }
 
 /// A filed request of a batchable type, its type erased so that one actor can hold
@@ -243,13 +347,7 @@ trait PendingBatch {
     /// Batches of this type running now.
     fn in_flight(&self) -> usize;
     /// Takes up to `max` requests and returns their work.
-    fn launch(
-        &mut self,
-        max: usize,
-        actor: &'static str,
-        db: &Database,
-        #[cfg(feature = "fault-injection")] faults: &Faults,
-    ) -> Work;
+    fn launch(&mut self, max: usize, actor: &'static str, env: &Env) -> Work;
 }
 
 struct Batch<M: DbRequest> {
@@ -279,31 +377,24 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
         self.in_flight.get()
     }
 
-    fn launch(
-        &mut self,
-        max: usize,
-        actor: &'static str,
-        db: &Database,
-        #[cfg(feature = "fault-injection")] faults: &Faults,
-    ) -> Work {
+    fn launch(&mut self, max: usize, actor: &'static str, env: &Env) -> Work {
         let rest = self.requests.split_off(self.requests.len().min(max));
         let requests = std::mem::replace(&mut self.requests, rest);
         self.oldest = self.requests.iter().map(|r| r.caller.accepted_at).min();
-        let db = db.clone();
         if requests.len() == 1 {
             // A batch of one is the plain request: no batch SQL, no extra cost.
             return match requests.into_iter().next() {
-                Some(request) => request.run_alone(
-                    db,
-                    #[cfg(feature = "fault-injection")]
-                    Faults::default(),
-                ),
-                None => Box::pin(async { Completed::Many(Vec::new()) }),
+                Some(request) => request.run_alone(env),
+                None => Box::pin(async {
+                    Completed::Many {
+                        done: Vec::new(),
+                        split: Vec::new(),
+                    }
+                }),
             };
         }
         let runner = self.runner;
-        #[cfg(feature = "fault-injection")]
-        let faults = faults.clone();
+        let env = env.clone();
         let in_flight = self.in_flight.clone();
         in_flight.set(in_flight.get() + 1);
         Box::pin(async move {
@@ -313,7 +404,8 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
                 requests.into_iter().map(|r| (r.msg, r.caller)).unzip();
             let n = callers.len();
             #[cfg(feature = "fault-injection")]
-            let poisoned = faults.take_batch_panic(callers.iter().map(|c| c.user));
+            let poisoned = env.faults.take_batch_panic(callers.iter().map(|c| c.user));
+            let db = env.db.clone();
             let run = async move {
                 #[cfg(feature = "fault-injection")]
                 if poisoned {
@@ -322,15 +414,33 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
                 runner(msgs, db).await
             };
             let results = AssertUnwindSafe(run).catch_unwind().instrument(span).await;
-            let finished = match results {
-                Ok(results) if results.len() == n => callers
-                    .into_iter()
-                    .zip(results)
-                    .map(|(caller, result)| {
-                        let outcome = Outcome::of(&result);
-                        caller.answer(result, outcome, started_at)
-                    })
-                    .collect(),
+            let mut split = Vec::new();
+            let done = match results {
+                Ok(results) if results.len() == n => {
+                    let mut done = Vec::with_capacity(n);
+                    for (caller, ran) in callers.into_iter().zip(results) {
+                        match ran {
+                            Ran::Done(result) => {
+                                let outcome = Outcome::of(&result);
+                                done.push(caller.answer(result, outcome, started_at));
+                            }
+                            // Not done with the others (its row locked by another
+                            // transaction, its user unknown): its own work, answered
+                            // when it ends, while the rest is answered now.
+                            Ran::Alone(attempt) => {
+                                caller.span.record("split", true);
+                                split.push(alone(
+                                    caller,
+                                    async { Ok(()) },
+                                    attempt,
+                                    env.retry.clone(),
+                                    panicked::<M>,
+                                ));
+                            }
+                        }
+                    }
+                    done
+                }
                 Ok(results) => {
                     let got = results.len();
                     callers
@@ -356,7 +466,7 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
                     .collect(),
             };
             in_flight.set(in_flight.get().saturating_sub(1));
-            Completed::Many(finished)
+            Completed::Many { done, split }
         })
     }
 }
@@ -381,7 +491,7 @@ pub(crate) struct Snapshot;
 
 /// The actor serving table `T`.
 pub struct DbActor<T: Table> {
-    db: Database,
+    env: Env,
     gate: Arc<Gate>,
     config: ActorConfig,
     /// One entry per user with a request running or batching; the deque holds that
@@ -398,20 +508,13 @@ pub struct DbActor<T: Table> {
     stats: ActorStats,
     latency: Latency,
     run_latency: Latency,
-    #[cfg(feature = "fault-injection")]
-    faults: Faults,
     _table: PhantomData<T>,
 }
 
 impl<T: Table> DbActor<T> {
-    pub(crate) fn new(
-        db: Database,
-        gate: Arc<Gate>,
-        config: ActorConfig,
-        #[cfg(feature = "fault-injection")] faults: Faults,
-    ) -> Self {
+    pub(crate) fn new(env: Env, gate: Arc<Gate>, config: ActorConfig) -> Self {
         DbActor {
-            db,
+            env,
             gate,
             config,
             lanes: HashMap::new(),
@@ -426,8 +529,6 @@ impl<T: Table> DbActor<T> {
             },
             latency: Latency::default(),
             run_latency: Latency::default(),
-            #[cfg(feature = "fault-injection")]
-            faults,
             _table: PhantomData,
         }
     }
@@ -493,13 +594,7 @@ impl<T: Table> DbActor<T> {
                     self.stats.batched_requests += size as u64;
                     self.stats.largest_batch = self.stats.largest_batch.max(size);
                 }
-                self.running.push(batch.launch(
-                    max,
-                    T::NAME,
-                    &self.db,
-                    #[cfg(feature = "fault-injection")]
-                    &self.faults,
-                ));
+                self.running.push(batch.launch(max, T::NAME, &self.env));
             }
         }
         self.batch_timer = next_due.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
@@ -521,6 +616,13 @@ impl<T: Table> DbActor<T> {
         match done.outcome {
             Outcome::Ok => self.stats.completed += 1,
             Outcome::Err | Outcome::Panicked => self.stats.failed += 1,
+        }
+        self.stats.lock_retries += u64::from(done.lock_retries);
+        match done.timeout {
+            Some(TimeoutKind::Lock) => self.stats.lock_timeouts += 1,
+            Some(TimeoutKind::Statement) => self.stats.statement_timeouts += 1,
+            Some(_) => self.stats.idle_in_transaction_timeouts += 1,
+            None => {}
         }
         if let Entry::Occupied(mut lane) = self.lanes.entry(done.user) {
             match lane.get_mut().pop_front() {
@@ -580,11 +682,15 @@ impl<T: Table> ActorFuture<DbActor<T>> for Engine<T> {
                         act.restart_after_panic(ctx);
                     }
                 }
-                Poll::Ready(Some(Completed::Many(all))) => {
+                Poll::Ready(Some(Completed::Many { done, split })) => {
                     // One panic per batch, however many requests it failed.
                     let mut panicked = false;
-                    for done in all {
+                    for done in done {
                         panicked |= act.finished(done);
+                    }
+                    act.stats.batch_splits += split.len() as u64;
+                    for work in split {
+                        act.running.push(work);
                     }
                     if panicked {
                         act.restart_after_panic(ctx);
@@ -640,7 +746,7 @@ where
         let slot: ReplySlot<M::Output> = Rc::new(Cell::new(None));
         let filed = std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(feature = "fault-injection")]
-            if self.faults.take_handler_panic(user) {
+            if self.env.faults.take_handler_panic(user) {
                 panic!(
                     "injected panic in the {} actor's handler (user {user})",
                     M::Table::NAME
@@ -658,12 +764,15 @@ where
                         user_id = user,
                         outcome = Empty,
                         ms = Empty,
+                        split = Empty,
+                        lock_retries = Empty,
+                        timeout = Empty,
                     ),
                     accepted_at: Instant::now(),
                 },
             };
             #[cfg(feature = "fault-injection")]
-            let armed = self.faults.armed_for(user);
+            let armed = self.env.faults.armed_for(user);
             #[cfg(not(feature = "fault-injection"))]
             let armed = false;
             let job = match M::batch_runner() {
@@ -671,11 +780,7 @@ where
                 Some(runner) if self.config.batch_max > 1 && !armed => {
                     Job::Batchable(Box::new((request, runner)))
                 }
-                _ => Job::Alone(request.run_alone(
-                    self.db.clone(),
-                    #[cfg(feature = "fault-injection")]
-                    self.faults.clone(),
-                )),
+                _ => Job::Alone(request.run_alone(&self.env)),
             };
             self.accept(user, job);
         }));

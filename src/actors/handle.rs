@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::actors::actor::DbActor;
+use crate::actors::actor::{DbActor, Env, LockRetry};
 use crate::actors::gate::Gate;
 use crate::actors::request::{DbRequest, Messages, Settings, Table, Users, sealed::Sealed};
 use crate::actors::stats::SystemStats;
@@ -48,52 +48,32 @@ impl DbSystem {
     /// [`Shutdown`] and [`Stats`], on the current actix arbiter. Must be called inside a
     /// running actix `System` (e.g. in `#[actix_web::main]` or `System::new().block_on`).
     pub fn start(db: Database, config: ActorConfig) -> DbHandle {
-        #[cfg(feature = "fault-injection")]
-        let faults = Faults::default();
-        fn endpoint<T: Table>(
-            db: &Database,
-            config: &ActorConfig,
-            #[cfg(feature = "fault-injection")] faults: &Faults,
-        ) -> Endpoint<T> {
+        // Retries after a lock timeout share one budget of connections across the
+        // actors: a quarter of the pool unless configured.
+        let retry_connections = match config.lock_retry_connections {
+            0 => (db.pool().options().get_max_connections() as usize / 4).max(1),
+            n => n,
+        };
+        let env = Env {
+            db: db.clone(),
+            retry: LockRetry::new(config.lock_wait, retry_connections),
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
+        };
+        fn endpoint<T: Table>(env: &Env, config: &ActorConfig) -> Endpoint<T> {
             let gate = Arc::new(Gate::new(
                 T::NAME,
                 config.max_pending,
                 config.max_pending_per_user,
             ));
-            let (db, actor_gate) = (db.clone(), gate.clone());
-            #[cfg(feature = "fault-injection")]
-            let faults = faults.clone();
-            let config = *config;
-            let addr = Supervisor::start(move |_| {
-                DbActor::<T>::new(
-                    db,
-                    actor_gate,
-                    config,
-                    #[cfg(feature = "fault-injection")]
-                    faults,
-                )
-            });
+            let (env, actor_gate, config) = (env.clone(), gate.clone(), *config);
+            let addr = Supervisor::start(move |_| DbActor::<T>::new(env, actor_gate, config));
             Endpoint { addr, gate }
         }
         let endpoints = Arc::new(Endpoints {
-            users: endpoint(
-                &db,
-                &config,
-                #[cfg(feature = "fault-injection")]
-                &faults,
-            ),
-            messages: endpoint(
-                &db,
-                &config,
-                #[cfg(feature = "fault-injection")]
-                &faults,
-            ),
-            settings: endpoint(
-                &db,
-                &config,
-                #[cfg(feature = "fault-injection")]
-                &faults,
-            ),
+            users: endpoint(&env, &config),
+            messages: endpoint(&env, &config),
+            settings: endpoint(&env, &config),
         });
         let system = {
             let (db, endpoints) = (db.clone(), endpoints.clone());
@@ -105,7 +85,7 @@ impl DbSystem {
                 endpoints,
                 system,
                 #[cfg(feature = "fault-injection")]
-                faults,
+                faults: env.faults,
             }),
         }
     }

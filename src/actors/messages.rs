@@ -61,13 +61,20 @@ impl DbRequest for AppendMessage {
                     .into_iter()
                     .map(|r| limits.message_in(Dialogue::new(r.user_id, r.chat_id), r.role, r.content))
                     .collect();
+                let alone = db.clone();
                 batch::run(
                     prepared,
                     async |msgs: &[&NewMessage]| {
                         db.autocommit(async |c| repo::messages::append_many(c, msgs).await)
                             .await
                     },
-                    async |msg: &NewMessage| repo::messages::append(db.pool(), msg).await,
+                    move |msg: &NewMessage| {
+                        let (db, msg) = (alone.clone(), msg.clone());
+                        Box::pin(async move {
+                            db.autocommit(async |c| repo::messages::append(c, &msg).await)
+                                .await
+                        })
+                    },
                 )
                 .await
             })
@@ -158,7 +165,13 @@ impl DbRequest for AppendTurn {
                             })
                             .collect())
                     },
-                    async |turn: &(NewMessage, NewMessage)| append_turn(&db, turn).await,
+                    {
+                        let db = db.clone();
+                        move |turn: &(NewMessage, NewMessage)| {
+                            let (db, turn) = (db.clone(), turn.clone());
+                            Box::pin(async move { append_turn(&db, &turn).await })
+                        }
+                    },
                 )
                 .await
             })
@@ -228,14 +241,16 @@ impl DbRequest for GetHistory {
                             .await?;
                         Ok(found.into_iter().map(Some).collect())
                     },
-                    async |&(dialogue, limit): &(Dialogue, Option<i32>)| {
-                        GetHistory {
-                            user_id: dialogue.user_id,
-                            chat_id: dialogue.chat_id,
-                            limit: limit.map(i64::from),
+                    {
+                        let db = db.clone();
+                        move |&(dialogue, limit): &(Dialogue, Option<i32>)| {
+                            let request = GetHistory {
+                                user_id: dialogue.user_id,
+                                chat_id: dialogue.chat_id,
+                                limit: limit.map(i64::from),
+                            };
+                            Box::pin(request.run(db.clone()))
                         }
-                        .run(db.clone())
-                        .await
                     },
                 )
                 .await

@@ -39,7 +39,7 @@ pub use actor::{Answer, DbActor};
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem};
 pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn};
-pub use request::{BatchRunner, DbRequest, Messages, Settings, Table, Users};
+pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};

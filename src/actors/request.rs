@@ -5,15 +5,17 @@ use std::future::Future;
 
 use futures::future::LocalBoxFuture;
 
+pub use crate::actors::batch::Ran;
 use crate::db::Database;
 use crate::error::Result;
 
 /// Runs several requests of one type, all of different users, together: one statement
 /// (group commit for writes, one round trip for reads) or one transaction. Returns one
-/// result per request, in order; a request that cannot run with the others (an unknown
-/// user, a constraint) gets its own error without failing the rest.
-pub type BatchRunner<M> =
-    fn(Vec<M>, Database) -> LocalBoxFuture<'static, Vec<Result<<M as DbRequest>::Output>>>;
+/// [`Ran`] per request, in order: its answer, or, for a request that cannot run with
+/// the others (its row locked by another transaction, an unknown user, a constraint),
+/// the way to run it alone; the actor runs those separately, so they hold up neither
+/// the batch's answers nor its users.
+pub type BatchRunner<M> = fn(Vec<M>, Database) -> LocalBoxFuture<'static, Vec<Ran<<M as DbRequest>::Output>>>;
 
 /// A typed request served by one table's actor, for one user, in one transaction.
 ///
@@ -21,7 +23,11 @@ pub type BatchRunner<M> =
 /// `Result<Self::Output, botdb::Error>`. Its [`run`](DbRequest::run) is the whole unit of
 /// work: a [`Database::session`] (several statements) or a
 /// [`Database::autocommit`] of exactly one statement, which is one transaction too.
-pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Send + 'static {
+///
+/// A request is `Clone`: when a row it needs is locked by another transaction past the
+/// lock timeout, nothing of it was committed, and the actor runs it again (a fresh
+/// clone) after backing off, within `BOTDB_LOCK_WAIT`.
+pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Clone + Send + 'static {
     /// What a successful request returns.
     type Output: Send + 'static;
     /// The table whose actor serves it.

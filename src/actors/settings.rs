@@ -3,7 +3,7 @@
 use actix::Message;
 use futures::future::LocalBoxFuture;
 
-use crate::actors::batch;
+use crate::actors::batch::{self, Ran};
 use crate::actors::request::{DbRequest, Settings, user_request};
 use crate::db::Database;
 use crate::error::Result;
@@ -18,7 +18,7 @@ user_request!(
 fn get_batch(
     requests: Vec<GetSettings>,
     db: Database,
-) -> LocalBoxFuture<'static, Vec<Result<Option<UserSettings>>>> {
+) -> LocalBoxFuture<'static, Vec<Ran<Option<UserSettings>>>> {
     Box::pin(async move {
         let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
         batch::run(
@@ -28,7 +28,10 @@ fn get_batch(
                 let mut found = db.read(async |c| repo::settings::get_many(c, &ids).await).await?;
                 Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
             },
-            async |&user_id: &i64| GetSettings { user_id }.run(db.clone()).await,
+            {
+                let db = db.clone();
+                move |&user_id: &i64| Box::pin(GetSettings { user_id }.run(db.clone()))
+            },
         )
         .await
     })

@@ -82,6 +82,17 @@ pub struct ActorStats {
     pub batched_requests: u64,
     /// The largest batch.
     pub largest_batch: usize,
+    /// Requests split out of a batch to run alone (their user's row locked by another
+    /// transaction, or their user unknown), so the rest of the batch did not wait.
+    pub batch_splits: u64,
+    /// Tries repeated after a lock timeout (each after giving the connection back).
+    pub lock_retries: u64,
+    /// Requests that failed because a row stayed locked past `BOTDB_LOCK_WAIT`.
+    pub lock_timeouts: u64,
+    /// Requests that failed because a statement ran past `DB_STATEMENT_TIMEOUT`.
+    pub statement_timeouts: u64,
+    /// Requests whose session the server ended, idle in a transaction too long.
+    pub idle_in_transaction_timeouts: u64,
     /// Admission counters (accepted, rejected, pending in mailbox and actor).
     pub gate: GateCounts,
     /// Time from acceptance to answer (queueing + running).

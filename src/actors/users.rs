@@ -4,7 +4,7 @@ use actix::Message;
 use futures::future::LocalBoxFuture;
 use serde::Serialize;
 
-use crate::actors::batch;
+use crate::actors::batch::{self, Ran};
 use crate::actors::request::{BatchRunner, DbRequest, Users, user_request};
 use crate::db::Database;
 use crate::error::Result;
@@ -27,19 +27,20 @@ user_request!(
     UpsertUser, Users, User, autocommit repo::users::upsert, batch = upsert_batch
 );
 
-fn upsert_batch(requests: Vec<UpsertUser>, db: Database) -> LocalBoxFuture<'static, Vec<Result<User>>> {
+fn upsert_batch(requests: Vec<UpsertUser>, db: Database) -> LocalBoxFuture<'static, Vec<Ran<User>>> {
     Box::pin(async move {
         let prepared = requests.into_iter().map(|r| check_user_id(r.user_id)).collect();
         batch::run(
             prepared,
             async |ids: &[&i64]| {
                 let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
-                let users = db
-                    .autocommit(async |c| repo::users::upsert_many(c, &ids).await)
-                    .await?;
-                Ok(users.into_iter().map(Some).collect())
+                db.autocommit(async |c| repo::users::upsert_many(c, &ids).await)
+                    .await
             },
-            async |&user_id: &i64| UpsertUser { user_id }.run(db.clone()).await,
+            {
+                let db = db.clone();
+                move |&user_id: &i64| Box::pin(UpsertUser { user_id }.run(db.clone()))
+            },
         )
         .await
     })
@@ -139,14 +140,18 @@ impl DbRequest for EnsureUser {
                     async |ids: &[&i64]| {
                         let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
                         db.session(async |tx| {
+                            // Users whose row another transaction holds are left out
+                            // (`None`): they go on alone, the others do not wait.
                             let users = repo::users::upsert_many(&mut *tx, &ids).await?;
+                            let free: Vec<i64> = users.iter().flatten().map(|u| u.id).collect();
                             let created =
-                                repo::settings::insert_defaults_many(&mut *tx, &ids, DEFAULT_MAX_HISTORY)
+                                repo::settings::insert_defaults_many(&mut *tx, &free, DEFAULT_MAX_HISTORY)
                                     .await?;
-                            let mut settings = repo::settings::get_many(&mut *tx, &ids).await?;
+                            let mut settings = repo::settings::get_many(&mut *tx, &free).await?;
                             Ok(users
                                 .into_iter()
                                 .map(|user| {
+                                    let user = user?;
                                     let created = created.contains(&user.id);
                                     settings.remove(&user.id).map(|settings| Registered {
                                         user,
@@ -158,7 +163,10 @@ impl DbRequest for EnsureUser {
                         })
                         .await
                     },
-                    async |&user_id: &i64| EnsureUser { user_id }.run(db.clone()).await,
+                    {
+                        let db = db.clone();
+                        move |&user_id: &i64| Box::pin(EnsureUser { user_id }.run(db.clone()))
+                    },
                 )
                 .await
             })

@@ -147,6 +147,28 @@ impl ConfigBuilder {
         idle_timeout: Duration => pool.idle_timeout
     );
     setter!(
+        /// `statement_timeout` of every connection (`DB_STATEMENT_TIMEOUT`); `None`: off.
+        statement_timeout: Option<Duration> => timeouts.statement
+    );
+    setter!(
+        /// `lock_timeout` of every connection (`DB_LOCK_TIMEOUT`); `None`: off.
+        lock_timeout: Option<Duration> => timeouts.lock
+    );
+    setter!(
+        /// `idle_in_transaction_session_timeout` of every connection
+        /// (`DB_IDLE_IN_TRANSACTION_TIMEOUT`); `None`: off.
+        idle_in_transaction_timeout: Option<Duration> => timeouts.idle_in_transaction
+    );
+    setter!(
+        /// How long a request retries on locked rows (`BOTDB_LOCK_WAIT`).
+        lock_wait: Duration => actors.lock_wait
+    );
+    setter!(
+        /// Connections lock retries may hold at once (`BOTDB_LOCK_RETRY_CONNECTIONS`; 0: a
+        /// quarter of the pool).
+        lock_retry_connections: usize => actors.lock_retry_connections
+    );
+    setter!(
         /// Log every statement (`DB_ECHO`).
         echo: bool => echo
     );
@@ -295,6 +317,21 @@ fn check(config: &Config) -> Result<()> {
         1024..=1 << 30,
         "bytes",
     )?;
+    for (key, limit) in [
+        ("DB_STATEMENT_TIMEOUT", config.timeouts.statement),
+        ("DB_LOCK_TIMEOUT", config.timeouts.lock),
+        (
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+            config.timeouts.idle_in_transaction,
+        ),
+    ] {
+        if limit.is_some_and(|d| d < Duration::from_millis(1) || d > Duration::from_secs(86_400 * 24)) {
+            return Err(Error::config(
+                key,
+                "expected from 0.001 to 2073600 seconds, or 0 for no limit",
+            ));
+        }
+    }
     let actors = &config.actors;
     within(
         "BOTDB_MAX_PENDING",
@@ -316,6 +353,12 @@ fn check(config: &Config) -> Result<()> {
         "batches",
     )?;
     positive("BOTDB_DRAIN_TIMEOUT", actors.drain_timeout)?;
+    within(
+        "BOTDB_LOCK_RETRY_CONNECTIONS",
+        actors.lock_retry_connections,
+        0..=pool.max_connections() as usize,
+        "connections (0: a quarter of the pool, at most DB_POOL_SIZE + DB_MAX_OVERFLOW)",
+    )?;
     if config.migrate.lock_timeout < Duration::from_millis(1) {
         return Err(Error::config(
             "BOTDB_MIGRATE_LOCK_TIMEOUT",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgSslMode;
 
-use super::Config;
+use super::{Config, ConfigBuilder};
 use crate::error::{Error, Result};
 
 /// Every environment variable botdb reads, with its default (for docs and `--help`).
@@ -64,6 +64,21 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "log every SQL statement (tracing target sqlx::query)",
     ),
     (
+        "DB_STATEMENT_TIMEOUT",
+        "10",
+        "seconds one statement may run (statement_timeout; 0: no limit)",
+    ),
+    (
+        "DB_LOCK_TIMEOUT",
+        "0.5",
+        "seconds one statement may wait for a lock (lock_timeout; 0: no limit)",
+    ),
+    (
+        "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+        "30",
+        "seconds a session may sit idle in a transaction (0: no limit)",
+    ),
+    (
         "DB_MAX_CONTENT_CHARS",
         "65536",
         "longest message content accepted, in characters",
@@ -102,6 +117,16 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "BOTDB_BATCH_WAIT_MS",
         "0",
         "wait this long for a batch to fill (0: batch only what is already queued)",
+    ),
+    (
+        "BOTDB_LOCK_WAIT",
+        "10",
+        "seconds a request retries on a row another transaction holds",
+    ),
+    (
+        "BOTDB_LOCK_RETRY_CONNECTIONS",
+        "0",
+        "connections lock retries may hold at once (0: a quarter of the pool)",
     ),
     (
         "BOTDB_MIGRATE_LOCK_TIMEOUT",
@@ -225,6 +250,21 @@ impl Config {
         if let Some(d) = secs("DB_POOL_IDLE_TIMEOUT", "seconds (more than 0)", false)? {
             b = b.idle_timeout(d);
         }
+        for (key, set) in [
+            (
+                "DB_STATEMENT_TIMEOUT",
+                ConfigBuilder::statement_timeout as fn(_, _) -> _,
+            ),
+            ("DB_LOCK_TIMEOUT", ConfigBuilder::lock_timeout),
+            (
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                ConfigBuilder::idle_in_transaction_timeout,
+            ),
+        ] {
+            if let Some(d) = secs(key, "seconds (0 for no limit)", true)? {
+                b = set(b, (!d.is_zero()).then_some(d));
+            }
+        }
         if let Some(v) = get("DB_ECHO") {
             b = b.echo(parse_env("DB_ECHO", &v, "true or false", parse_bool)?);
         }
@@ -271,6 +311,16 @@ impl Config {
         }
         if let Some(d) = secs("BOTDB_DRAIN_TIMEOUT", "seconds (more than 0)", false)? {
             b = b.drain_timeout(d);
+        }
+        if let Some(d) = secs("BOTDB_LOCK_WAIT", "seconds (0 or more)", true)? {
+            b = b.lock_wait(d);
+        }
+        if let Some(n) = read(
+            "BOTDB_LOCK_RETRY_CONNECTIONS",
+            "a whole number of connections (0: a quarter of the pool)",
+            &whole,
+        )? {
+            b = b.lock_retry_connections(to_usize(n));
         }
         if let Some(d) = secs("BOTDB_MIGRATE_LOCK_TIMEOUT", "seconds (more than 0)", false)? {
             b = b.migrate_lock_timeout(d);
@@ -361,6 +411,11 @@ mod tests {
         assert_eq!(c.pool.recycle, Some(Duration::from_secs(3600)));
         assert!(!c.echo);
         assert!(!c.server_configured());
+        // Every wait is bounded by default.
+        assert_eq!(c.timeouts.statement, Some(Duration::from_secs(10)));
+        assert_eq!(c.timeouts.lock, Some(Duration::from_millis(500)));
+        assert_eq!(c.timeouts.idle_in_transaction, Some(Duration::from_secs(30)));
+        assert_eq!(c.actors.lock_wait, Duration::from_secs(10));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! a [`SecretString`]: it never appears in `Debug`, `Display`, logs or errors, whether it
 //! came from `DB_PASSWORD`, the URL's user info or its `?password=` query.
 //!
-//! - `settings`: [`PoolConfig`], [`Limits`], [`ActorConfig`], [`MigrateConfig`];
+//! - `settings`: [`PoolConfig`], [`TimeoutConfig`], [`Limits`], [`ActorConfig`],
+//!   [`MigrateConfig`];
 //! - `env`: [`Config::from_env`], [`ENV_VARS`];
 //! - `builder`: [`ConfigBuilder`] and the range checks;
 //! - `urls`: `DATABASE_URL` parsing and redaction.
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 
 pub use builder::ConfigBuilder;
 pub use env::ENV_VARS;
-pub use settings::{ActorConfig, Limits, MigrateConfig, PoolConfig};
+pub use settings::{ActorConfig, Limits, MigrateConfig, PoolConfig, TimeoutConfig};
 
 /// Where the server is: a URL, or the reference's separate fields.
 #[derive(Clone)]
@@ -57,6 +58,8 @@ pub struct Config {
     server_configured: bool,
     /// Pool settings.
     pub pool: PoolConfig,
+    /// Server-side limits on waiting, set on every connection.
+    pub timeouts: TimeoutConfig,
     /// Log every SQL statement through `tracing` (`echo`).
     pub echo: bool,
     /// Text size limits.
@@ -74,6 +77,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("server", &self.redacted_url())
             .field("pool", &self.pool)
+            .field("timeouts", &self.timeouts)
             .field("echo", &self.echo)
             .field("limits", &self.limits)
             .field("actors", &self.actors)
@@ -115,6 +119,7 @@ impl Default for Config {
             },
             server_configured: false,
             pool: PoolConfig::default(),
+            timeouts: TimeoutConfig::default(),
             echo: false,
             limits: Limits::default(),
             actors: ActorConfig::default(),
@@ -256,7 +261,8 @@ impl Config {
         }
     }
 
-    /// The driver's connect options (host, credentials, TLS, statement logging).
+    /// The driver's connect options (host, credentials, TLS, the server-side timeouts as
+    /// startup options, statement logging).
     ///
     /// # Errors
     /// [`Error::Config`] when the URL cannot be parsed; the message never contains it.
@@ -293,7 +299,16 @@ impl Config {
                 o
             }
         };
-        let options = options.application_name(&self.application_name);
+        let mut options = options.application_name(&self.application_name);
+        let t = &self.timeouts;
+        for (name, limit) in [
+            ("statement_timeout", t.statement),
+            ("lock_timeout", t.lock),
+            ("idle_in_transaction_session_timeout", t.idle_in_transaction),
+        ] {
+            let millis = limit.map_or(0, |d| d.as_millis().max(1));
+            options = options.options([(name, format!("{millis}ms"))]);
+        }
         Ok(if self.echo {
             options.log_statements(log::LevelFilter::Info)
         } else {

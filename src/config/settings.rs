@@ -3,6 +3,36 @@
 
 use std::time::Duration;
 
+/// How long PostgreSQL lets one of botdb's sessions wait, set on every connection botdb
+/// opens (its startup options). `None` turns a limit off (PostgreSQL's 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutConfig {
+    /// `statement_timeout`: the longest one statement may run. botdb's statements take
+    /// milliseconds; one that runs for seconds is stuck (a lock it does not see, a plan
+    /// gone wrong) and holds a connection others need. Default 10 s.
+    pub statement: Option<Duration>,
+    /// `lock_timeout`: the longest one statement may wait for a lock. botdb's own
+    /// requests never wait on each other for long (one user's requests run one at a
+    /// time); a longer wait is another transaction (an operator's session, a data fix,
+    /// another instance) holding the row, and the request gives up, frees its
+    /// connection and retries (see [`ActorConfig::lock_wait`]). Default 0.5 s.
+    pub lock: Option<Duration>,
+    /// `idle_in_transaction_session_timeout`: a session left idle inside a transaction
+    /// (a `Database::session` body awaiting something slow that is not the database)
+    /// is ended by the server, its locks released. Default 30 s.
+    pub idle_in_transaction: Option<Duration>,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            statement: Some(Duration::from_secs(10)),
+            lock: Some(Duration::from_millis(500)),
+            idle_in_transaction: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
 /// Settings of the actor layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActorConfig {
@@ -28,6 +58,15 @@ pub struct ActorConfig {
     /// At most this many batches of one request type run at once per actor; ready
     /// requests of that type gather for the next batch meanwhile.
     pub batch_in_flight: usize,
+    /// How long a request keeps trying when a row it needs is locked by another
+    /// transaction: each try waits at most the `lock_timeout`, then gives its connection
+    /// back and backs off before the next (at most `lock_retry_connections` tries hold
+    /// a connection at once); past this, [`Error::Timeout`](crate::Error::Timeout).
+    pub lock_wait: Duration,
+    /// Connections that retries after a lock timeout may hold at once, in all the
+    /// actors together: the rest of the pool stays with the users whose rows are free.
+    /// 0: a quarter of the pool (at least one).
+    pub lock_retry_connections: usize,
 }
 
 impl Default for ActorConfig {
@@ -39,6 +78,8 @@ impl Default for ActorConfig {
             batch_max: 64,
             batch_wait: Duration::ZERO,
             batch_in_flight: 2,
+            lock_wait: Duration::from_secs(10),
+            lock_retry_connections: 0,
         }
     }
 }

@@ -166,8 +166,12 @@ pub async fn count<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<MessageC
 
 /// Appends many messages (of different users, or a user's messages in order) in ONE
 /// statement: one round trip and one commit for all. Rows keep the order of `msgs`
-/// (their `seq` follows it). A message whose user does not exist (as of the statement's
-/// snapshot) is not written: its slot in the result is `None`, the others are written.
+/// (their `seq` follows it). A message is not written, its slot in the result `None`,
+/// when its user does not exist as of the statement's snapshot, or when another
+/// transaction holds the user's row in a way that would make the insert wait (`FOR
+/// UPDATE`, a key change, a delete): the statement first takes the `FOR KEY SHARE` lock
+/// the foreign-key check needs on every user row it can get at once (`SKIP LOCKED`), so
+/// one locked user never holds up the others.
 ///
 /// # Errors
 /// Database errors; on an error nothing is written.
@@ -182,11 +186,13 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
         .map(|m| i32::try_from(m.content.char_len()).unwrap_or(i32::MAX))
         .collect();
     let rows: Vec<(Uuid, i32, chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
-        "INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
+        "WITH free AS MATERIALIZED ( \
+             SELECT u.id FROM users u WHERE u.id = ANY($2::int8[]) FOR KEY SHARE SKIP LOCKED) \
+         INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
          SELECT r.id, r.user_id, r.chat_id, r.role, r.content, r.content_length \
            FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int4[]) \
                 WITH ORDINALITY AS r(id, user_id, chat_id, role, content, content_length, ord) \
-          WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = r.user_id) \
+          WHERE r.user_id IN (SELECT id FROM free) \
           ORDER BY r.ord \
          RETURNING id, content_length, created_at, seq",
     )

@@ -112,30 +112,33 @@ pub async fn delete<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<bool> {
     }
 }
 
-/// [`upsert`] for many users in ONE statement; one `User` per id, in the order given.
-/// Rows are locked in id order, so concurrent batches cannot deadlock.
+/// [`upsert`] for many users in ONE statement; one `User` per id, in the order given,
+/// `None` for a user whose existing row another transaction holds locked (it is
+/// skipped, not waited for: upsert it on its own). Rows are locked in id order, so
+/// concurrent batches cannot deadlock.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a non-positive id (nothing written); database errors.
-pub async fn upsert_many<'e>(ex: impl PgExecutor<'e>, ids: &[i64]) -> Result<Vec<User>> {
+pub async fn upsert_many<'e>(ex: impl PgExecutor<'e>, ids: &[i64]) -> Result<Vec<Option<User>>> {
     for id in ids {
         check_user_id(*id)?;
     }
+    // Existing rows are locked first, in id order, skipping those another transaction
+    // holds: their users are left out (`None`) instead of making everyone wait.
     let rows: Vec<User> = sqlx::query_as::<_, User>(
-        "INSERT INTO users (id) SELECT u FROM UNNEST($1::int8[]) AS u ORDER BY u \
+        "WITH free AS MATERIALIZED ( \
+             SELECT u.id FROM users u WHERE u.id = ANY($1::int8[]) \
+              ORDER BY u.id FOR NO KEY UPDATE SKIP LOCKED) \
+         INSERT INTO users (id) \
+         SELECT w FROM UNNEST($1::int8[]) AS w \
+          WHERE w IN (SELECT id FROM free) OR NOT EXISTS (SELECT 1 FROM users x WHERE x.id = w) \
+          ORDER BY w \
          ON CONFLICT (id) DO UPDATE SET updated_at = now() \
          RETURNING id, created_at, updated_at",
     )
     .bind(ids)
     .fetch_all(ex)
     .await?;
-    let by_id: std::collections::HashMap<i64, User> = rows.into_iter().map(|u| (u.id, u)).collect();
-    ids.iter()
-        .map(|id| {
-            by_id
-                .get(id)
-                .cloned()
-                .ok_or_else(|| Error::Internal(format!("upsert of user {id} returned no row")))
-        })
-        .collect()
+    let mut by_id: std::collections::HashMap<i64, User> = rows.into_iter().map(|u| (u.id, u)).collect();
+    Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }

@@ -96,6 +96,37 @@ pub(crate) fn render(
     );
     family(
         &mut out,
+        "botdb_actor_batch_splits_total",
+        "counter",
+        "Requests split out of a batch to run alone (a row locked by another transaction, an unknown user).",
+        &per_actor(&|a| a.batch_splits as f64),
+    );
+    family(
+        &mut out,
+        "botdb_actor_lock_retries_total",
+        "counter",
+        "Tries repeated after a lock timeout, each after giving the connection back.",
+        &per_actor(&|a| a.lock_retries as f64),
+    );
+    let mut timeouts = Vec::new();
+    for a in &stats.actors {
+        for (kind, n) in [
+            ("lock", a.lock_timeouts),
+            ("statement", a.statement_timeouts),
+            ("idle_in_transaction", a.idle_in_transaction_timeouts),
+        ] {
+            timeouts.push((format!("{{actor=\"{}\",kind=\"{kind}\"}}", a.actor), n as f64));
+        }
+    }
+    family(
+        &mut out,
+        "botdb_actor_timeouts_total",
+        "counter",
+        "Requests failed on a time limit, by kind.",
+        &timeouts,
+    );
+    family(
+        &mut out,
         "botdb_actor_restarts_total",
         "counter",
         "Supervisor restarts after a panic.",

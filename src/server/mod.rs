@@ -414,6 +414,7 @@ impl ResponseError for Error {
             // is better than losing it.
             Error::Unavailable { .. }
             | Error::OutcomeUnknown { .. }
+            | Error::Timeout { .. }
             | Error::Overloaded { .. }
             | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -439,5 +440,38 @@ impl ResponseError for Error {
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TimeoutKind;
+
+    #[test]
+    fn transient_and_unknown_outcomes_ask_telegram_to_retry() {
+        for e in [
+            Error::Timeout {
+                kind: TimeoutKind::Lock,
+                reason: "lock".into(),
+            },
+            Error::Timeout {
+                kind: TimeoutKind::Statement,
+                reason: "statement".into(),
+            },
+            Error::Unavailable {
+                reason: "down".into(),
+                source: None,
+            },
+            Error::OutcomeUnknown {
+                reason: "cut".into(),
+                source: None,
+            },
+            Error::ShuttingDown,
+        ] {
+            let response = e.error_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+            assert!(response.headers().contains_key(RETRY_AFTER), "{e}");
+        }
     }
 }

@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod fuzz;
 mod http_hardening;
+mod locks;
 mod migrations;
 mod pool;
 mod repos;
