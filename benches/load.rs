@@ -15,6 +15,8 @@
 //! - `batched`: the same five requests with botdb's defaults: requests of different
 //!   users that are ready at the same moment run together (group commit of appends,
 //!   one query for many histories);
+//! - `keyed`: `batched` with idempotency on: both appends carry a request key, recorded
+//!   in the same statement (what the webhook's writes do);
 //! - `direct`: the five requests run without the actors (`DbRequest::run`);
 //! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
 //! - `raw`: the pgbench statements, verbatim, on a plain sqlx `PgPool` of the same size
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use botdb::actors::{AppendMessage, DbHandle, DbRequest, DbSystem, GetHistory, GetSettings, UpsertUser};
 use botdb::embedded::EmbeddedPostgres;
-use botdb::model::Role;
+use botdb::model::{RequestKey, Role};
 use botdb::{ActorConfig, Config, Database, repo};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -78,6 +80,7 @@ struct Args {
 enum Mode {
     Actors,
     Batched,
+    Keyed,
     Direct,
     Session,
     Raw,
@@ -86,9 +89,10 @@ enum Mode {
     PgbenchTx,
 }
 
-const MODES: [Mode; 8] = [
+const MODES: [Mode; 9] = [
     Mode::Actors,
     Mode::Batched,
+    Mode::Keyed,
     Mode::Direct,
     Mode::Session,
     Mode::Raw,
@@ -102,6 +106,7 @@ impl Mode {
         match self {
             Mode::Actors => "actors",
             Mode::Batched => "batched",
+            Mode::Keyed => "keyed",
             Mode::Direct => "direct",
             Mode::Session => "session",
             Mode::Raw => "raw",
@@ -289,6 +294,9 @@ async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<(
         for &c in &args.concurrency {
             for &mode in &modes {
                 run_script(&target.raw, include_str!("workload/reset.sql")).await?;
+                sqlx::query("DELETE FROM request_keys")
+                    .execute(&target.raw)
+                    .await?;
                 let duration = Duration::from_secs_f64(args.seconds);
                 let s = match mode {
                     Mode::Pgbench | Mode::PgbenchTx => pgbench(&target, mode, c, duration).await?,
@@ -534,9 +542,17 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
             Mode::Raw => raw_turn(target, uid, false).await.is_ok(),
             Mode::RawTx => raw_turn(target, uid, true).await.is_ok(),
             Mode::Session => session_turn(target, uid).await.is_ok(),
-            Mode::Actors => five_requests(target, &target.per_message, uid).await.is_ok(),
-            Mode::Batched => five_requests(target, &target.batched, uid).await.is_ok(),
-            Mode::Direct => five_requests(target, &target.db, uid).await.is_ok(),
+            Mode::Actors => five_requests(target, &target.per_message, uid, None)
+                .await
+                .is_ok(),
+            Mode::Batched => five_requests(target, &target.batched, uid, None).await.is_ok(),
+            Mode::Keyed => {
+                let turn = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                five_requests(target, &target.batched, uid, Some(turn))
+                    .await
+                    .is_ok()
+            }
+            Mode::Direct => five_requests(target, &target.db, uid, None).await.is_ok(),
             Mode::Pgbench | Mode::PgbenchTx => false,
         };
         if ok {
@@ -618,8 +634,16 @@ impl Runs for Database {
     }
 }
 
-/// The turn as five requests, each its own transaction (or batch).
-async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()> {
+/// Numbers the turns of the `keyed` mode, so that each append has a key of its own.
+static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The turn as five requests, each its own transaction (or batch). With `turn`, both
+/// appends carry request keys (idempotency on, as the webhook's writes do).
+async fn five_requests(t: &Target, to: &impl Runs, uid: i64, turn: Option<u64>) -> botdb::Result<()> {
+    let key = |side: &str| {
+        turn.map(|n| RequestKey::new("bench", format!("{n}-{side}")))
+            .transpose()
+    };
     to.exec(UpsertUser { user_id: uid }).await?;
     let settings = to.exec(GetSettings { user_id: uid }).await?;
     to.exec(AppendMessage {
@@ -627,6 +651,7 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()
         chat_id: PRIVATE_CHAT,
         role: Role::User,
         content: t.user_text.to_string(),
+        key: key("user")?,
     })
     .await?;
     let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
@@ -641,6 +666,7 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()
         chat_id: PRIVATE_CHAT,
         role: Role::Assistant,
         content: t.reply_text.to_string(),
+        key: key("reply")?,
     })
     .await?;
     Ok(())

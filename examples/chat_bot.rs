@@ -33,6 +33,7 @@ async fn chat(
         chat_id: PRIVATE_CHAT,
         user_text: text,
         reply_text: reply.clone(),
+        key: None,
     })
     .await?;
     Ok(HttpResponse::Ok().body(reply))

@@ -39,7 +39,8 @@
 //! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]),
 //!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
 //!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
-//! - [`repo`]: the SQL, one module per table, as functions over any executor.
+//! - [`repo`]: the SQL, one module per table, as functions over any executor
+//!   (`repo::keys`: request keys, for requests that happen at most once).
 //! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]) and the operator verbs
 //!   (upgrade, downgrade, current, history, new), with a lock timeout and retries.
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).

@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn embedded_migrations_are_reversible_and_numbered() {
         let ups: Vec<i64> = up_migrations().map(|m| m.version).collect();
-        assert_eq!(ups, vec![1, 2, 3, 4, 5]);
+        assert_eq!(ups, vec![1, 2, 3, 4, 5, 6]);
         for v in ups {
             assert!(
                 MIGRATOR
@@ -474,7 +474,7 @@ mod tests {
                 "migration {v} has no down script"
             );
         }
-        assert_eq!(head(), Some(5));
+        assert_eq!(head(), Some(6));
         assert!(describe_version(3).contains("content length and history index"));
     }
 

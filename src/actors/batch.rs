@@ -36,7 +36,8 @@ impl<T> Ran<T> {
 ///   of the statement's snapshot), and that input is handed back to run alone with
 ///   `one`, which gives it its own answer without holding up the rest;
 /// - when `all` fails as a whole for a transient reason (the server is down, shutting
-///   down), every input gets that error: nothing of the batch was committed;
+///   down), every input gets that error: nothing of the batch was committed; but when
+///   it timed out (a lock, a statement), every input runs alone instead;
 /// - when its outcome is unknown (the connection broke while the statement ran), every
 ///   input gets [`Error::OutcomeUnknown`]: retrying alone could write them twice;
 /// - when it fails for any other reason (a constraint, a concurrent delete), every
@@ -54,6 +55,10 @@ pub(crate) async fn run<P: 'static, T: 'static>(
     let mut together = match together {
         Ok(results) if results.len() == n => Ok(results.into_iter()),
         Ok(_) => Err(None),
+        // The statement waited too long (for a key a copy of one of its requests holds,
+        // say) and was cancelled: nothing of it is committed, and each request alone
+        // waits, retries or fails for itself.
+        Err(Error::Timeout { .. }) => Err(None),
         Err(e) if e.is_transient() || e.is_outcome_unknown() || matches!(e, Error::ShuttingDown) => {
             Err(Some(e))
         }

@@ -3,16 +3,21 @@
 use actix::Message as ActixMessage;
 use serde::Serialize;
 
+use serde_json::Value;
+
 use crate::actors::batch;
+use crate::actors::once;
 use crate::actors::request::{BatchRunner, DbRequest, Messages, user_request};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{Dialogue, Message, MessageCounts, NewMessage, Role, check_history_limit};
+use crate::model::{Dialogue, Message, MessageCounts, NewMessage, RequestKey, Role, check_history_limit};
 use crate::repo;
+use crate::repo::messages::RowKey;
 
 /// Append one message to a dialogue (a user in a chat). The content is checked against
 /// the configured limits ([`InvalidInput`](crate::Error::InvalidInput)); an unknown user
-/// is [`NotFound`](crate::Error::NotFound).
+/// is [`NotFound`](crate::Error::NotFound). With a `key`, at most once: a copy with the
+/// same key answers with the message the first one wrote.
 #[derive(Clone, ActixMessage)]
 #[rtype(result = "crate::Result<Message>")]
 pub struct AppendMessage {
@@ -24,6 +29,8 @@ pub struct AppendMessage {
     pub role: Role,
     /// The text.
     pub content: String,
+    /// Makes the request happen at most once (an idempotency key).
+    pub key: Option<RequestKey>,
 }
 
 impl std::fmt::Debug for AppendMessage {
@@ -33,6 +40,7 @@ impl std::fmt::Debug for AppendMessage {
             .field("chat_id", &self.chat_id)
             .field("role", &self.role)
             .field("content_bytes", &self.content.len())
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -48,8 +56,7 @@ impl DbRequest for AppendMessage {
         let msg =
             db.limits()
                 .message_in(Dialogue::new(self.user_id, self.chat_id), self.role, self.content)?;
-        db.autocommit(async |c| repo::messages::append(c, &msg).await)
-            .await
+        append_once(&db, msg, self.key).await
     }
 
     /// Group commit: the appends of many users in one multi-row INSERT.
@@ -59,27 +66,67 @@ impl DbRequest for AppendMessage {
                 let limits = *db.limits();
                 let prepared = requests
                     .into_iter()
-                    .map(|r| limits.message_in(Dialogue::new(r.user_id, r.chat_id), r.role, r.content))
+                    .map(|r| {
+                        let msg =
+                            limits.message_in(Dialogue::new(r.user_id, r.chat_id), r.role, r.content)?;
+                        let outcome = once::messages_outcome_of_ids([msg.id]);
+                        Ok((msg, r.key, outcome))
+                    })
                     .collect();
                 let alone = db.clone();
                 batch::run(
                     prepared,
-                    async |msgs: &[&NewMessage]| {
-                        db.autocommit(async |c| repo::messages::append_many(c, msgs).await)
+                    async |msgs: &[&(NewMessage, Option<RequestKey>, Value)]| {
+                        let rows: Vec<&NewMessage> = msgs.iter().map(|(m, ..)| m).collect();
+                        let keys: Vec<Option<RowKey>> = msgs
+                            .iter()
+                            .map(|(_, key, outcome)| key.as_ref().map(|key| RowKey { key, outcome }))
+                            .collect();
+                        db.autocommit(async |c| repo::messages::append_many(c, &rows, &keys).await)
                             .await
                     },
-                    move |msg: &NewMessage| {
-                        let (db, msg) = (alone.clone(), msg.clone());
-                        Box::pin(async move {
-                            db.autocommit(async |c| repo::messages::append(c, &msg).await)
-                                .await
-                        })
+                    move |(msg, key, _): &(NewMessage, Option<RequestKey>, Value)| {
+                        let (db, msg, key) = (alone.clone(), msg.clone(), key.clone());
+                        Box::pin(async move { append_once(&db, msg, key).await })
                     },
                 )
                 .await
             })
         })
     }
+}
+
+/// One message, once under `key`: one statement in the common case (the key claimed in
+/// it); the transaction that replays a copy, or waits for a locked row, otherwise.
+async fn append_once(db: &Database, msg: NewMessage, key: Option<RequestKey>) -> Result<Message> {
+    let Some(k) = &key else {
+        return db
+            .autocommit(async |c| repo::messages::append(c, &msg).await)
+            .await;
+    };
+    let outcome = once::messages_outcome_of_ids([msg.id]);
+    let row_key = Some(RowKey {
+        key: k,
+        outcome: &outcome,
+    });
+    let written = db
+        .autocommit(async |c| repo::messages::append_many(c, &[&msg], &[row_key]).await)
+        .await?;
+    if let Some(Some(done)) = written.into_iter().next() {
+        return Ok(done);
+    }
+    once::once(
+        db,
+        key.as_ref(),
+        msg.user_id,
+        async |tx| repo::messages::append(tx, &msg).await,
+        |m| once::messages_outcome([m]),
+        async |tx, recorded| {
+            let mut found = once::messages(tx, &recorded).await?;
+            found.pop().ok_or_else(|| once::mismatch(&recorded))
+        },
+    )
+    .await
 }
 
 /// The two messages of one exchange.
@@ -92,7 +139,8 @@ pub struct Turn {
 }
 
 /// Append the user's message and the model's reply to a dialogue in one transaction:
-/// both or neither.
+/// both or neither. With a `key` (a Telegram update's, say), at most once: a copy with
+/// the same key answers with the turn the first one stored, whatever reply it brings.
 #[derive(Clone, ActixMessage)]
 #[rtype(result = "crate::Result<Turn>")]
 pub struct AppendTurn {
@@ -104,6 +152,8 @@ pub struct AppendTurn {
     pub user_text: String,
     /// What the model answered.
     pub reply_text: String,
+    /// Makes the turn happen at most once (an idempotency key).
+    pub key: Option<RequestKey>,
 }
 
 impl std::fmt::Debug for AppendTurn {
@@ -113,7 +163,21 @@ impl std::fmt::Debug for AppendTurn {
             .field("chat_id", &self.chat_id)
             .field("user_bytes", &self.user_text.len())
             .field("reply_bytes", &self.reply_text.len())
+            .field("key", &self.key)
             .finish()
+    }
+}
+
+/// A turn ready to write: both messages, its key, and the outcome the key records.
+type PreparedTurn = (NewMessage, NewMessage, Option<RequestKey>, Value);
+
+impl AppendTurn {
+    fn prepare(self, limits: &crate::config::Limits) -> Result<PreparedTurn> {
+        let dialogue = Dialogue::new(self.user_id, self.chat_id);
+        let user = limits.message_in(dialogue, Role::User, self.user_text)?;
+        let reply = limits.message_in(dialogue, Role::Assistant, self.reply_text)?;
+        let outcome = once::messages_outcome_of_ids([user.id, reply.id]);
+        Ok((user, reply, self.key, outcome))
     }
 }
 
@@ -125,34 +189,31 @@ impl DbRequest for AppendTurn {
         self.user_id
     }
     async fn run(self, db: Database) -> Result<Turn> {
-        let limits = db.limits();
-        let dialogue = Dialogue::new(self.user_id, self.chat_id);
-        let user = limits.message_in(dialogue, Role::User, self.user_text)?;
-        let reply = limits.message_in(dialogue, Role::Assistant, self.reply_text)?;
-        append_turn(&db, &(user, reply)).await
+        let turn = self.prepare(db.limits())?;
+        append_turn(&db, turn).await
     }
 
-    /// Group commit: the turns of many users, both messages each, in one INSERT.
+    /// Group commit: the turns of many users, both messages each (and their keys), in
+    /// one INSERT.
     fn batch_runner() -> Option<BatchRunner<Self>> {
         Some(|requests, db| {
             Box::pin(async move {
                 let limits = *db.limits();
-                let prepared = requests
-                    .into_iter()
-                    .map(|r| {
-                        let dialogue = Dialogue::new(r.user_id, r.chat_id);
-                        Ok((
-                            limits.message_in(dialogue, Role::User, r.user_text)?,
-                            limits.message_in(dialogue, Role::Assistant, r.reply_text)?,
-                        ))
-                    })
-                    .collect();
+                let prepared = requests.into_iter().map(|r| r.prepare(&limits)).collect();
+                let alone = db.clone();
                 batch::run(
                     prepared,
-                    async |turns: &[&(NewMessage, NewMessage)]| {
-                        let rows: Vec<&NewMessage> = turns.iter().flat_map(|(u, r)| [u, r]).collect();
+                    async |turns: &[&PreparedTurn]| {
+                        let rows: Vec<&NewMessage> = turns.iter().flat_map(|(u, r, ..)| [u, r]).collect();
+                        let keys: Vec<Option<RowKey>> = turns
+                            .iter()
+                            .flat_map(|(_, _, key, outcome)| {
+                                let key = key.as_ref().map(|key| RowKey { key, outcome });
+                                [key, key]
+                            })
+                            .collect();
                         let written = db
-                            .autocommit(async |c| repo::messages::append_many(c, &rows).await)
+                            .autocommit(async |c| repo::messages::append_many(c, &rows, &keys).await)
                             .await?;
                         Ok(written
                             .chunks(2)
@@ -165,12 +226,9 @@ impl DbRequest for AppendTurn {
                             })
                             .collect())
                     },
-                    {
-                        let db = db.clone();
-                        move |turn: &(NewMessage, NewMessage)| {
-                            let (db, turn) = (db.clone(), turn.clone());
-                            Box::pin(async move { append_turn(&db, &turn).await })
-                        }
+                    move |turn: &PreparedTurn| {
+                        let (db, turn) = (alone.clone(), turn.clone());
+                        Box::pin(async move { append_turn(&db, turn).await })
                     },
                 )
                 .await
@@ -179,15 +237,74 @@ impl DbRequest for AppendTurn {
     }
 }
 
-/// One turn, both messages in one transaction.
-async fn append_turn(db: &Database, (user, reply): &(NewMessage, NewMessage)) -> Result<Turn> {
-    db.session(async |tx| {
-        Ok(Turn {
-            user: repo::messages::append(&mut *tx, user).await?,
-            reply: repo::messages::append(&mut *tx, reply).await?,
-        })
-    })
+/// One turn, both messages in one statement (with its key, when it has one); when that
+/// statement leaves it out (a copy took the key, the user's row is locked or unknown),
+/// the transaction that replays the copy, waits for the lock or says what is missing.
+async fn append_turn(db: &Database, (user, reply, key, outcome): PreparedTurn) -> Result<Turn> {
+    let row_key = key.as_ref().map(|key| RowKey {
+        key,
+        outcome: &outcome,
+    });
+    let written = db
+        .autocommit(async |c| repo::messages::append_many(c, &[&user, &reply], &[row_key, row_key]).await)
+        .await?;
+    if let [Some(u), Some(r)] = written.as_slice() {
+        return Ok(Turn {
+            user: u.clone(),
+            reply: r.clone(),
+        });
+    }
+    once::once(
+        db,
+        key.as_ref(),
+        user.user_id,
+        async |tx| {
+            Ok(Turn {
+                user: repo::messages::append(&mut *tx, &user).await?,
+                reply: repo::messages::append(&mut *tx, &reply).await?,
+            })
+        },
+        |turn| once::messages_outcome([&turn.user, &turn.reply]),
+        async |tx, recorded| replay_turn(tx, &recorded).await,
+    )
     .await
+}
+
+/// The turn a recorded outcome names.
+async fn replay_turn(tx: &mut sqlx::PgConnection, recorded: &Value) -> Result<Turn> {
+    match <[Message; 2]>::try_from(once::messages(tx, recorded).await?) {
+        Ok([user, reply]) => Ok(Turn { user, reply }),
+        Err(_) => Err(once::mismatch(recorded)),
+    }
+}
+
+/// The turn stored under `key`, if a request with that key already stored one: a bot
+/// asks before calling the model for a redelivered update, and answers with it.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<Option<Turn>>")]
+pub struct TurnOf {
+    /// The user (the request is serialised with their others).
+    pub user_id: i64,
+    /// The key the turn was stored with.
+    pub key: RequestKey,
+}
+
+impl DbRequest for TurnOf {
+    type Output = Option<Turn>;
+    type Table = Messages;
+    const NAME: &'static str = "TurnOf";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Option<Turn>> {
+        db.read(
+            async |c| match repo::keys::outcome_of(&mut *c, &self.key, self.user_id).await? {
+                Some(recorded) => replay_turn(c, &recorded).await.map(Some),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
 }
 
 /// A dialogue's live history, newest first: at most `limit` messages (the user's
@@ -260,7 +377,8 @@ impl DbRequest for GetHistory {
 }
 
 /// Soft-delete a dialogue's whole live history; returns how many messages were hidden.
-/// The user's dialogues in other chats are untouched.
+/// The user's dialogues in other chats are untouched. With a `key`, at most once: a
+/// copy answers with the first one's count and hides nothing written since.
 #[derive(Clone, Debug, ActixMessage)]
 #[rtype(result = "crate::Result<u64>")]
 pub struct ClearHistory {
@@ -268,6 +386,8 @@ pub struct ClearHistory {
     pub user_id: i64,
     /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
     pub chat_id: i64,
+    /// Makes the request happen at most once (an idempotency key).
+    pub key: Option<RequestKey>,
 }
 
 impl DbRequest for ClearHistory {
@@ -279,8 +399,25 @@ impl DbRequest for ClearHistory {
     }
     async fn run(self, db: Database) -> Result<u64> {
         let dialogue = Dialogue::new(self.user_id, self.chat_id);
-        db.autocommit(async |c| repo::messages::clear_history(c, dialogue).await)
-            .await
+        if self.key.is_none() {
+            return db
+                .autocommit(async |c| repo::messages::clear_history(c, dialogue).await)
+                .await;
+        }
+        once::once(
+            &db,
+            self.key.as_ref(),
+            self.user_id,
+            async |tx| repo::messages::clear_history(tx, dialogue).await,
+            |hidden| serde_json::json!({ "cleared": hidden }),
+            async |_, recorded| {
+                recorded
+                    .get("cleared")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| once::mismatch(&recorded))
+            },
+        )
+        .await
     }
 }
 

@@ -18,7 +18,7 @@
 //! | actor | requests |
 //! |---|---|
 //! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`] |
-//! | `messages` | [`AppendMessage`], [`AppendTurn`], [`GetHistory`], [`ClearHistory`], [`CountMessages`] |
+//! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
 
@@ -29,6 +29,7 @@ pub mod fault;
 mod gate;
 mod handle;
 mod messages;
+mod once;
 mod request;
 mod settings;
 mod stats;
@@ -38,7 +39,7 @@ mod users;
 pub use actor::{Answer, DbActor};
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem};
-pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn};
+pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn, TurnOf};
 pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};

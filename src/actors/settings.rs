@@ -4,10 +4,11 @@ use actix::Message;
 use futures::future::LocalBoxFuture;
 
 use crate::actors::batch::{self, Ran};
+use crate::actors::once;
 use crate::actors::request::{DbRequest, Settings, user_request};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{SettingsPatch, UserSettings, check_history_limit, check_user_id};
+use crate::model::{RequestKey, SettingsPatch, UserSettings, check_history_limit, check_user_id};
 use crate::repo;
 
 user_request!(
@@ -47,6 +48,9 @@ pub struct UpdateSettings {
     pub max_history_messages: Option<i64>,
     /// `Some(None)` clears the system prompt, `Some(Some(p))` sets it.
     pub system_prompt: Option<Option<String>>,
+    /// Makes the request happen at most once (an idempotency key): a copy answers with
+    /// the settings the first one left.
+    pub key: Option<RequestKey>,
 }
 
 impl DbRequest for UpdateSettings {
@@ -67,8 +71,10 @@ impl DbRequest for UpdateSettings {
                 .map(|p| p.map(|p| db.limits().system_prompt(p)).transpose())
                 .transpose()?,
         };
-        db.autocommit(async |c| repo::settings::update(c, self.user_id, &patch).await)
-            .await
+        settings_once(&db, self.key, self.user_id, async |c| {
+            repo::settings::update(c, self.user_id, &patch).await
+        })
+        .await
     }
 }
 
@@ -80,6 +86,8 @@ pub struct SetSystemPrompt {
     pub user_id: i64,
     /// The prompt.
     pub prompt: Option<String>,
+    /// Makes the request happen at most once (an idempotency key).
+    pub key: Option<RequestKey>,
 }
 
 impl DbRequest for SetSystemPrompt {
@@ -91,7 +99,35 @@ impl DbRequest for SetSystemPrompt {
     }
     async fn run(self, db: Database) -> Result<UserSettings> {
         let prompt = self.prompt.map(|p| db.limits().system_prompt(p)).transpose()?;
-        db.autocommit(async |c| repo::settings::set_system_prompt(c, self.user_id, prompt).await)
-            .await
+        settings_once(&db, self.key, self.user_id, async |c| {
+            repo::settings::set_system_prompt(c, self.user_id, prompt).await
+        })
+        .await
     }
+}
+
+/// A settings change: one statement, or, under a key, at most once.
+async fn settings_once(
+    db: &Database,
+    key: Option<RequestKey>,
+    user_id: i64,
+    change: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<UserSettings>,
+) -> Result<UserSettings> {
+    if key.is_none() {
+        return db.autocommit(change).await;
+    }
+    once::once(
+        db,
+        key.as_ref(),
+        user_id,
+        change,
+        |s| serde_json::json!({ "settings": s }),
+        async |_, recorded| {
+            recorded
+                .get("settings")
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .ok_or_else(|| once::mismatch(&recorded))
+        },
+    )
+    .await
 }

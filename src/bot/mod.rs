@@ -19,10 +19,10 @@ pub mod telegram;
 use std::sync::Arc;
 
 use crate::actors::{
-    AppendTurn, ClearHistory, DbHandle, EnsureUser, GetHistory, SetSystemPrompt, UpdateSettings,
+    AppendTurn, ClearHistory, DbHandle, EnsureUser, GetHistory, SetSystemPrompt, TurnOf, UpdateSettings,
 };
 use crate::error::Error;
-use crate::model::{Dialogue, MAX_HISTORY_RANGE, Role, UserSettings, check_user_id};
+use crate::model::{Dialogue, MAX_HISTORY_RANGE, RequestKey, Role, UserSettings, check_user_id};
 
 pub use command::Command;
 pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
@@ -57,11 +57,12 @@ pub enum BotError {
     Db(#[from] Error),
 }
 
-/// The bot: botdb's actors and a model.
+/// The bot: botdb's actors, a model, and the bot's name (the scope of its update ids).
 #[derive(Clone)]
 pub struct Bot {
     db: DbHandle,
     model: Arc<dyn Model>,
+    name: String,
 }
 
 impl std::fmt::Debug for Bot {
@@ -73,9 +74,28 @@ impl std::fmt::Debug for Bot {
 }
 
 impl Bot {
-    /// A bot answering with `model`, storing through `db`.
+    /// A bot answering with `model`, storing through `db`, named `bot`.
     pub fn new(db: DbHandle, model: Arc<dyn Model>) -> Self {
-        Bot { db, model }
+        Bot {
+            db,
+            model,
+            name: "bot".into(),
+        }
+    }
+
+    /// The same bot under another name. Telegram's update ids are unique per bot: bots
+    /// that share a database need names of their own (`BOTDB_BOT_NAME`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty name, or one over 90 characters.
+    pub fn with_name(mut self, name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        RequestKey::telegram_update(&name, 0)?;
+        if name.chars().nth(90).is_some() {
+            return Err(Error::invalid("bot name", "expected at most 90 characters"));
+        }
+        self.name = name;
+        Ok(self)
     }
 
     /// The actors' handle.
@@ -100,6 +120,10 @@ impl Bot {
         }
         let user_id = check_user_id(from.id).map_err(|e| BotError::BadUpdate(e.to_string()))?;
         let chat_id = message.chat.id;
+        // Whatever an update changes is recorded with its id, in the same transaction:
+        // a copy (Telegram redelivers when a 200 is late or lost, possibly to another
+        // instance) is answered as the first was and changes nothing.
+        let key = RequestKey::telegram_update(&self.name, update.update_id)?;
         // The dialogue is the user's in THIS chat: a group never sees, nor feeds the
         // model with, what the user said in private, and the reverse.
         let dialogue = Dialogue::new(user_id, chat_id);
@@ -118,6 +142,7 @@ impl Bot {
                     .send(ClearHistory {
                         user_id,
                         chat_id: dialogue.chat_id,
+                        key: Some(key),
                     })
                     .await?;
                 reply(format!("History cleared: {hidden} messages forgotten."))
@@ -130,6 +155,7 @@ impl Bot {
                     user_id,
                     max_history_messages: Some(n),
                     system_prompt: None,
+                    key: Some(key),
                 };
                 match self.db.send(update).await {
                     Ok(s) => reply(format!(
@@ -146,7 +172,15 @@ impl Bot {
             }
             Command::Prompt(prompt) => {
                 let set = prompt.is_some();
-                match self.db.send(SetSystemPrompt { user_id, prompt }).await {
+                match self
+                    .db
+                    .send(SetSystemPrompt {
+                        user_id,
+                        prompt,
+                        key: Some(key),
+                    })
+                    .await
+                {
                     Ok(_) if set => reply("System prompt set.".into()),
                     Ok(_) => reply("System prompt cleared.".into()),
                     Err(Error::InvalidInput { reason, .. }) => {
@@ -155,7 +189,10 @@ impl Bot {
                     Err(e) => Err(e.into()),
                 }
             }
-            Command::Text(text) => self.turn(dialogue, chat_id, &registered.settings, text).await,
+            Command::Text(text) => {
+                self.turn(dialogue, chat_id, &registered.settings, text, key)
+                    .await
+            }
         }
     }
 
@@ -167,9 +204,21 @@ impl Bot {
         chat_id: i64,
         settings: &UserSettings,
         text: String,
+        key: RequestKey,
     ) -> Result<Outcome, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
+        // A copy of an update whose turn is stored: the same answer, no model call.
+        if let Some(done) = self
+            .db
+            .send(TurnOf {
+                user_id,
+                key: key.clone(),
+            })
+            .await?
+        {
+            return Ok(Outcome::Reply(SendMessage::new(chat_id, done.reply.content)));
+        }
         if let Err(Error::InvalidInput { reason, .. }) =
             limits.message_in(dialogue, Role::User, text.as_str())
         {
@@ -218,15 +267,19 @@ impl Bot {
                 )));
             }
         };
-        self.db
+        // Stored once: if a copy of this update stored its turn meanwhile, that turn
+        // comes back, and its reply is the answer (the same one the copy gave).
+        let turn = self
+            .db
             .send(AppendTurn {
                 user_id,
                 chat_id: dialogue.chat_id,
                 user_text: text,
-                reply_text: answer.clone(),
+                reply_text: answer,
+                key: Some(key),
             })
             .await?;
-        Ok(Outcome::Reply(SendMessage::new(chat_id, answer)))
+        Ok(Outcome::Reply(SendMessage::new(chat_id, turn.reply.content)))
     }
 
     async fn history(&self, dialogue: Dialogue) -> Result<String, BotError> {

@@ -42,6 +42,18 @@ pub struct DemoArgs {
     /// Stop starting new turns after this many seconds (the run then drains and verifies).
     #[arg(long)]
     duration: Option<f64>,
+    /// Percent of turns delivered twice at once, as Telegram does when a 200 is late;
+    /// half of those are delivered a third time after the user's next turn. Every copy
+    /// must get the first one's reply, and no turn may be stored twice.
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
+    redeliver: f64,
+}
+
+fn percent(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a percentage from 0 to 100, got {v:?}")),
+    }
 }
 
 /// What one user did that the bot acknowledged, in order.
@@ -60,6 +72,10 @@ struct Shared {
     logs: RefCell<HashMap<i64, Log>>,
     failures: RefCell<Vec<String>>,
     progress: ProgressBar,
+    /// Percent of turns redelivered.
+    redeliver: f64,
+    /// Copies delivered (beyond the first), and copies answered with the first reply.
+    copies: std::cell::Cell<(u64, u64)>,
 }
 
 fn update(user_id: i64, update_id: i64, text: &str) -> Update {
@@ -77,9 +93,18 @@ fn update(user_id: i64, update_id: i64, text: &str) -> Update {
     }
 }
 
+/// The update id of a user's `n`-th update: unique per bot, as Telegram's are.
+fn update_id(user_id: i64, n: i64) -> i64 {
+    (user_id - FIRST_USER) * 100_000 + n
+}
+
 async fn say(shared: &Shared, user_id: i64, n: &mut i64, text: &str) -> Option<String> {
     *n += 1;
-    match shared.bot.handle(update(user_id, *n, text)).await {
+    deliver(shared, user_id, update_id(user_id, *n), text).await
+}
+
+async fn deliver(shared: &Shared, user_id: i64, update_id: i64, text: &str) -> Option<String> {
+    match shared.bot.handle(update(user_id, update_id, text)).await {
         Ok(Outcome::Reply(reply)) => Some(reply.text),
         Ok(Outcome::Ignored(why)) => {
             shared
@@ -107,6 +132,8 @@ async fn converse(shared: Rc<Shared>, user_id: i64, turns: u32) {
         return;
     }
     let filler = "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(3);
+    // A copy to deliver again after the next turn: (update id, text, first reply).
+    let mut pending_copy: Option<(i64, String, Option<String>)> = None;
     for t in 0..turns {
         if shared.stop.load(Ordering::Relaxed) {
             return;
@@ -121,7 +148,26 @@ async fn converse(shared: Rc<Shared>, user_id: i64, turns: u32) {
         }
         let text = format!("user {user_id} turn {t}: {filler}");
         let started = Instant::now();
-        let Some(reply) = say(&shared, user_id, &mut n, &text).await else {
+        // Some updates come twice at once (a 200 that was late), the same update id.
+        let roll = (user_id.rem_euclid(101) * 37 + i64::from(t) * 53) % 100;
+        let twice = (roll as f64) < shared.redeliver;
+        let reply = if twice {
+            n += 1;
+            let id = update_id(user_id, n);
+            let (a, b) = futures::join!(
+                deliver(&shared, user_id, id, &text),
+                deliver(&shared, user_id, id, &text)
+            );
+            shared.count_copy(&a, &b);
+            // Half of them once more, after the user's next turn.
+            if roll % 2 == 0 {
+                pending_copy = Some((id, text.clone(), a.clone()));
+            }
+            a
+        } else {
+            say(&shared, user_id, &mut n, &text).await
+        };
+        let Some(reply) = reply else {
             return;
         };
         let _ = shared
@@ -136,6 +182,24 @@ async fn converse(shared: Rc<Shared>, user_id: i64, turns: u32) {
             .turns
             .push((text, reply));
         shared.progress.inc(1);
+        if let Some((id, text, first)) = pending_copy.take_if(|(id, ..)| *id != update_id(user_id, n)) {
+            let again = deliver(&shared, user_id, id, &text).await;
+            shared.count_copy(&first, &again);
+        }
+    }
+}
+
+impl Shared {
+    /// Counts a copy of an update and whether it got the first one's reply.
+    fn count_copy(&self, first: &Option<String>, copy: &Option<String>) {
+        let (copies, same) = self.copies.get();
+        let matched = first.is_some() && first == copy;
+        if !matched && first.is_some() && copy.is_some() {
+            self.failures
+                .borrow_mut()
+                .push("a redelivered update got a different reply".to_string());
+        }
+        self.copies.set((copies + 1, same + u64::from(matched)));
     }
 }
 
@@ -162,13 +226,19 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} turns  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // A bot name of this run's own: on a database kept between runs, an earlier run's
+    // update ids are another bot's.
+    let bot = Bot::new(handle.clone(), Arc::new(EchoModel))
+        .with_name(format!("demo-{}", uuid::Uuid::new_v4().simple()))?;
     let shared = Rc::new(Shared {
-        bot: Bot::new(handle.clone(), Arc::new(EchoModel)),
+        bot,
         stop: stop.clone(),
         turn_latency: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?),
         logs: RefCell::new(HashMap::new()),
         failures: RefCell::new(Vec::new()),
         progress: progress.clone(),
+        redeliver: args.redeliver,
+        copies: std::cell::Cell::new((0, 0)),
     });
     println!(
         "simulating {} users x {} turns, {} at a time, through the actors",
@@ -223,6 +293,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         turn_latency,
         logs,
         failures,
+        copies,
         ..
     } = Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("a simulated user is still running"))?;
     let (hist, logs, failures) = (
@@ -251,10 +322,18 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     for f in failures.iter().take(5) {
         println!("              {f}");
     }
+    let (copies, same) = copies.get();
+    if args.redeliver > 0.0 {
+        println!(
+            "redelivered:  {copies} copies of updates ({:.0}% of turns twice at once, half of those again later); \
+             {same} answered with the first reply",
+            args.redeliver
+        );
+    }
     println!("shutdown:     {report}");
     let verified = verify(config, &logs, args.users, run_started).await?;
     println!("{verified}");
-    let ok = verified.ok() && failures.is_empty() && clean(&report);
+    let ok = verified.ok() && failures.is_empty() && clean(&report) && same == copies;
     println!("{}", if ok { "demo OK" } else { "demo FAILED" });
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -290,7 +369,7 @@ impl std::fmt::Display for Verification {
         if self.ok() {
             write!(
                 f,
-                "verification: OK: all {} acknowledged messages present; order intact for {} users; \
+                "verification: OK: all {} acknowledged messages present, each once; order intact for {} users; \
                  the {} soft-deleted ones hidden from history",
                 self.acknowledged, self.users, self.hidden
             )

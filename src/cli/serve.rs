@@ -52,9 +52,21 @@ pub struct ServeArgs {
     /// request already on its way is answered, not cut).
     #[arg(long, env = "BOTDB_SHUTDOWN_GRACE", default_value = "1", value_parser = seconds)]
     shutdown_grace: Duration,
+    /// The bot's name: the scope of its Telegram update ids (set one per bot when
+    /// several bots share a database).
+    #[arg(long, env = "BOTDB_BOT_NAME", default_value = "bot")]
+    bot_name: String,
+    /// Hours handled update ids are kept (Telegram redelivers for at most 24).
+    #[arg(long, env = "BOTDB_KEY_RETENTION_HOURS", default_value = "24", value_parser = hours)]
+    key_retention: Duration,
     /// Seconds a /healthz answer is reused before the database is asked again.
     #[arg(long, env = "BOTDB_HEALTH_CACHE", default_value = "1", value_parser = seconds)]
     health_cache: Duration,
+}
+
+/// A number of hours (fractions allowed), more than 0.
+fn hours(v: &str) -> Result<Duration, String> {
+    seconds(v).map(|d| d * 3600)
 }
 
 /// A number of seconds (fractions allowed), more than 0.
@@ -104,6 +116,8 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
         admin_bind: args.admin_bind,
         admin_token: secret_var("BOTDB_ADMIN_TOKEN"),
         health_cache: args.health_cache,
+        bot_name: args.bot_name,
+        key_retention: args.key_retention,
     };
     let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;
     for addr in running.addrs() {

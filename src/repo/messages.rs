@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::config::Limits;
 use crate::error::Result;
-use crate::model::{Dialogue, Message, MessageCounts, NewMessage, check_history_limit, check_user_id};
+use crate::model::{
+    Dialogue, Message, MessageCounts, NewMessage, RequestKey, check_history_limit, check_user_id,
+};
 use crate::repo::user_fk;
 
 /// Appends one message. `content_length` is computed (characters) by the database.
@@ -164,18 +166,37 @@ pub async fn count<'e>(ex: impl PgExecutor<'e>, user_id: i64) -> Result<MessageC
     Ok(MessageCounts { live, deleted })
 }
 
+/// A request key written with rows of [`append_many`]: the rows that carry it are
+/// written only if this statement takes the key (a copy that committed it before, or
+/// commits it first, wins; these rows are then left out).
+#[derive(Clone, Copy, Debug)]
+pub struct RowKey<'a> {
+    /// The key.
+    pub key: &'a RequestKey,
+    /// What to record as the request's outcome.
+    pub outcome: &'a serde_json::Value,
+}
+
 /// Appends many messages (of different users, or a user's messages in order) in ONE
 /// statement: one round trip and one commit for all. Rows keep the order of `msgs`
-/// (their `seq` follows it). A message is not written, its slot in the result `None`,
-/// when its user does not exist as of the statement's snapshot, or when another
-/// transaction holds the user's row in a way that would make the insert wait (`FOR
-/// UPDATE`, a key change, a delete): the statement first takes the `FOR KEY SHARE` lock
-/// the foreign-key check needs on every user row it can get at once (`SKIP LOCKED`), so
-/// one locked user never holds up the others.
+/// (their `seq` follows it). `keys` is empty, or holds each row's request key (rows of
+/// one request share theirs): a key is recorded in the same statement, and its rows
+/// are written only if it was not taken before.
+///
+/// A message is not written, its slot in the result `None`, when its user does not
+/// exist as of the statement's snapshot, when its key was already taken, or when
+/// another transaction holds the user's row in a way that would make the insert wait
+/// (`FOR UPDATE`, a key change, a delete): the statement first takes the `FOR KEY SHARE`
+/// lock the foreign-key check needs on every user row it can get at once (`SKIP
+/// LOCKED`), so one locked user never holds up the others.
 ///
 /// # Errors
 /// Database errors; on an error nothing is written.
-pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> Result<Vec<Option<Message>>> {
+pub async fn append_many<'e>(
+    ex: impl PgExecutor<'e>,
+    msgs: &[&NewMessage],
+    keys: &[Option<RowKey<'_>>],
+) -> Result<Vec<Option<Message>>> {
     let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
     let users: Vec<i64> = msgs.iter().map(|m| m.user_id).collect();
     let chats: Vec<i64> = msgs.iter().map(|m| m.chat_id).collect();
@@ -185,14 +206,31 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
         .iter()
         .map(|m| i32::try_from(m.content.char_len()).unwrap_or(i32::MAX))
         .collect();
+    let key_of = |i: usize| keys.get(i).copied().flatten();
+    let scopes: Vec<Option<&str>> = (0..msgs.len())
+        .map(|i| key_of(i).map(|k| k.key.scope()))
+        .collect();
+    let names: Vec<Option<&str>> = (0..msgs.len()).map(|i| key_of(i).map(|k| k.key.key())).collect();
+    let outcomes: Vec<Option<String>> = (0..msgs.len())
+        .map(|i| key_of(i).map(|k| k.outcome.to_string()))
+        .collect();
     let rows: Vec<(Uuid, i32, chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
-        "WITH free AS MATERIALIZED ( \
-             SELECT u.id FROM users u WHERE u.id = ANY($2::int8[]) FOR KEY SHARE SKIP LOCKED) \
+        "WITH r AS MATERIALIZED ( \
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int4[], \
+                                  $7::text[], $8::text[], $9::text[]) WITH ORDINALITY \
+                    AS r(id, user_id, chat_id, role, content, content_length, kscope, kkey, outcome, ord)), \
+         free AS MATERIALIZED ( \
+             SELECT u.id FROM users u WHERE u.id = ANY($2::int8[]) FOR KEY SHARE SKIP LOCKED), \
+         claimed AS ( \
+             INSERT INTO request_keys (scope, key, user_id, outcome) \
+             SELECT DISTINCT ON (kscope, kkey) kscope, kkey, user_id, outcome::jsonb FROM r \
+              WHERE kkey IS NOT NULL AND user_id IN (SELECT id FROM free) \
+             ON CONFLICT (scope, key) DO NOTHING \
+             RETURNING scope, key) \
          INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
-         SELECT r.id, r.user_id, r.chat_id, r.role, r.content, r.content_length \
-           FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int4[]) \
-                WITH ORDINALITY AS r(id, user_id, chat_id, role, content, content_length, ord) \
+         SELECT r.id, r.user_id, r.chat_id, r.role, r.content, r.content_length FROM r \
           WHERE r.user_id IN (SELECT id FROM free) \
+            AND (r.kkey IS NULL OR EXISTS (SELECT 1 FROM claimed c WHERE c.scope = r.kscope AND c.key = r.kkey)) \
           ORDER BY r.ord \
          RETURNING id, content_length, created_at, seq",
     )
@@ -202,6 +240,9 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
     .bind(&roles)
     .bind(&contents)
     .bind(&lengths)
+    .bind(&scopes)
+    .bind(&names)
+    .bind(&outcomes)
     .fetch_all(ex)
     .await?;
     let mut written: std::collections::HashMap<Uuid, (i32, chrono::DateTime<chrono::Utc>, i64)> = rows
@@ -226,6 +267,23 @@ pub async fn append_many<'e>(ex: impl PgExecutor<'e>, msgs: &[&NewMessage]) -> R
                 })
         })
         .collect())
+}
+
+/// The messages with these ids (any state, soft-deleted included), in the order asked;
+/// `None` for an id with no row.
+///
+/// # Errors
+/// Database errors.
+pub async fn by_ids<'e>(ex: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<Option<Message>>> {
+    let rows: Vec<Message> = sqlx::query_as(
+        "SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq \
+           FROM messages WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(ex)
+    .await?;
+    let mut by_id: std::collections::HashMap<Uuid, Message> = rows.into_iter().map(|m| (m.id, m)).collect();
+    Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
 
 #[derive(sqlx::FromRow)]

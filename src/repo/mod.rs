@@ -6,6 +6,7 @@
 //! anything, and map constraint violations to [`Error`](crate::Error) variants a caller
 //! can act on (an unknown user is [`Error::NotFound`](crate::Error::NotFound)).
 
+pub mod keys;
 pub mod messages;
 pub mod settings;
 pub mod users;

@@ -105,6 +105,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 &stats,
                 &state.webhook,
                 &state.health,
+                state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
                 actors.is_shutting_down(),
             )),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),

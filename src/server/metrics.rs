@@ -41,6 +41,7 @@ pub(crate) fn render(
     stats: &SystemStats,
     webhook: &WebhookMetrics,
     health: &HealthCache,
+    keys_purged: u64,
     shutting_down: bool,
 ) -> String {
     let mut out = String::new();
@@ -191,6 +192,13 @@ pub(crate) fn render(
             ("{source=\"database\"}".into(), load(&health.database_checks)),
             ("{source=\"cache\"}".into(), load(&health.cached_answers)),
         ],
+    );
+    family(
+        &mut out,
+        "botdb_request_keys_purged_total",
+        "counter",
+        "Handled update ids removed after the retention period.",
+        &[(String::new(), keys_purged as f64)],
     );
     family(
         &mut out,

@@ -26,7 +26,7 @@ mod webhook;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
@@ -82,6 +82,12 @@ pub struct ServeOptions {
     pub admin_token: Option<SecretString>,
     /// How long a `/healthz` answer is reused before the database is asked again.
     pub health_cache: Duration,
+    /// The bot's name: the scope of its update ids (bots sharing a database need
+    /// names of their own).
+    pub bot_name: String,
+    /// How long handled update ids are kept (Telegram does not redeliver an update after
+    /// 24 hours); older ones are removed in the background, in small batches.
+    pub key_retention: Duration,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -100,6 +106,8 @@ impl std::fmt::Debug for ServeOptions {
             .field("admin_bind", &self.admin_bind)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("health_cache", &self.health_cache)
+            .field("bot_name", &self.bot_name)
+            .field("key_retention", &self.key_retention)
             .finish()
     }
 }
@@ -121,6 +129,8 @@ impl Default for ServeOptions {
             admin_bind: None,
             admin_token: None,
             health_cache: Duration::from_secs(1),
+            bot_name: "bot".into(),
+            key_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -141,6 +151,35 @@ struct AppState {
     limits: Limits,
     webhook: WebhookMetrics,
     health: HealthCache,
+    /// Handled update ids removed by the retention purge.
+    keys_purged: AtomicU64,
+}
+
+/// Removes handled update ids older than `retention`, every minute, 1,000 at a time
+/// (each batch one short statement, locking only rows nobody else touches), until the
+/// task is aborted at shutdown.
+async fn purge_keys(db: Database, retention: Duration, state: web::Data<AppState>) {
+    const BATCH: i64 = 1000;
+    loop {
+        loop {
+            match db
+                .autocommit(async |c| crate::repo::keys::purge_older_than(c, retention, BATCH).await)
+                .await
+            {
+                Ok(n) => {
+                    state.keys_purged.fetch_add(n, Ordering::Relaxed);
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging old request keys failed; trying again later");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 /// A server that is bound and running; [`RunningServer::run_until`] drives it to the
@@ -154,6 +193,8 @@ pub struct RunningServer {
     actors: DbHandle,
     http_shutdown_timeout: Duration,
     shutdown_grace: Duration,
+    key_retention: Duration,
+    state: web::Data<AppState>,
 }
 
 /// How a server ended.
@@ -192,6 +233,11 @@ impl RunningServer {
             let handle = admin.handle();
             (handle, actix_rt::spawn(admin))
         });
+        let purge = actix_rt::spawn(purge_keys(
+            self.actors.database().clone(),
+            self.key_retention,
+            self.state.clone(),
+        ));
         let failed = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
@@ -213,6 +259,9 @@ impl RunningServer {
             let _ = tokio::time::timeout(self.http_shutdown_timeout, &mut server).await;
         }
         tracing::info!("shutdown: HTTP stopped; draining actors");
+        // The purge works on the pool directly: it stops before the pool closes.
+        purge.abort();
+        let _ = purge.await;
         let report = self.actors.shutdown().await;
         if let Some((handle, task)) = admin {
             handle.stop(true).await;
@@ -273,8 +322,11 @@ pub fn start(
         check_token("BOTDB_ADMIN_TOKEN", token)?;
     }
     let handle = DbSystem::start(db, actors);
+    let bot = Bot::new(handle.clone(), model)
+        .with_name(options.bot_name.clone())
+        .map_err(|e| Error::config("BOTDB_BOT_NAME", e.to_string()))?;
     let state = web::Data::new(AppState {
-        bot: Bot::new(handle.clone(), model),
+        bot,
         secret: options.webhook_secret.clone(),
         admin_token: options.admin_token.clone(),
         limits: Limits {
@@ -284,6 +336,7 @@ pub fn start(
         },
         webhook: WebhookMetrics::default(),
         health: HealthCache::default(),
+        keys_purged: AtomicU64::new(0),
     });
     let closing = Arc::new(AtomicBool::new(false));
     let public_routes = if options.admin_bind.is_some() {
@@ -327,6 +380,8 @@ pub fn start(
         actors: handle,
         http_shutdown_timeout: options.http_shutdown_timeout,
         shutdown_grace: options.shutdown_grace,
+        key_retention: options.key_retention,
+        state,
     })
 }
 

@@ -27,6 +27,7 @@ fn append(user_id: i64, content: String) -> AppendMessage {
         chat_id: PRIVATE_CHAT,
         role: Role::User,
         content,
+        key: None,
     }
 }
 
@@ -68,6 +69,7 @@ async fn every_request_type_round_trips() {
             chat_id: PRIVATE_CHAT,
             user_text: "question".into(),
             reply_text: "answer".into(),
+            key: None,
         })
         .await
         .unwrap();
@@ -77,6 +79,7 @@ async fn every_request_type_round_trips() {
             user_id: 1,
             max_history_messages: Some(1),
             system_prompt: Some(Some("terse".into())),
+            key: None,
         })
         .await
         .unwrap();
@@ -112,6 +115,7 @@ async fn every_request_type_round_trips() {
         .send(SetSystemPrompt {
             user_id: 1,
             prompt: None,
+            key: None,
         })
         .await
         .unwrap();
@@ -126,8 +130,9 @@ async fn every_request_type_round_trips() {
     );
     assert_eq!(
         h.send(ClearHistory {
+            user_id: 1,
             chat_id: PRIVATE_CHAT,
-            user_id: 1
+            key: None,
         })
         .await
         .unwrap(),
@@ -158,6 +163,7 @@ async fn every_request_type_round_trips() {
         chat_id: PRIVATE_CHAT,
         user_text: "fine".into(),
         reply_text: String::new(),
+        key: None,
     };
     assert!(matches!(h.send(bad).await, Err(Error::InvalidInput { .. })));
     assert_eq!(h.send(CountMessages { user_id: 1 }).await.unwrap().live, 0);

@@ -21,6 +21,7 @@ fn append(user_id: i64, content: impl Into<String>) -> AppendMessage {
         chat_id: PRIVATE_CHAT,
         role: Role::User,
         content: content.into(),
+        key: None,
     }
 }
 
@@ -84,6 +85,7 @@ async fn appends_of_many_users_go_in_batches_and_keep_each_users_order() {
                 chat_id: PRIVATE_CHAT,
                 user_text: format!("q{u}"),
                 reply_text: format!("a{u}"),
+                key: None,
             })
         })
         .collect();
@@ -367,6 +369,7 @@ async fn a_panic_inside_a_batch_fails_that_batch_only_and_writes_none_of_it() {
                             chat_id: PRIVATE_CHAT,
                             user_text: text.clone(),
                             reply_text: format!("re {text}"),
+                            key: None,
                         })
                         .await;
                     log.push((text, answer));

@@ -64,19 +64,19 @@ async fn operator_verbs_migrate_current_history_rollback() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).lines().filter(|l| l.starts_with("applied ")).count(),
-        5,
+        6,
         "{}",
         stdout(&o)
     );
 
     let o = run(&["current"], &env).await;
-    assert_eq!(stdout(&o).trim(), "0005 dialogues per chat (head)");
+    assert_eq!(stdout(&o).trim(), "0006 request keys (head)");
 
-    let o = run(&["rollback", "-n", "2"], &env).await;
+    let o = run(&["rollback", "-n", "3"], &env).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).trim(),
-        "reverted 0005 dialogues per chat\nreverted 0004 integrity and ordering"
+        "reverted 0006 request keys\nreverted 0005 dialogues per chat\nreverted 0004 integrity and ordering"
     );
 
     let o = run(&["history"], &env).await;
@@ -97,7 +97,7 @@ async fn operator_verbs_migrate_current_history_rollback() {
     let o = run(&["migrate", "--to", "2"], &env).await;
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
     let o = run(&["migrate"], &env).await;
-    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
 }
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn two_migrate_commands_at_once_one_applies_the_other_finds_nothing_to_do(
     outs.sort_by_key(|o| o.contains("nothing to do"));
     assert_eq!(
         outs[0].lines().filter(|l| l.starts_with("applied")).count(),
-        5,
+        6,
         "{outs:?}"
     );
     assert!(outs[1].starts_with("nothing to do"), "{outs:?}");
@@ -220,7 +220,17 @@ async fn tour_runs_the_reference_operations_on_a_configured_server() {
 async fn demo_simulates_users_through_the_actors_and_verifies_everything() {
     let t = TestDb::empty().await;
     let o = run(
-        &["demo", "--users", "60", "--turns", "6", "--concurrency", "16"],
+        &[
+            "demo",
+            "--users",
+            "60",
+            "--turns",
+            "6",
+            "--concurrency",
+            "16",
+            "--redeliver",
+            "30",
+        ],
         &t.env(),
     )
     .await;
@@ -228,8 +238,23 @@ async fn demo_simulates_users_through_the_actors_and_verifies_everything() {
     assert!(o.status.success(), "{out}{}", stderr(&o));
     assert!(out.contains("turns:        360 in"), "{out}");
     assert!(out.contains("per turn:     p50"), "{out}");
+    // Redelivered updates: every copy answered with the first reply, and the
+    // verification below (stored = acknowledged, exactly) finds no turn twice.
+    let copies = out
+        .lines()
+        .find_map(|l| l.strip_prefix("redelivered:  "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("the demo reports its redeliveries");
+    assert!(copies > 0, "{out}");
     assert!(
-        out.contains("verification: OK: all 720 acknowledged messages present; order intact for 60 users"),
+        out.contains(&format!("{copies} answered with the first reply")),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "verification: OK: all 720 acknowledged messages present, each once; order intact for 60 users"
+        ),
         "{out}"
     );
     assert!(

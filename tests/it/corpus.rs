@@ -190,6 +190,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: "\0".into(),
+                key: None,
             })
             .await
             .map(ok),
@@ -202,6 +203,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: big.clone(),
+                key: None,
             })
             .await
             .map(ok),
@@ -213,6 +215,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 user_id: 1,
                 max_history_messages: Some(-5),
                 system_prompt: None,
+                key: None,
             })
             .await
             .map(ok),
@@ -236,6 +239,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 user_text: "fine".into(),
                 reply_text: String::new(),
+                key: None,
             })
             .await
             .map(ok),
@@ -248,6 +252,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 user_text: "fine".into(),
                 reply_text: big.clone(),
+                key: None,
             })
             .await
             .map(ok),
@@ -282,6 +287,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: "hi".into(),
+                key: None,
             })
             .await
             .map(ok),
@@ -292,6 +298,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
             h.send(SetSystemPrompt {
                 user_id: 1,
                 prompt: Some("\0".into()),
+                key: None,
             })
             .await
             .map(ok),
@@ -312,6 +319,7 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
                 chat_id: PRIVATE_CHAT,
                 role: Role::User,
                 content: text.into(),
+                key: None,
             })
             .await
             .unwrap();
@@ -332,8 +340,8 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
         .await
         .unwrap();
     assert_eq!(
-        tables, 4,
-        "the three tables and the migrations table are all still there"
+        tables, 5,
+        "the four tables and the migrations table are all still there"
     );
     // The actors survived every one of them.
     let stats = h.stats().await.unwrap();

@@ -108,6 +108,7 @@ async fn actor_load(h: &DbHandle, users: std::ops::RangeInclusive<i64>, stop: Ar
                             chat_id: PRIVATE_CHAT,
                             role: Role::User,
                             content: content.clone(),
+                            key: None,
                         })
                         .await;
                     run.slowest = run.slowest.max(started.elapsed());
@@ -320,6 +321,7 @@ async fn a_backend_terminated_mid_transaction_fails_its_caller_and_nothing_is_vi
         chat_id: PRIVATE_CHAT,
         role: Role::User,
         content: "after, via the actors".into(),
+        key: None,
     })
     .await
     .unwrap();
@@ -488,4 +490,129 @@ async fn actor_panics_during_load_fail_only_their_requests() {
     let found = found_in_order(&mut c.conn().await, &load).await;
     figures("actor panics (5) under 32 users", load.sent, acked, found);
     assert_eq!(found, acked);
+}
+
+/// Posts `update` to one of `bases` (starting with `first`) until an instance answers
+/// 200, as Telegram does (it redelivers whatever got no 200); returns the reply text
+/// and how many deliveries it took.
+async fn deliver_until_answered(
+    bases: &std::sync::Mutex<Vec<String>>,
+    first: usize,
+    update: &serde_json::Value,
+) -> (String, usize) {
+    let c = crate::serve::client();
+    let body = serde_json::to_vec(update).unwrap();
+    for attempt in 0..200 {
+        let base = {
+            let bases = bases.lock().unwrap();
+            bases[(first + attempt) % bases.len()].clone()
+        };
+        let answer = c
+            .post(format!("{base}/telegram/webhook"))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("X-Telegram-Bot-Api-Secret-Token", crate::serve::SECRET))
+            .send_body(body.clone())
+            .await;
+        if let Ok(mut resp) = answer
+            && resp.status().as_u16() == 200
+            && let Ok(reply) = resp.json::<serde_json::Value>().await
+        {
+            return (reply["text"].as_str().unwrap().to_string(), attempt + 1);
+        }
+        // Telegram waits before redelivering; so does this client.
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("update {update} never answered");
+}
+
+#[actix_rt::test]
+async fn copies_of_every_update_over_two_instances_one_killed_make_exactly_one_turn_each() {
+    let c = Cluster::start(Duration::from_secs(5)).await;
+    let mut a = spawn_serve_on(&c.url(), &[]).await;
+    let b = spawn_serve_on(&c.url(), &[]).await;
+    let bases = Arc::new(std::sync::Mutex::new(vec![a.base.clone(), b.base.clone()]));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let halfway = Arc::new(tokio::sync::Notify::new());
+    // 50 users x 3 updates, each delivered 3 times at once: two copies to instance A,
+    // one to B (then to whichever answers).
+    let users: Vec<_> = (1..=50i64)
+        .map(|user| {
+            let (bases, answered, halfway) = (bases.clone(), answered.clone(), halfway.clone());
+            actix_rt::spawn(async move {
+                let mut log = Vec::new();
+                for n in 0..3 {
+                    let id = 10_000 + user * 10 + n;
+                    let update = crate::serve::text_update(id, user, &format!("u{user}-n{n}"));
+                    let (x, y, z) = futures::join!(
+                        deliver_until_answered(&bases, 0, &update),
+                        deliver_until_answered(&bases, 0, &update),
+                        deliver_until_answered(&bases, 1, &update)
+                    );
+                    if answered.fetch_add(1, Ordering::SeqCst) + 1 == 60 {
+                        halfway.notify_one();
+                    }
+                    log.push((update, [x, y, z]));
+                }
+                log
+            })
+        })
+        .collect();
+    // Halfway, instance A is killed (SIGKILL) and started again (on a new port).
+    halfway.notified().await;
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    let restarted = spawn_serve_on(&c.url(), &[]).await;
+    bases.lock().unwrap()[0] = restarted.base.clone();
+    let mut logs = Vec::new();
+    for u in users {
+        logs.extend(u.await.unwrap());
+    }
+    // Ten of them once more, later, to both instances.
+    for (update, replies) in logs.iter().step_by(15).take(10) {
+        for first in [0, 1] {
+            let (again, _) = deliver_until_answered(&bases, first, update).await;
+            assert_eq!(again, replies[0].0, "a later copy of {update} got another reply");
+        }
+    }
+    // Every update is exactly one turn; every copy was answered with that turn's reply.
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT user_id, role, content FROM messages ORDER BY user_id, created_at, seq")
+            .fetch_all(&mut c.conn().await)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 300, "150 updates, 150 turns, 300 messages");
+    let deliveries: usize = logs
+        .iter()
+        .map(|(_, r)| r.iter().map(|(_, n)| n).sum::<usize>())
+        .sum();
+    for (update, replies) in &logs {
+        let text = update["message"]["text"].as_str().unwrap();
+        let user = update["message"]["from"]["id"].as_i64().unwrap();
+        let turn: Vec<&(i64, String, String)> = rows
+            .iter()
+            .skip_while(|(u, role, content)| !(*u == user && role == "user" && content == text))
+            .take(2)
+            .collect();
+        assert_eq!(turn.len(), 2, "{text}: stored");
+        assert_eq!(
+            rows.iter()
+                .filter(|(u, _, content)| *u == user && content == text)
+                .count(),
+            1,
+            "{text}: stored once"
+        );
+        for (reply, _) in replies {
+            assert_eq!(
+                reply, &turn[1].2,
+                "{text}: every copy answered with the stored turn's reply"
+            );
+        }
+    }
+    eprintln!(
+        "FAULT exactly once over 2 instances, one SIGKILLed and restarted: 150 updates, 450 copies \
+         in {deliveries} deliveries (retries after the kill included) + 20 later copies; \
+         150 turns stored, each once; every 200 carried its stored turn's reply"
+    );
+    drop(restarted);
+    drop(b);
 }

@@ -37,18 +37,30 @@ pub fn server() -> &'static TestServer {
         if std::env::var_os("TEST_LOG").is_some() {
             botdb::telemetry::init("botdb=debug,sqlx=info,info");
         }
+        // The fixtures' own connections (creating and dropping databases, observing)
+        // wait as long as they must: botdb's default limits are for the bot's traffic.
+        let unlimited = |mut c: Config| {
+            c.timeouts = botdb::config::TimeoutConfig {
+                statement: None,
+                lock: None,
+                idle_in_transaction: None,
+            };
+            c
+        };
         match std::env::var("BOTDB_TEST_DATABASE_URL") {
             Ok(url) => TestServer {
-                admin: Config::builder()
-                    .url(url)
-                    .build()
-                    .expect("BOTDB_TEST_DATABASE_URL is malformed"),
+                admin: unlimited(
+                    Config::builder()
+                        .url(url)
+                        .build()
+                        .expect("BOTDB_TEST_DATABASE_URL is malformed"),
+                ),
                 embedded: None,
             },
             Err(_) => {
                 let pg = EmbeddedPostgres::start().expect("starting the test PostgreSQL cluster");
                 TestServer {
-                    admin: pg.config("postgres"),
+                    admin: unlimited(pg.config("postgres")),
                     embedded: Some(pg),
                 }
             }
@@ -130,7 +142,14 @@ impl TestDb {
 
     /// A separate connection to this database (not from the pool), for assertions.
     pub async fn conn(&self) -> PgConnection {
-        self.config
+        let mut config = self.config.clone();
+        // An observer waits as long as it must (botdb's limits are for the bot's traffic).
+        config.timeouts = botdb::config::TimeoutConfig {
+            statement: None,
+            lock: None,
+            idle_in_transaction: None,
+        };
+        config
             .connect_options()
             .unwrap()
             .connect()

@@ -18,6 +18,7 @@ fn append(user_id: i64, content: String) -> AppendMessage {
         chat_id: PRIVATE_CHAT,
         role: Role::User,
         content,
+        key: None,
     }
 }
 
@@ -102,6 +103,7 @@ async fn a_locked_user_never_holds_up_the_batch_of_others() {
         chat_id: PRIVATE_CHAT,
         user_text: format!("u{u}-first"),
         reply_text: format!("u{u}-first-reply"),
+        key: None,
     };
     let locked_turn = h.send(turn(1));
     let locked_upsert = h.send(UpsertUser { user_id: 1 });
@@ -141,6 +143,7 @@ async fn a_locked_user_never_holds_up_the_batch_of_others() {
                             chat_id: PRIVATE_CHAT,
                             user_text: format!("{text}-turn"),
                             reply_text: format!("{text}-reply"),
+                            key: None,
                         })
                         .await?;
                     acked.push(turn.user.content);

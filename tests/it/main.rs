@@ -12,6 +12,7 @@ mod fuzz;
 mod http_hardening;
 mod locks;
 mod migrations;
+mod once;
 mod pool;
 mod repos;
 mod secrets;

@@ -63,9 +63,9 @@ async fn rollback_n_steps_and_all() {
     let t = TestDb::new().await;
     let mut conn = t.conn().await;
     let reverted = migrate::downgrade(&mut conn, 2).await.unwrap();
-    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![5, 4]);
-    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 3);
-    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 3);
+    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![6, 5]);
+    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 4);
+    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 4);
     assert!(migrate::downgrade(&mut conn, 1).await.unwrap().is_empty());
 }
 
@@ -147,7 +147,15 @@ async fn the_final_schema_is_the_specs() {
         assert_eq!(get(key), definition, "{key}");
     }
     let tables: Vec<&String> = s.objects.keys().filter(|k| k.starts_with("table ")).collect();
-    assert_eq!(tables, ["table messages", "table user_settings", "table users"]);
+    assert_eq!(
+        tables,
+        [
+            "table messages",
+            "table request_keys",
+            "table user_settings",
+            "table users"
+        ]
+    );
     for key in [
         "constraint messages.ck_messages_role",
         "trigger messages.trg_messages_content_length",
@@ -192,13 +200,13 @@ async fn check_reports_pending_migrations() {
     let report = catalog::check(&t.config).await.unwrap();
     assert_eq!(
         report.pending.iter().map(|s| s.version).collect::<Vec<_>>(),
-        vec![5]
+        vec![6]
     );
     assert!(
         report
             .differences
             .iter()
-            .any(|d| d.object() == "column messages.chat_id")
+            .any(|d| d.object() == "table request_keys")
     );
 }
 
@@ -288,7 +296,7 @@ async fn private_dialogues_written_before_chats_were_told_apart_keep_working() {
     .execute(&mut conn)
     .await
     .unwrap();
-    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 1);
+    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 2);
     // They are the user's private dialogue: what botdb reads for the private chat.
     let private: Vec<String> = botdb::repo::messages::history(&mut conn, 77, 20)
         .await
@@ -326,7 +334,7 @@ async fn private_dialogues_written_before_chats_were_told_apart_keep_working() {
     .unwrap_err();
     assert!(err.to_string().contains("ck_messages_chat_id"), "{err}");
     // Rolling 0005 back keeps every row.
-    migrate::downgrade(&mut conn, 1).await.unwrap();
+    migrate::downgrade(&mut conn, 2).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&mut conn)
         .await
@@ -353,7 +361,7 @@ async fn lock_waiter_on_messages(observer: &mut PgConnection, name: &str) -> boo
 async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its_lock_timeout() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 1).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 2).await.unwrap();
     // An operator's long transaction reads messages and stays open.
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
@@ -415,7 +423,7 @@ async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its
         .expect("the migration finished")
         .unwrap()
         .unwrap();
-    assert_eq!(applied.iter().map(|s| s.version).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(applied.iter().map(|s| s.version).collect::<Vec<_>>(), vec![5, 6]);
 }
 
 async fn repo_user(t: &TestDb, id: i64) {
@@ -426,7 +434,7 @@ async fn repo_user(t: &TestDb, id: i64) {
 async fn a_migration_that_never_gets_its_lock_fails_named_and_applies_nothing() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 1).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 2).await.unwrap();
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query("SELECT count(*) FROM messages")

@@ -442,7 +442,8 @@ pub fn webhook_load(
                         break;
                     }
                     let text = format!("u{user}-m{i}");
-                    let body = serde_json::to_vec(&text_update(i, user, &text)).unwrap();
+                    // Update ids are unique per bot, as Telegram's are.
+                    let body = serde_json::to_vec(&text_update(user * 1_000_000 + i, user, &text)).unwrap();
                     let before_signal = !signalled.load(Ordering::SeqCst);
                     let answer = c
                         .post(format!("{base}/telegram/webhook"))

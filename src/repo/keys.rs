@@ -1,0 +1,111 @@
+//! `request_keys`: what was done under a request key (an idempotency key, a Telegram
+//! update id), recorded in the same transaction as the work.
+//!
+//! The protocol, inside the request's transaction: [`claim`] the key first (its row
+//! lock makes a concurrent copy wait for this transaction, then find the key); if it
+//! was already taken, answer with the stored outcome and do nothing; else do the work
+//! and, when its outcome is only known afterwards, [`set_outcome`]. Batched inserts
+//! claim their keys in the same statement as their rows
+//! ([`append_many`](crate::repo::messages::append_many)).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::error::{Error, Result};
+use crate::model::RequestKey;
+
+/// Claims `key` for `user_id` with `outcome`. Returns `None` when this call took it
+/// (the caller does the work), or the outcome recorded by whoever took it before (a
+/// copy of this request; if that copy is still in its transaction, this waits for it,
+/// bounded by the lock timeout).
+///
+/// # Errors
+/// Database errors.
+pub async fn claim(
+    conn: &mut sqlx::PgConnection,
+    key: &RequestKey,
+    user_id: i64,
+    outcome: &Value,
+) -> Result<Option<Value>> {
+    let taken: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO request_keys (scope, key, user_id, outcome) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (scope, key) DO NOTHING RETURNING 1",
+    )
+    .bind(key.scope())
+    .bind(key.key())
+    .bind(user_id)
+    .bind(outcome)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    outcome_of(&mut *conn, key, user_id).await
+}
+
+/// Replaces the outcome of a key this transaction claimed (when the outcome is known
+/// only after the work, like the number of messages a reset hid).
+///
+/// # Errors
+/// Database errors.
+pub async fn set_outcome<'e>(ex: impl PgExecutor<'e>, key: &RequestKey, outcome: &Value) -> Result<()> {
+    sqlx::query("UPDATE request_keys SET outcome = $3 WHERE scope = $1 AND key = $2")
+        .bind(key.scope())
+        .bind(key.key())
+        .bind(outcome)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The outcome recorded under `key` by a request of `user_id`, if any.
+///
+/// # Errors
+/// [`Error::Conflict`] when the key was recorded by another user's request (a key is
+/// never answered across users); database errors.
+pub async fn outcome_of<'e>(
+    ex: impl PgExecutor<'e>,
+    key: &RequestKey,
+    user_id: i64,
+) -> Result<Option<Value>> {
+    let recorded: Option<(i64, Value)> =
+        sqlx::query_as("SELECT user_id, outcome FROM request_keys WHERE scope = $1 AND key = $2")
+            .bind(key.scope())
+            .bind(key.key())
+            .fetch_optional(ex)
+            .await?;
+    match recorded {
+        Some((owner, _)) if owner != user_id => Err(Error::Conflict(format!(
+            "request key {}/{} belongs to another user's request",
+            key.scope(),
+            key.key()
+        ))),
+        Some((_, outcome)) => Ok(Some(outcome)),
+        None => Ok(None),
+    }
+}
+
+/// Deletes at most `batch` keys recorded more than `age` ago, oldest first, in one short
+/// statement; returns how many. Call it in a loop (each call its own transaction) until
+/// it returns less than `batch`: the rows it locks are old keys nobody else touches, and
+/// each call holds them for one small delete.
+///
+/// # Errors
+/// Database errors.
+pub async fn purge_older_than<'e>(ex: impl PgExecutor<'e>, age: Duration, batch: i64) -> Result<u64> {
+    let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    Ok(sqlx::query(
+        "DELETE FROM request_keys WHERE ctid = ANY (ARRAY( \
+             SELECT ctid FROM request_keys \
+              WHERE created_at < now() - make_interval(secs => $1::float8 / 1000) \
+              ORDER BY created_at LIMIT $2 \
+              FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(age_ms)
+    .bind(batch)
+    .execute(ex)
+    .await?
+    .rows_affected())
+}
