@@ -5,11 +5,13 @@
 //! ```no_run
 //! # async fn f(db: botdb::Database) -> botdb::Result<()> {
 //! use botdb::actors::{AppendMessage, DbSystem, GetHistory};
-//! use botdb::model::{PRIVATE_CHAT, Role};
+//! use botdb::model::{PRIVATE_CHAT, RequestKey, Role};
 //!
 //! let handle = DbSystem::start(db, Default::default()); // inside an actix System
 //! let (user_id, chat_id) = (42, PRIVATE_CHAT); // a user in their private chat
-//! handle.send(AppendMessage { user_id, chat_id, role: Role::User, content: "hi".into() }).await?;
+//! // At most once under its key: a copy of this request answers what the first did.
+//! let key = Some(RequestKey::new("my-app", "message-7f3a")?);
+//! handle.send(AppendMessage { user_id, chat_id, role: Role::User, content: "hi".into(), key }).await?;
 //! let history = handle.send(GetHistory { user_id, chat_id, limit: None }).await?;
 //! let report = handle.shutdown().await; // drain, then close the pool
 //! # Ok(()) }
