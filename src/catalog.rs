@@ -185,6 +185,18 @@ pub struct CheckReport {
     pub pending: Vec<crate::migrate::MigrationStatus>,
     /// Applied migrations whose file changed since (tampered), or unknown to this build.
     pub mismatched: Vec<crate::migrate::MigrationStatus>,
+    /// Objects in the database that botdb knows and leaves alone, not differences: the
+    /// reference's Alembic bookkeeping (`alembic_version`), kept after a takeover so
+    /// that the Python bot can run beside botdb.
+    pub kept: Vec<String>,
+}
+
+/// `true` for the objects of Alembic's bookkeeping table.
+fn is_alembic(key: &str) -> bool {
+    key == "table alembic_version"
+        || key.starts_with("column alembic_version.")
+        || key.starts_with("constraint alembic_version.")
+        || key == "index alembic_version_pkc"
 }
 
 impl CheckReport {
@@ -206,7 +218,14 @@ pub async fn check(config: &crate::Config) -> Result<CheckReport> {
     use sqlx::Connection;
 
     let mut live = connect_to(config).await?;
-    let actual = Snapshot::read(&mut live).await?;
+    let mut actual = Snapshot::read(&mut live).await?;
+    let kept: Vec<String> = actual
+        .objects
+        .keys()
+        .filter(|k| is_alembic(k) && k.starts_with("table "))
+        .cloned()
+        .collect();
+    actual.objects.retain(|k, _| !is_alembic(k));
     let history = crate::migrate::history(&mut live).await?;
     let _ = live.close().await;
 
@@ -245,5 +264,6 @@ pub async fn check(config: &crate::Config) -> Result<CheckReport> {
             .into_iter()
             .filter(|s| !s.checksum_matches || s.unknown_to_this_build)
             .collect(),
+        kept,
     })
 }

@@ -44,6 +44,8 @@
 //! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]) and the operator verbs
 //!   (upgrade, downgrade, current, history, new), with a lock timeout and retries.
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
+//! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
+//!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
 //! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
 //!   tests).
 //! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
@@ -73,6 +75,7 @@ pub mod model;
 pub mod repo;
 pub mod server;
 pub mod shutdown;
+pub mod takeover;
 pub mod telemetry;
 
 pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig};

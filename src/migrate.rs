@@ -204,20 +204,51 @@ pub async fn upgrade_with(
     policy: &MigrateConfig,
 ) -> Result<Vec<MigrationStatus>> {
     lock(conn, policy).await?;
-    let result = async {
-        let before = history(conn).await?;
-        verify_checksums(&before)?;
-        // sqlx takes the same advisory lock again (it is re-entrant per session).
-        let mut attempt = 1;
-        while let Err(e) = MIGRATOR.run_direct(target, &mut *conn, false).await {
-            tokio::time::sleep(retry_after(policy, attempt, e)?).await;
-            attempt += 1;
-        }
-        let after = history(conn).await?;
-        Ok(newly_changed(&before, &after, true))
-    }
-    .await;
+    let result = upgrade_locked(conn, target, policy).await;
     unlock(conn, result).await
+}
+
+/// [`upgrade_with`]'s work, with the migrator's lock held (see [`lock`]).
+pub(crate) async fn upgrade_locked(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    policy: &MigrateConfig,
+) -> Result<Vec<MigrationStatus>> {
+    let before = history(conn).await?;
+    verify_checksums(&before)?;
+    refuse_foreign_schema(conn, &before).await?;
+    // sqlx takes the same advisory lock again (it is re-entrant per session).
+    let mut attempt = 1;
+    while let Err(e) = MIGRATOR.run_direct(target, &mut *conn, false).await {
+        tokio::time::sleep(retry_after(policy, attempt, e)?).await;
+        attempt += 1;
+    }
+    let after = history(conn).await?;
+    Ok(newly_changed(&before, &after, true))
+}
+
+/// botdb's tables with no botdb migration recorded: a database botdb did not make (the
+/// reference bot's, most likely). The migrator would fail half-way on `CREATE TABLE
+/// users`; say what to do instead.
+async fn refuse_foreign_schema(conn: &mut PgConnection, history: &[MigrationStatus]) -> Result<()> {
+    if history.iter().any(MigrationStatus::is_applied) {
+        return Ok(());
+    }
+    let foreign: bool = sqlx::query_scalar(
+        "SELECT to_regclass('public.users') IS NOT NULL OR to_regclass('public.messages') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if foreign {
+        return Err(Error::Migration(
+            "this database already has a users / messages table but no botdb migration recorded: \
+             it was not made by botdb (the reference Python bot's database?). Take it over with \
+             `botdb migrate` (botdb::takeover::migrate, Database::migrate), which recognises the \
+             reference's schema; `botdb migrate --dry-run` shows what it would do"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Reverts the newest `steps` applied migrations (`alembic downgrade -N`). Returns the
@@ -281,7 +312,7 @@ pub async fn downgrade_with(
 /// migrating is not changed by a concurrent migrator, then sets `lock_timeout` for the
 /// migrations' own statements (after the advisory lock is held: a second migrator
 /// waits for the first as long as it takes). Pair with [`unlock`].
-async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
+pub(crate) async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
     // A migration may rightly run for minutes (a backfill): the statement and idle
     // limits botdb sets on every connection do not apply to it, and the advisory lock
     // is waited for as long as the other migrator takes.
@@ -305,7 +336,7 @@ async fn lock(conn: &mut PgConnection, policy: &MigrateConfig) -> Result<()> {
 
 /// Resets `lock_timeout` and releases the advisory lock; on failure every advisory lock
 /// of the session is released, so the connection can be reused safely.
-async fn unlock<T>(conn: &mut PgConnection, result: Result<T>) -> Result<T> {
+pub(crate) async fn unlock<T>(conn: &mut PgConnection, result: Result<T>) -> Result<T> {
     let _ = sqlx::raw_sql(
         "RESET lock_timeout; RESET statement_timeout; RESET idle_in_transaction_session_timeout",
     )
@@ -325,7 +356,9 @@ async fn unlock<T>(conn: &mut PgConnection, result: Result<T>) -> Result<T> {
 }
 
 /// `true` when a migration failed because a statement of it could not get a lock
-/// within `lock_timeout` (SQLSTATE 55P03): it was rolled back and may be tried again.
+/// within `lock_timeout` (SQLSTATE 55P03), or was chosen as a deadlock's victim (40P01:
+/// it waited for a table a bot transaction held while that one waited for a table the
+/// migration held): it was rolled back and may be tried again.
 fn is_lock_timeout(err: &MigrateError) -> bool {
     let source = match err {
         MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e,
@@ -334,7 +367,7 @@ fn is_lock_timeout(err: &MigrateError) -> bool {
     source
         .as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c == "55P03")
+        .is_some_and(|c| c == "55P03" || c == "40P01")
 }
 
 /// After pass `attempt` of the migrator failed with `err`: how long to back off

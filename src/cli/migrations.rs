@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use botdb::Config;
 use botdb::migrate::{self, MigrationStatus};
+use botdb::takeover::{self, Found};
 use sqlx::{Connection, PgConnection};
 
 async fn connect(config: &Config) -> anyhow::Result<PgConnection> {
@@ -17,16 +18,38 @@ fn line(s: &MigrationStatus) -> String {
     format!("{:04} {}", s.version, s.description)
 }
 
-pub async fn migrate(config: &Config, to: Option<i64>) -> anyhow::Result<ExitCode> {
+pub async fn migrate(config: &Config, to: Option<i64>, dry_run: bool) -> anyhow::Result<ExitCode> {
     let mut conn = connect(config).await?;
-    let applied = migrate::upgrade_with(&mut conn, to, &config.migrate).await;
+    if dry_run {
+        let plan = takeover::plan(&mut conn, to).await;
+        let _ = conn.close().await;
+        print!("{}", plan?);
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = takeover::migrate(&mut conn, to, &config.migrate).await;
     let _ = conn.close().await;
-    let applied = applied?;
+    let done = done?;
+    let applied = done.applied;
+    if let Found::Reference(_) = &done.plan.found {
+        print!("{}", done.plan);
+        println!(
+            "took over the reference bot's database: {} rows repaired in {:.2?} (short transactions), \
+             schema normalised and {} migrations recorded in {:.2?} (one transaction)",
+            done.repaired,
+            done.repair_time,
+            done.plan.record.len(),
+            done.normalise_time
+        );
+    }
     if applied.is_empty() {
         println!("nothing to do: {} is up to date", config.redacted_url());
     }
     for s in &applied {
-        println!("applied {}", line(s));
+        match s.execution_ms {
+            Some(ms) => println!("applied {} ({ms:.1} ms)", line(s)),
+            None => println!("applied {}", line(s)),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -102,6 +125,11 @@ pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     for d in &report.differences {
         println!("{d}");
+    }
+    for k in &report.kept {
+        println!(
+            "kept       {k} (the reference bot's Alembic bookkeeping; drop it once the Python bot is retired)"
+        );
     }
     if report.is_clean() {
         println!(

@@ -37,11 +37,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply every pending migration (alembic upgrade head).
+    /// Apply every pending migration (alembic upgrade head); takes over a database the
+    /// reference Python bot made.
     Migrate {
         /// Stop after this version instead of going to head.
         #[arg(long, value_name = "VERSION")]
         to: Option<i64>,
+        /// Print what would be done (what was found, recorded, applied); change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Revert the newest migration, or the newest N (alembic downgrade -1).
     Rollback {
@@ -90,10 +94,26 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", explain(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each cause once: botdb's errors already quote their
+/// source's text, which `{:#}` would print again.
+fn explain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -106,7 +126,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let config = Config::from_env().context("reading the configuration")?;
     actix::System::new().block_on(async move {
         match command {
-            Command::Migrate { to } => migrations::migrate(&config, to).await,
+            Command::Migrate { to, dry_run } => migrations::migrate(&config, to, dry_run).await,
             Command::Rollback { steps } => migrations::rollback(&config, steps).await,
             Command::Current => migrations::current(&config).await,
             Command::History => migrations::history(&config).await,

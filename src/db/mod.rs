@@ -268,12 +268,17 @@ impl Database {
     /// returns the ones this call applied (none when another process did it first).
     /// Each migration waits at most the configured lock timeout for its locks and is
     /// retried (see [`migrate::upgrade_with`]), so a live bot is delayed by at most that.
+    /// A database the reference Python bot made is taken over first
+    /// ([`takeover::migrate`](crate::takeover::migrate)).
     ///
     /// # Errors
-    /// See [`migrate::upgrade`].
+    /// See [`migrate::upgrade`] and [`takeover::plan`](crate::takeover::plan) (a schema
+    /// botdb does not know is refused, untouched).
     pub async fn migrate(&self) -> Result<Vec<MigrationStatus>> {
         let mut conn = migrate::connect(&self.pool.connect_options()).await?;
-        let result = migrate::upgrade_with(&mut conn, None, &self.migrate).await;
+        let result = crate::takeover::migrate(&mut conn, None, &self.migrate)
+            .await
+            .map(|done| done.applied);
         // Closing the connection also releases the advisory lock if `upgrade` failed.
         let _ = conn.close().await;
         result

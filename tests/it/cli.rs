@@ -11,7 +11,7 @@ use crate::helpers::TestDb;
 
 /// `botdb ARGS` with `env`, from an empty directory (no stray `.env`), nothing inherited
 /// that names a database.
-fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
+pub(crate) fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_botdb"));
     cmd.args(args)
         .current_dir(std::env::temp_dir())
@@ -37,18 +37,18 @@ fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
     cmd
 }
 
-async fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+pub(crate) async fn run(args: &[&str], env: &[(&str, String)]) -> Output {
     tokio::time::timeout(Duration::from_secs(120), botdb(args, env).output())
         .await
         .expect("botdb finished")
         .expect("botdb ran")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
