@@ -94,6 +94,15 @@ pub enum Error {
         user_id: Option<i64>,
     },
 
+    /// A request was sent for a table whose actor was not started: register the table
+    /// with [`DbSystemBuilder::table`](crate::actors::DbSystemBuilder::table) (or get
+    /// a [`TableHandle`](crate::actors::TableHandle), which checks it once).
+    #[error("no actor serves the table {table}: register it with DbSystem::builder(..).table::<..>()")]
+    TableNotRegistered {
+        /// The table's name ([`Table::NAME`](crate::actors::Table::NAME)).
+        table: &'static str,
+    },
+
     /// The system is shutting down (or the pool was closed) and accepts no new work.
     #[error("botdb is shutting down; the request was not accepted")]
     ShuttingDown,
@@ -223,6 +232,7 @@ impl Error {
                 user_id: *user_id,
             },
             Error::ShuttingDown => Error::ShuttingDown,
+            Error::TableNotRegistered { table } => Error::TableNotRegistered { table },
             Error::Conflict(m) => Error::Conflict(m.clone()),
             Error::InvalidInput { field, reason } => Error::InvalidInput {
                 field,

@@ -68,14 +68,17 @@ pub mod bot;
 pub mod catalog;
 pub mod config;
 pub mod db;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
 pub mod migrate;
 pub mod model;
 pub mod repo;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod shutdown;
 pub mod takeover;
+#[cfg(feature = "cli")]
 pub mod telemetry;
 
 pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig};

@@ -28,6 +28,9 @@ impl<T> Ran<T> {
     }
 }
 
+/// The safe core of a [`BatchRunner`](crate::actors::BatchRunner), for botdb's tables and
+/// yours (re-exported as `botdb::actors::run_batch`).
+///
 /// Runs the valid `prepared` inputs together with `all`, and merges the outcomes back
 /// into input order:
 /// - an input that failed to prepare (validation) keeps its error, and is not sent;
@@ -42,7 +45,7 @@ impl<T> Ran<T> {
 ///   input gets [`Error::OutcomeUnknown`]: retrying alone could write them twice;
 /// - when it fails for any other reason (a constraint, a concurrent delete), every
 ///   input runs alone, so one bad row never fails the others.
-pub(crate) async fn run<P: 'static, T: 'static>(
+pub async fn run<P: 'static, T: 'static>(
     prepared: Vec<Result<P>>,
     all: impl AsyncFnOnce(&[&P]) -> Result<Vec<Option<T>>>,
     one: impl Fn(&P) -> LocalBoxFuture<'static, Result<T>> + 'static,

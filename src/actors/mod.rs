@@ -39,8 +39,9 @@ mod system;
 mod users;
 
 pub use actor::{Answer, DbActor};
+pub use batch::run as run_batch;
 pub use gate::GateCounts;
-pub use handle::{DbHandle, DbSystem};
+pub use handle::{DbHandle, DbSystem, DbSystemBuilder, TableHandle};
 pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn, TurnOf};
 pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};

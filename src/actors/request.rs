@@ -52,10 +52,19 @@ pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Clone + Sen
     }
 }
 
-/// A table served by one actor. Implemented by [`Users`], [`Messages`] and
-/// [`Settings`] only.
-pub trait Table: sealed::Sealed + Sized + Unpin + 'static {
-    /// The actor's name (the table's).
+/// A table served by one actor: botdb's ([`Users`], [`Messages`], [`Settings`]) and any
+/// of the application's own, registered with
+/// [`DbSystemBuilder::table`](crate::actors::DbSystemBuilder::table). A marker type:
+///
+/// ```
+/// /// The bot's `reminders` table.
+/// struct Reminders;
+/// impl botdb::actors::Table for Reminders {
+///     const NAME: &'static str = "reminders";
+/// }
+/// ```
+pub trait Table: Unpin + 'static {
+    /// The actor's name (the table's), in spans, stats and errors.
     const NAME: &'static str;
 }
 
@@ -77,34 +86,6 @@ impl Table for Messages {
 }
 impl Table for Settings {
     const NAME: &'static str = "user_settings";
-}
-
-pub(crate) mod sealed {
-    use crate::actors::handle::{Endpoint, Endpoints};
-
-    /// Routes a table to its actor inside a handle; not implementable outside botdb.
-    pub trait Sealed: Sized {
-        #[doc(hidden)]
-        fn endpoint(endpoints: &Endpoints) -> &Endpoint<Self>
-        where
-            Self: super::Table;
-    }
-
-    impl Sealed for super::Users {
-        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
-            &e.users
-        }
-    }
-    impl Sealed for super::Messages {
-        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
-            &e.messages
-        }
-    }
-    impl Sealed for super::Settings {
-        fn endpoint(e: &Endpoints) -> &Endpoint<Self> {
-            &e.settings
-        }
-    }
 }
 
 /// Defines a request that carries only a user id and runs one repository function for

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::actors::gate::GateCounts;
@@ -23,33 +22,138 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
-/// A latency recorder with microsecond resolution from 1 µs to 1 hour.
+/// Sub-buckets per power of two: percentiles are within 1/16 (6.25 %) of the truth.
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+/// Microseconds are clamped to 2^36 (19 hours).
+const MAX_EXPONENT: u32 = 36;
+const BUCKETS: usize = ((MAX_EXPONENT - SUB_BITS + 2) as usize) * SUB as usize;
+
+/// A latency recorder: a log-linear histogram of microseconds (16 buckets per power of
+/// two), a fixed 4.4 KiB, exact counts and maximum. Small and dependency-free, so the
+/// library core does without an HDR histogram crate.
 #[derive(Clone, Debug)]
-pub(crate) struct Latency(Histogram<u64>);
+pub(crate) struct Latency {
+    counts: Box<[u64]>,
+    total: u64,
+    max_us: u64,
+}
 
 impl Default for Latency {
     fn default() -> Self {
-        // 3 significant digits over 1 µs .. 1 h: a fixed ~30 KiB. Constant, valid bounds:
-        // this cannot fail whatever a caller or the database does.
-        Latency(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid"))
+        Latency {
+            counts: vec![0; BUCKETS].into_boxed_slice(),
+            total: 0,
+            max_us: 0,
+        }
     }
+}
+
+/// The bucket of `us` microseconds (clamped to the range).
+fn bucket(us: u64) -> usize {
+    let us = us.min((1 << (MAX_EXPONENT + 1)) - 1);
+    if us < SUB {
+        return us as usize;
+    }
+    let exponent = 63 - us.leading_zeros();
+    let sub = (us >> (exponent - SUB_BITS)) - SUB;
+    ((exponent - SUB_BITS + 1) as u64 * SUB + sub) as usize
+}
+
+/// The largest value bucket `index` holds.
+fn upper_bound(index: usize) -> u64 {
+    let index = index as u64;
+    if index < SUB {
+        return index;
+    }
+    let exponent = index / SUB + u64::from(SUB_BITS) - 1;
+    let sub = index % SUB;
+    let width = 1u64 << (exponent - u64::from(SUB_BITS));
+    ((SUB + sub) << (exponent - u64::from(SUB_BITS))) + width - 1
 }
 
 impl Latency {
     pub(crate) fn record(&mut self, d: Duration) {
-        self.0
-            .saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.counts[bucket(us)] += 1;
+        self.total += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// The smallest recorded value at or above quantile `q`, within 1/16, never above the
+    /// maximum.
+    fn value_at_quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (index, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return upper_bound(index).min(self.max_us);
+            }
+        }
+        self.max_us
     }
 
     pub(crate) fn percentiles(&self) -> Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         Percentiles {
-            count: self.0.len(),
-            p50_ms: ms(self.0.value_at_quantile(0.50)),
-            p95_ms: ms(self.0.value_at_quantile(0.95)),
-            p99_ms: ms(self.0.value_at_quantile(0.99)),
-            max_ms: ms(self.0.max()),
+            count: self.total,
+            p50_ms: ms(self.value_at_quantile(0.50)),
+            p95_ms: ms(self.value_at_quantile(0.95)),
+            p99_ms: ms(self.value_at_quantile(0.99)),
+            max_ms: ms(self.max_us),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_the_range_in_order_and_hold_their_values() {
+        let mut last = 0;
+        for us in (1..100_000u64).chain([1 << 20, 1 << 30, (1 << 37) - 1, u64::MAX]) {
+            let b = bucket(us);
+            assert!(b >= last, "{us}");
+            assert!(b < BUCKETS);
+            last = b;
+            if us < 1 << 37 {
+                assert!(
+                    upper_bound(b) >= us,
+                    "{us} in bucket {b} up to {}",
+                    upper_bound(b)
+                );
+                assert!(b == 0 || upper_bound(b - 1) < us, "{us}");
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_are_within_a_sixteenth_of_the_exact_ones() {
+        let mut l = Latency::default();
+        // 1 ms .. 10 s, uneven.
+        let values: Vec<u64> = (1..=10_000u64).map(|i| i * i / 10 + 1000).collect();
+        for &v in &values {
+            l.record(Duration::from_micros(v));
+        }
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        for q in [0.5, 0.95, 0.99] {
+            let exact = sorted[((q * sorted.len() as f64).ceil() as usize) - 1] as f64;
+            let got = l.value_at_quantile(q) as f64;
+            assert!(
+                got >= exact && got <= exact * (1.0 + 1.0 / 16.0),
+                "q {q}: {got} vs {exact}"
+            );
+        }
+        let p = l.percentiles();
+        assert_eq!(p.count, 10_000);
+        assert_eq!(p.max_ms, (10_000u64 * 10_000 / 10 + 1000) as f64 / 1000.0);
+        assert_eq!(Latency::default().percentiles(), Percentiles::default());
     }
 }
 

@@ -10,7 +10,6 @@ use futures::future::{LocalBoxFuture, Shared};
 use serde::Serialize;
 use tracing_actix::ActorInstrument;
 
-use crate::actors::actor::{Drain, Snapshot};
 use crate::actors::handle::Endpoints;
 use crate::actors::stats::{ActorStats, SystemStats};
 use crate::db::Database;
@@ -114,26 +113,19 @@ impl Actor for SystemActor {
 impl Supervised for SystemActor {}
 
 async fn snapshots(endpoints: &Endpoints) -> Vec<ActorStats> {
-    let (u, m, s) = futures::join!(
-        endpoints.users.addr.send(Snapshot),
-        endpoints.messages.addr.send(Snapshot),
-        endpoints.settings.addr.send(Snapshot),
-    );
-    [u, m, s].into_iter().flatten().collect()
+    futures::future::join_all(endpoints.all().map(|e| e.snapshot()))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Close the gates, wait for every admitted request to be answered, close the pool.
 async fn drain(db: Database, endpoints: Arc<Endpoints>, timeout: Duration) -> ShutdownReport {
     let started = Instant::now();
-    for gate in endpoints.gates() {
-        gate.close();
-    }
+    endpoints.close();
     tracing::info!("shutdown: no new requests; draining accepted ones");
-    let drains = futures::future::join3(
-        endpoints.users.addr.send(Drain),
-        endpoints.messages.addr.send(Drain),
-        endpoints.settings.addr.send(Drain),
-    );
+    let drains = futures::future::join_all(endpoints.all().map(|e| e.drain()));
     let drained = tokio::time::timeout(timeout, drains).await.is_ok();
     if !drained {
         tracing::warn!(?timeout, "shutdown: drain timed out; closing the pool anyway");

@@ -2,18 +2,15 @@
 //! shutdown under load, panics, PostgreSQL going away, tracing, stats.
 
 use botdb::model::PRIVATE_CHAT;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use botdb::actors::{
     AppendMessage, AppendTurn, ClearHistory, CountMessages, DbHandle, DbSystem, EnsureUser, GetHistory,
-    GetSettings, GetUser, RegisterUser, SetSystemPrompt, Shutdown, TouchUser, UpdateSettings, UpsertUser,
+    GetSettings, GetUser, SetSystemPrompt, TouchUser, UpdateSettings, UpsertUser,
 };
 use botdb::model::Role;
 use botdb::{ActorConfig, Error};
-use futures::future::join_all;
 
 use crate::helpers::{Capture, TestDb, eventually};
 
@@ -31,14 +28,70 @@ fn append(user_id: i64, content: String) -> AppendMessage {
     }
 }
 
-async fn register(h: &DbHandle, user_id: i64) {
-    h.send(RegisterUser {
-        user_id,
-        max_history_messages: Some(1000),
-        system_prompt: None,
-    })
-    .await
-    .unwrap();
+use crate::scenarios::{self, Subject, register};
+
+/// botdb's `messages` table, for the shared scenarios.
+struct BotdbMessages;
+
+impl Subject for BotdbMessages {
+    type Append = AppendMessage;
+    const BATCHED: bool = true;
+
+    async fn database() -> TestDb {
+        TestDb::new().await
+    }
+
+    fn start(t: &TestDb, config: ActorConfig) -> DbHandle {
+        DbSystem::start(t.db.clone(), config)
+    }
+
+    fn append(user: i64, content: String) -> AppendMessage {
+        append(user, content)
+    }
+
+    async fn stored(t: &TestDb, user: i64) -> Vec<String> {
+        stored(t, user).await
+    }
+}
+
+#[actix_rt::test]
+async fn a_thousand_appends_for_one_user_are_stored_in_send_order() {
+    let (_t, h) = scenarios::a_thousand_requests_of_one_user_run_in_send_order::<BotdbMessages>().await;
+    // And history returns them in the exact reverse order.
+    let history = h
+        .send(GetHistory {
+            user_id: 7,
+            chat_id: PRIVATE_CHAT,
+            limit: Some(1000),
+        })
+        .await
+        .unwrap();
+    let newest_first: Vec<String> = history.into_iter().map(|m| m.content).collect();
+    let expected: Vec<String> = (0..1000).rev().map(|i| format!("m{i:04}")).collect();
+    assert_eq!(newest_first, expected);
+}
+
+#[actix_rt::test]
+async fn many_users_keep_their_own_order_and_run_concurrently() {
+    scenarios::many_users_keep_their_own_order_and_run_concurrently::<BotdbMessages>().await;
+}
+
+#[actix_rt::test]
+async fn past_the_bound_requests_are_overloaded_at_once_and_one_user_cannot_take_the_bound() {
+    scenarios::past_the_bound_requests_are_overloaded_and_one_user_cannot_take_the_bound::<BotdbMessages>()
+        .await;
+}
+
+#[actix_rt::test]
+async fn shutdown_under_load_drains_every_accepted_request_then_closes_the_pool() {
+    scenarios::shutdown_under_load_drains_every_accepted_request_then_closes_the_pool::<BotdbMessages>()
+        .await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[actix_rt::test]
+async fn a_panicking_handler_is_restarted_and_only_its_request_fails() {
+    scenarios::a_panic_costs_its_request_and_the_actor_is_restarted::<BotdbMessages>().await;
 }
 
 /// Contents of the user's live history, oldest first, read straight from the table.
@@ -169,63 +222,6 @@ async fn every_request_type_round_trips() {
     assert_eq!(h.send(CountMessages { user_id: 1 }).await.unwrap().live, 0);
 }
 
-#[actix_rt::test]
-async fn a_thousand_appends_for_one_user_are_stored_in_send_order() {
-    let t = TestDb::new().await;
-    let h = DbSystem::start(
-        t.db.clone(),
-        ActorConfig {
-            max_pending_per_user: 1000,
-            ..ActorConfig::default()
-        },
-    );
-    register(&h, 7).await;
-    // Sent one after the other without awaiting each; awaited together.
-    let pending: Vec<_> = (0..1000).map(|i| h.send(append(7, format!("m{i:04}")))).collect();
-    let acked = join_all(pending).await;
-    assert!(acked.iter().all(Result::is_ok));
-    let expected: Vec<String> = (0..1000).map(|i| format!("m{i:04}")).collect();
-    assert_eq!(stored(&t, 7).await, expected);
-    let history = h
-        .send(GetHistory {
-            user_id: 7,
-            chat_id: PRIVATE_CHAT,
-            limit: Some(1000),
-        })
-        .await
-        .unwrap();
-    let newest_first: Vec<String> = history.into_iter().map(|m| m.content).collect();
-    assert_eq!(newest_first, expected.into_iter().rev().collect::<Vec<_>>());
-}
-
-#[actix_rt::test]
-async fn many_users_keep_their_own_order_and_run_concurrently() {
-    let t = TestDb::new().await;
-    let h = start(&t);
-    let users: Vec<i64> = (1..=64).collect();
-    join_all(users.iter().map(|&u| register(&h, u))).await;
-    let mut pending = Vec::new();
-    for i in 0..50 {
-        for &u in &users {
-            pending.push(h.send(append(u, format!("u{u}-{i:02}"))));
-        }
-    }
-    assert!(join_all(pending).await.iter().all(Result::is_ok));
-    for &u in &users {
-        let expected: Vec<String> = (0..50).map(|i| format!("u{u}-{i:02}")).collect();
-        assert_eq!(stored(&t, u).await, expected, "user {u}");
-    }
-    let stats = h.stats().await.unwrap();
-    let messages = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
-    assert!(messages.peak_users_in_flight > 1, "{messages:?}");
-    assert_eq!(messages.completed, 64 * 50);
-    assert_eq!(
-        (messages.in_flight, messages.queued, messages.active_users),
-        (0, 0, 0),
-        "idle users hold nothing"
-    );
-}
-
 #[cfg(feature = "fault-injection")]
 #[actix_rt::test]
 async fn a_user_sleeping_in_the_database_does_not_delay_another() {
@@ -241,236 +237,6 @@ async fn a_user_sleeping_in_the_database_does_not_delay_another() {
         "user 2 was answered only after user 1's sleep"
     );
     slow.await.unwrap().unwrap();
-}
-
-#[actix_rt::test]
-async fn past_the_bound_requests_are_overloaded_at_once_and_one_user_cannot_take_the_bound() {
-    let t = TestDb::new().await;
-    let (bound, share) = (64, 8);
-    let h = DbSystem::start(
-        t.db.clone(),
-        ActorConfig {
-            max_pending: bound,
-            max_pending_per_user: share,
-            ..Default::default()
-        },
-    );
-    for u in 1..=80 {
-        register(&h, u).await;
-    }
-    // Everything below is sent before any of it can run (`send` admits at once), so
-    // what is admitted is exactly determined. User 1 floods: 2,000 requests.
-    let flood: Vec<_> = (0..2000)
-        .map(|i| h.send(append(1, format!("flood{i}"))))
-        .collect();
-    // 39 other users, one request each: the flood must not have taken their places.
-    let others: Vec<_> = (2..=40).map(|u| h.send(append(u, format!("hello{u}")))).collect();
-    // 40 more users, past the global bound: 8 + 39 + 17 = 64 admitted, 23 refused.
-    let late: Vec<_> = (41..=80).map(|u| h.send(append(u, format!("late{u}")))).collect();
-    let (flood, others, late) = (
-        join_all(flood).await,
-        join_all(others).await,
-        join_all(late).await,
-    );
-
-    let flood_ok = flood.iter().filter(|a| a.is_ok()).count();
-    assert_eq!(flood_ok, share, "the flooding user got exactly their share");
-    for answer in flood.iter().filter(|a| a.is_err()) {
-        assert!(
-            matches!(
-                answer,
-                Err(Error::Overloaded {
-                    limit: 8,
-                    user_id: Some(1),
-                    ..
-                })
-            ),
-            "{answer:?}"
-        );
-    }
-    for (u, answer) in (2..=40).zip(&others) {
-        assert!(
-            answer.is_ok(),
-            "user {u} was refused because of user 1's flood: {answer:?}"
-        );
-    }
-    let late_ok = late.iter().filter(|a| a.is_ok()).count();
-    assert_eq!(late_ok, bound - share - 39, "the global bound still holds");
-    for answer in late.iter().filter(|a| a.is_err()) {
-        assert!(
-            matches!(
-                answer,
-                Err(Error::Overloaded {
-                    limit: 64,
-                    user_id: None,
-                    ..
-                })
-            ),
-            "{answer:?}"
-        );
-    }
-    // Acknowledged = committed, user by user; memory stayed within the bound.
-    assert_eq!(
-        stored(&t, 1).await,
-        (0..share).map(|i| format!("flood{i}")).collect::<Vec<_>>()
-    );
-    for u in 2..=40 {
-        assert_eq!(stored(&t, u).await, [format!("hello{u}")], "user {u}");
-    }
-    for (u, answer) in (41..=80).zip(&late) {
-        let expected: Vec<String> = answer.iter().map(|_| format!("late{u}")).collect();
-        assert_eq!(stored(&t, u).await, expected, "user {u}");
-    }
-    let stats = h.stats().await.unwrap();
-    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
-    assert!(m.peak_pending <= bound, "{m:?}");
-    assert_eq!(
-        (
-            m.gate.accepted,
-            m.gate.rejected_user_overloaded,
-            m.gate.rejected_overloaded
-        ),
-        (64, 1992, 23)
-    );
-    // The bound frees up as requests finish.
-    h.send(append(1, "later".into())).await.unwrap();
-}
-
-#[actix_rt::test]
-async fn shutdown_under_load_drains_every_accepted_request_then_closes_the_pool() {
-    let t = TestDb::new().await;
-    let h = start(&t);
-    let users: Vec<i64> = (1..=64).collect();
-    join_all(users.iter().map(|&u| register(&h, u))).await;
-    let acked_total = Arc::new(AtomicU64::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-    let senders: Vec<_> = users
-        .iter()
-        .map(|&u| {
-            let (h, acked_total, enough) = (h.clone(), acked_total.clone(), enough.clone());
-            actix_rt::spawn(async move {
-                let mut acked = Vec::new();
-                let mut shutting_down = 0u64;
-                for i in 0.. {
-                    // Keep several requests of this user in the pipe at once.
-                    let batch: Vec<_> = (0..4)
-                        .map(|k| (i * 4 + k, h.send(append(u, format!("u{u}-{:05}", i * 4 + k)))))
-                        .collect();
-                    let mut stop = false;
-                    for (n, answer) in batch {
-                        match answer.await {
-                            Ok(_) => {
-                                acked.push(format!("u{u}-{n:05}"));
-                                if acked_total.fetch_add(1, Ordering::SeqCst) + 1 == 2000 {
-                                    enough.notify_one();
-                                }
-                            }
-                            Err(Error::ShuttingDown) => {
-                                shutting_down += 1;
-                                stop = true;
-                            }
-                            Err(e) => panic!("user {u}: unexpected {e:?}"),
-                        }
-                    }
-                    if stop {
-                        break;
-                    }
-                }
-                (u, acked, shutting_down)
-            })
-        })
-        .collect();
-    enough.notified().await;
-    let report = h.system().send(Shutdown).await.unwrap();
-    let results = tokio::time::timeout(Duration::from_secs(60), join_all(senders))
-        .await
-        .expect("no caller waits forever");
-
-    assert!(report.drained && report.pool_closed, "{report}");
-    assert!(t.db.is_closed());
-    assert_eq!(report.unfinished, 0);
-    // Nothing accepted was cut by the closing pool: all accepted requests succeeded.
-    assert_eq!(report.failed, 0, "{report}");
-    assert_eq!(
-        report.accepted,
-        report.completed + report.failed + report.unfinished
-    );
-    let mut acked_by_user = HashMap::new();
-    let mut refused = 0;
-    for r in results {
-        let (u, acked, shutting_down) = r.unwrap();
-        refused += shutting_down;
-        acked_by_user.insert(u, acked);
-    }
-    let registrations = 64;
-    let acked: u64 = acked_by_user.values().map(|v| v.len() as u64).sum();
-    assert_eq!(report.completed, acked + registrations, "{report}");
-    assert_eq!(report.rejected_shutting_down, refused);
-    let stats = h.stats().await.unwrap();
-    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
-    assert!(
-        m.batches > 0 && m.largest_batch > 1,
-        "batches were in flight under the load: {m:?}"
-    );
-    // After the drain: refused at once.
-    assert!(matches!(
-        h.send(append(1, "late".into())).await,
-        Err(Error::ShuttingDown)
-    ));
-    assert_eq!(
-        h.shutdown().await.accepted,
-        report.accepted,
-        "a second Shutdown returns the same report"
-    );
-    // Every acknowledged message is in the database, in order, and nothing else is.
-    for (u, acked) in acked_by_user {
-        assert_eq!(stored(&t, u).await, acked, "user {u}");
-    }
-}
-
-#[cfg(feature = "fault-injection")]
-#[actix_rt::test]
-async fn a_panicking_handler_is_restarted_and_only_its_request_fails() {
-    let t = TestDb::new().await;
-    let h = start(&t);
-    for u in 1..=5 {
-        register(&h, u).await;
-    }
-    h.faults().panic_in_handler_once(3);
-    h.faults().panic_in_run_once(4);
-    let mut sent = Vec::new();
-    for i in 0..5 {
-        for u in 1..=5 {
-            sent.push((u, i, h.send(append(u, format!("u{u}-{i}")))));
-        }
-    }
-    let mut acked: HashMap<i64, Vec<String>> = HashMap::new();
-    for (u, i, answer) in sent {
-        match answer.await {
-            Ok(_) => acked.entry(u).or_default().push(format!("u{u}-{i}")),
-            Err(Error::Internal(msg)) => {
-                assert!(
-                    (u == 3 || u == 4) && i == 0,
-                    "only the first request of users 3 and 4 fails: {msg}"
-                );
-            }
-            Err(e) => panic!("unexpected {e:?}"),
-        }
-    }
-    for u in 1..=5 {
-        let expected: Vec<String> = (0..5)
-            .filter(|&i| !((u == 3 || u == 4) && i == 0))
-            .map(|i| format!("u{u}-{i}"))
-            .collect();
-        assert_eq!(acked[&u], expected, "user {u}");
-        assert_eq!(stored(&t, u).await, expected, "user {u}: acknowledged = stored");
-    }
-    let stats = h.stats().await.unwrap();
-    let m = stats.actors.iter().find(|a| a.actor == "messages").unwrap();
-    assert_eq!((m.restarts, m.panicked, m.failed), (2, 2, 2), "{m:?}");
-    // The restarted actor serves everyone, users 3 and 4 included.
-    h.send(append(3, "after".into())).await.unwrap();
-    h.send(append(4, "after".into())).await.unwrap();
 }
 
 #[actix_rt::test]
@@ -504,6 +270,7 @@ async fn messages_are_traced_in_spans_without_content_or_password() {
     assert!(password.is_empty() || !logs.contains(&password));
 }
 
+#[cfg(feature = "embedded")]
 #[actix_rt::test]
 async fn postgres_going_away_gives_typed_errors_in_time_and_work_resumes_when_it_is_back() {
     use botdb::embedded::{EmbeddedPostgres, StopMode};

@@ -157,6 +157,7 @@ async fn a_malformed_url_is_a_config_error_without_the_password() {
 
 /// A server that checks passwords: the shared embedded cluster, or (when the tests use
 /// an external server, which may trust everyone) a cluster of this test's own.
+#[cfg(feature = "embedded")]
 fn password_checking_server() -> (Config, Option<botdb::embedded::EmbeddedPostgres>) {
     match &server().embedded {
         Some(pg) => (pg.config("postgres"), None),
@@ -167,6 +168,7 @@ fn password_checking_server() -> (Config, Option<botdb::embedded::EmbeddedPostgr
     }
 }
 
+#[cfg(feature = "embedded")]
 #[tokio::test]
 async fn a_wrong_password_is_a_config_error_without_the_password() {
     let (good, _own) = tokio::task::spawn_blocking(password_checking_server)

@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+#[cfg(feature = "embedded")]
 use botdb::embedded::EmbeddedPostgres;
 use botdb::{Config, Database};
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -26,6 +27,7 @@ pub struct TestServer {
     /// Points at the server's `postgres` database, as a superuser.
     pub admin: Config,
     /// The embedded cluster, when one was started (kept alive for the whole binary).
+    #[cfg(feature = "embedded")]
     pub embedded: Option<EmbeddedPostgres>,
 }
 
@@ -34,6 +36,7 @@ static SERVER: OnceLock<TestServer> = OnceLock::new();
 /// The shared server, started on first use.
 pub fn server() -> &'static TestServer {
     SERVER.get_or_init(|| {
+        #[cfg(feature = "cli")]
         if std::env::var_os("TEST_LOG").is_some() {
             botdb::telemetry::init("botdb=debug,sqlx=info,info");
         }
@@ -55,8 +58,15 @@ pub fn server() -> &'static TestServer {
                         .build()
                         .expect("BOTDB_TEST_DATABASE_URL is malformed"),
                 ),
+                #[cfg(feature = "embedded")]
                 embedded: None,
             },
+            #[cfg(not(feature = "embedded"))]
+            Err(_) => panic!(
+                "botdb was built without its `embedded` feature: set BOTDB_TEST_DATABASE_URL to a server \
+                 the tests may create databases on (postgres://user@host/postgres)"
+            ),
+            #[cfg(feature = "embedded")]
             Err(_) => {
                 let pg = EmbeddedPostgres::start().expect("starting the test PostgreSQL cluster");
                 TestServer {
@@ -180,11 +190,12 @@ pub fn server_password() -> String {
 
 /// The shared server's URL with its password (only tests handle it in clear).
 pub fn server_url() -> String {
-    use secrecy::ExposeSecret;
-    match &server().embedded {
-        Some(pg) => pg.url("postgres").expose_secret().to_string(),
-        None => std::env::var("BOTDB_TEST_DATABASE_URL").unwrap_or_default(),
+    #[cfg(feature = "embedded")]
+    if let Some(pg) = &server().embedded {
+        use secrecy::ExposeSecret;
+        return pg.url("postgres").expose_secret().to_string();
     }
+    std::env::var("BOTDB_TEST_DATABASE_URL").unwrap_or_default()
 }
 
 impl Drop for TestDb {

@@ -1,23 +1,42 @@
 //! botdb's integration tests: one binary, real PostgreSQL, a fresh database per test.
+//!
+//! Built with botdb's default features, everything runs. Built without them
+//! (`cargo test --no-default-features`, the library core alone), the tests of the
+//! command, the server and the embedded cluster are left out, and the rest needs
+//! `BOTDB_TEST_DATABASE_URL`.
+
+// Without the default features some shared helpers and imports go unused.
+#![cfg_attr(not(feature = "cli"), allow(unused_imports, dead_code))]
 
 mod helpers;
 
 mod actors;
 mod batching;
+#[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
 mod corpus;
 mod errors;
+#[cfg(feature = "cli")]
 mod faults;
 mod fuzz;
+#[cfg(feature = "cli")]
 mod http_hardening;
 mod locks;
 mod migrations;
 mod once;
+mod own_tables;
 mod pool;
+#[cfg(feature = "cli")]
 mod reference_schema;
 mod repos;
+mod scenarios;
+#[cfg(feature = "cli")]
 mod secrets;
+#[cfg(feature = "cli")]
 mod serve;
 mod session;
+#[cfg(feature = "cli")]
 mod takeover;
+#[cfg(feature = "cli")]
 mod tls;

@@ -90,15 +90,15 @@ async fn overflow_connections_are_closed_after_the_idle_timeout() {
     assert!(shrunk, "pool still holds {:?}", t.db.pool_status());
     let mut observer = t.conn().await;
     let name = t.name.clone();
-    assert!(
-        eventually(Duration::from_secs(10), async || server_connections(
-            &mut observer,
-            &name
-        )
-        .await
-            == 5)
-        .await
-    );
+    // The server sees a closed connection's backend go a moment later (longer on a
+    // loaded machine).
+    let mut seen = 0;
+    let closed = eventually(Duration::from_secs(30), async || {
+        seen = server_connections(&mut observer, &name).await;
+        seen == 5
+    })
+    .await;
+    assert!(closed, "the server still has {seen} connections of the pool");
 }
 
 async fn backend_pid(db: &botdb::Database) -> botdb::Result<i32> {
@@ -245,6 +245,7 @@ async fn close_waits_for_a_running_query_and_does_not_cut_it() {
     assert!(gone, "connections left open after close");
 }
 
+#[cfg(feature = "cli")]
 async fn statements_logged(echo: bool) -> String {
     let t = TestDb::with(|b| b.echo(echo)).await;
     let capture = Capture::default();
@@ -257,6 +258,7 @@ async fn statements_logged(echo: bool) -> String {
     capture.text()
 }
 
+#[cfg(feature = "cli")]
 #[tokio::test]
 async fn echo_logs_every_statement_through_tracing() {
     assert!(statements_logged(true).await.contains("SELECT 42 AS echo_marker"));

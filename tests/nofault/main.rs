@@ -14,6 +14,10 @@ mod actors;
 mod batching;
 #[path = "../it/http_hardening.rs"]
 mod http_hardening;
+#[path = "../it/own_tables.rs"]
+mod own_tables;
+#[path = "../it/scenarios.rs"]
+mod scenarios;
 #[path = "../it/serve.rs"]
 mod serve;
 
