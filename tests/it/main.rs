@@ -3,6 +3,7 @@
 mod helpers;
 
 mod actors;
+mod app_migrations;
 mod batching;
 mod cli;
 mod corpus;
