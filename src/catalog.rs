@@ -1,7 +1,7 @@
 //! Reading the live schema from PostgreSQL's catalog, and comparing two schemas.
 //!
 //! `botdb check` (Alembic's autogenerate diff) migrates a scratch database to the head
-//! of the embedded migrations, takes a [`Snapshot`] of it and of the live database, and
+//! of the embedded migrations (and of the application's own, when given), takes a [`Snapshot`] of it and of the live database, and
 //! lists every difference. The tests use the same snapshots to prove that each down
 //! migration restores the previous schema exactly.
 
@@ -12,10 +12,11 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::error::Result;
+use crate::migrate::Migrations;
 
 /// The objects of the `public` schema, each under a stable key (`column users.id`,
 /// `index ix_users_id`, ...) with a normalised definition. The migrations bookkeeping
-/// table is left out.
+/// tables (botdb's `_sqlx_migrations`, the application's `_app_migrations`) are left out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     /// Key to definition.
@@ -79,7 +80,7 @@ impl Snapshot {
             "SELECT 'table ' || c.relname, c.relkind::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-                AND c.relname <> '_sqlx_migrations'",
+                AND c.relname NOT IN ('_sqlx_migrations', '_app_migrations')",
             // columns: type, nullability, default, identity, generated
             "SELECT 'column ' || c.relname || '.' || a.attname,
                     format_type(a.atttypid, a.atttypmod)
@@ -94,18 +95,18 @@ impl Snapshot {
                JOIN pg_namespace n ON n.oid = c.relnamespace
                LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-                AND c.relname <> '_sqlx_migrations'
+                AND c.relname NOT IN ('_sqlx_migrations', '_app_migrations')
                 AND a.attnum > 0 AND NOT a.attisdropped",
             // indexes (including those behind primary keys)
             "SELECT 'index ' || indexname, indexdef
                FROM pg_indexes
-              WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations'",
+              WHERE schemaname = 'public' AND tablename NOT IN ('_sqlx_migrations', '_app_migrations')",
             // constraints: primary, foreign, unique, check, exclusion
             "SELECT 'constraint ' || cl.relname || '.' || co.conname, pg_get_constraintdef(co.oid)
                FROM pg_constraint co
                JOIN pg_class cl ON cl.oid = co.conrelid
                JOIN pg_namespace n ON n.oid = cl.relnamespace
-              WHERE n.nspname = 'public' AND cl.relname <> '_sqlx_migrations'",
+              WHERE n.nspname = 'public' AND cl.relname NOT IN ('_sqlx_migrations', '_app_migrations')",
             // triggers
             "SELECT 'trigger ' || c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
                FROM pg_trigger t
@@ -121,7 +122,7 @@ impl Snapshot {
             "SELECT 'relation ' || c.relname, c.relkind::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'public' AND c.relkind IN ('S', 'v', 'm')
-                AND c.relname <> '_sqlx_migrations'",
+                AND c.relname NOT IN ('_sqlx_migrations', '_app_migrations')",
             "SELECT 'type ' || t.typname, t.typtype::text
                FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
               WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c')
@@ -179,11 +180,13 @@ impl Difference {
 /// The result of [`check`]: how the live database differs from the migrations' schema.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CheckReport {
-    /// Schema differences, expected = head of the embedded migrations.
+    /// Schema differences, expected = head of the migrations (botdb's, then the
+    /// application's when given).
     pub differences: Vec<Difference>,
-    /// Embedded migrations not applied to the live database.
+    /// Migrations (of either set) not applied to the live database.
     pub pending: Vec<crate::migrate::MigrationStatus>,
-    /// Applied migrations whose file changed since (tampered), or unknown to this build.
+    /// Applied migrations whose file changed since (tampered), or unknown to this build
+    /// (the application's ones, too, when its migrations were not given).
     pub mismatched: Vec<crate::migrate::MigrationStatus>,
     /// Objects in the database that botdb knows and leaves alone, not differences: the
     /// reference's Alembic bookkeeping (`alembic_version`), kept after a takeover so
@@ -206,14 +209,27 @@ impl CheckReport {
     }
 }
 
-/// Compares the database `config` points at with the schema the embedded migrations
-/// define: migrates a scratch database on the same server to head, snapshots both, and
-/// diffs them. The scratch database is dropped afterwards.
+/// Compares the database `config` points at with the schema the migrations define:
+/// botdb's, and the application's when `config` names their directory
+/// ([`Config::app_migrations`](crate::Config::app_migrations)). See [`check_with`].
+///
+/// # Errors
+/// As [`check_with`]; [`Error::Config`](crate::Error::Config) naming
+/// `BOTDB_APP_MIGRATIONS` when the application's directory cannot be read.
+pub async fn check(config: &crate::Config) -> Result<CheckReport> {
+    let migrations = Migrations::from_config(config).await?;
+    check_with(config, &migrations).await
+}
+
+/// Compares the database `config` points at with the schema `migrations` define:
+/// migrates a scratch database on the same server to the head of both sets, snapshots
+/// both databases, and diffs them (the application's tables are expected there, not
+/// unexpected). The scratch database is dropped afterwards.
 ///
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) when the user may not create the scratch
 /// database; connection and migration errors.
-pub async fn check(config: &crate::Config) -> Result<CheckReport> {
+pub async fn check_with(config: &crate::Config, migrations: &Migrations) -> Result<CheckReport> {
     use crate::migrate::connect_to;
     use sqlx::Connection;
 
@@ -226,7 +242,7 @@ pub async fn check(config: &crate::Config) -> Result<CheckReport> {
         .cloned()
         .collect();
     actual.objects.retain(|k, _| !is_alembic(k));
-    let history = crate::migrate::history(&mut live).await?;
+    let history = migrations.history(&mut live).await?;
     let _ = live.close().await;
 
     let scratch = format!("botdb_check_{}", uuid::Uuid::new_v4().simple());
@@ -242,7 +258,9 @@ pub async fn check(config: &crate::Config) -> Result<CheckReport> {
         })?;
     let expected = async {
         let mut conn = connect_to(&config.with_database(&scratch)).await?;
-        crate::migrate::upgrade(&mut conn).await?;
+        migrations
+            .upgrade(&mut conn, None, &crate::MigrateConfig::default())
+            .await?;
         let snapshot = Snapshot::read(&mut conn).await;
         let _ = conn.close().await;
         snapshot

@@ -32,7 +32,8 @@
 //!   settings, `.env`) or a builder; the password is a secret that never prints, in
 //!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
 //!   `config::urls`).
-//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close, migrate;
+//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close,
+//!   migrate (botdb's migrations and the application's);
 //!   connections held between uses (sqlx's pool pings every connection it gets back).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
 //!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut).
@@ -41,9 +42,12 @@
 //!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
 //!   (`repo::keys`: request keys, for requests that happen at most once).
-//! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]) and the operator verbs
-//!   (upgrade, downgrade, current, history, new), with a lock timeout and retries.
-//! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
+//! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]), the application's own
+//!   migrations beside it ([`migrate::Migrations`], bookkeeping `_app_migrations`), and
+//!   the operator verbs (upgrade, downgrade, current, history, new) on both sets, with a
+//!   lock timeout and retries.
+//! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`,
+//!   both sets of migrations).
 //! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
 //!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
 //! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,

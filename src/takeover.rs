@@ -38,7 +38,7 @@ use sqlx::migrate::Migrate;
 use crate::catalog::{Difference, Snapshot};
 use crate::config::MigrateConfig;
 use crate::error::{Error, Result};
-use crate::migrate::{self, MIGRATOR, MigrationStatus};
+use crate::migrate::{self, MIGRATOR, MigrationStatus, Migrations};
 
 /// Rows per repair transaction.
 pub const REPAIR_BATCH: i64 = 10_000;
@@ -204,7 +204,8 @@ pub struct Plan {
     pub normalise: Vec<String>,
     /// Migrations recorded as applied without running (the database already has them).
     pub record: Vec<i64>,
-    /// Migrations that will be applied.
+    /// Migrations that will be applied, botdb's then the application's (see
+    /// [`MigrationStatus::set`]).
     pub apply: Vec<MigrationStatus>,
 }
 
@@ -230,7 +231,7 @@ impl fmt::Display for Plan {
             )?;
         }
         for s in &self.apply {
-            writeln!(f, "apply:     {:04} {}", s.version, s.description)?;
+            writeln!(f, "apply:     {}", s.label())?;
         }
         if self.apply.is_empty() && self.record.is_empty() {
             writeln!(f, "nothing to do")?;
@@ -576,12 +577,28 @@ async fn count(conn: &mut PgConnection, r: &mut Reference) -> Result<()> {
     Ok(())
 }
 
-/// The plan for the database `conn` is connected to, up to `target` (head for `None`).
+/// The plan for the database `conn` is connected to, up to `target` (head for `None`),
+/// for botdb's migrations alone.
 ///
 /// # Errors
 /// [`Error::Migration`] for a schema botdb does not know, listing the differences and
 /// the way out; database errors.
 pub async fn plan(conn: &mut PgConnection, target: Option<i64>) -> Result<Plan> {
+    plan_with(conn, &Migrations::botdb(), target).await
+}
+
+/// The plan for the database `conn` is connected to, up to `target` (head for `None`):
+/// botdb's part, then the application's pending migrations in `migrations` (when
+/// `target` takes botdb's set to its head).
+///
+/// # Errors
+/// As [`plan`]; and as [`Migrations::upgrade`] when the recorded migrations disagree
+/// with the files (edited, unknown, out of order).
+pub async fn plan_with(
+    conn: &mut PgConnection,
+    migrations: &Migrations,
+    target: Option<i64>,
+) -> Result<Plan> {
     let found = inspect(conn).await?;
     if let Found::Unknown(differences) = &found {
         return Err(unknown(differences));
@@ -598,7 +615,8 @@ pub async fn plan(conn: &mut PgConnection, target: Option<i64>) -> Result<Plan> 
         record: Vec::new(),
         apply: Vec::new(),
     };
-    let history = migrate::history(conn).await?;
+    let history = migrations.history(conn).await?;
+    migrations.verify(&history)?;
     let mut recorded_up_to = 0;
     if let Found::Reference(r) = &found {
         if r.content_length == ContentLength::Absent {
@@ -631,11 +649,7 @@ pub async fn plan(conn: &mut PgConnection, target: Option<i64>) -> Result<Plan> 
         recorded_up_to = TAKEN_OVER_AT;
         plan.record = (1..=recorded_up_to).collect();
     }
-    plan.apply = history
-        .into_iter()
-        .filter(|s| !s.is_applied() && !s.unknown_to_this_build)
-        .filter(|s| s.version > recorded_up_to && target.is_none_or(|t| s.version <= t))
-        .collect();
+    plan.apply = migrations.to_apply(&history, target, recorded_up_to);
     Ok(plan)
 }
 
@@ -751,18 +765,34 @@ pub struct Done {
     pub applied: Vec<MigrationStatus>,
 }
 
-/// `botdb migrate`: takes a reference database over, then applies what is pending, up
-/// to `target`, holding the migrator's lock throughout (a second `botdb migrate` waits,
-/// then finds a botdb database).
+/// `botdb migrate` with botdb's migrations alone: see [`migrate_with`].
 ///
 /// # Errors
-/// As [`plan`] and [`migrate::upgrade_with`]. A failed repair leaves the schema as it
+/// As [`migrate_with`].
+pub async fn migrate(conn: &mut PgConnection, target: Option<i64>, policy: &MigrateConfig) -> Result<Done> {
+    migrate_with(conn, &Migrations::botdb(), target, policy).await
+}
+
+/// `botdb migrate`: takes a reference database over, then applies what is pending, up
+/// to `target`: botdb's migrations, then the application's in `migrations` (when botdb's
+/// set reaches its head), holding the migrator's lock throughout (a second `botdb
+/// migrate` waits, then finds a botdb database). The takeover only ever concerns
+/// botdb's tables: the application's migrations are applied after it, as on any botdb
+/// database.
+///
+/// # Errors
+/// As [`plan_with`] and [`Migrations::upgrade`]. A failed repair leaves the schema as it
 /// was (repairs only ever set derived values, and can be run again); a failed
 /// normalisation leaves nothing of itself.
-pub async fn migrate(conn: &mut PgConnection, target: Option<i64>, policy: &MigrateConfig) -> Result<Done> {
+pub async fn migrate_with(
+    conn: &mut PgConnection,
+    migrations: &Migrations,
+    target: Option<i64>,
+    policy: &MigrateConfig,
+) -> Result<Done> {
     migrate::lock(conn, policy).await?;
     let result = async {
-        let plan = plan(conn, target).await?;
+        let plan = plan_with(conn, migrations, target).await?;
         let mut done = Done {
             plan,
             repaired: 0,
@@ -780,7 +810,7 @@ pub async fn migrate(conn: &mut PgConnection, target: Option<i64>, policy: &Migr
             normalise_and_record(conn, &done.plan, policy).await?;
             done.normalise_time = started.elapsed();
         }
-        done.applied = migrate::upgrade_locked(conn, target, policy).await?;
+        done.applied = migrations.upgrade_locked(conn, target, policy).await?;
         Ok(done)
     }
     .await;

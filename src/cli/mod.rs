@@ -31,6 +31,12 @@ struct Cli {
     )]
     log: String,
 
+    /// The application's own migrations directory (sqlx files): migrate, rollback,
+    /// current, history and check work on it beside botdb's; `new` creates files in it.
+    /// Overrides BOTDB_APP_MIGRATIONS.
+    #[arg(long, global = true, value_name = "DIR")]
+    app_migrations: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -61,9 +67,10 @@ enum Command {
     New {
         /// What the migration does, e.g. "add user language".
         name: String,
-        /// Where the migrations are.
-        #[arg(long, default_value = "migrations")]
-        dir: PathBuf,
+        /// Where the migrations are [default: the --app-migrations directory if given,
+        /// else ./migrations (botdb's own)].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Compare the live schema with the one the migrations define; exit 1 listing each
     /// difference.
@@ -91,7 +98,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     botdb::telemetry::init(&cli.log);
-    match run(cli.command) {
+    match run(cli.command, cli.app_migrations) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", explain(&err));
@@ -116,14 +123,33 @@ fn explain(err: &anyhow::Error) -> String {
     out
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run(command: Command, app_migrations: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     if let Command::New { name, dir } = &command {
-        let (up, down) = botdb::migrate::new_migration(dir, name)?;
+        let (dir, app) = match (dir, &app_migrations) {
+            (Some(dir), _) => (dir.clone(), Some(dir) == app_migrations.as_ref()),
+            (None, Some(app)) => (app.clone(), true),
+            (None, None) => (PathBuf::from("migrations"), false),
+        };
+        let (up, down) = botdb::migrate::new_migration(&dir, name)?;
         println!("created {}\ncreated {}", up.display(), down.display());
-        println!("the migrations are embedded at build time: rebuild botdb to apply it");
+        if app {
+            println!(
+                "the application's migrations are read at run time: `botdb --app-migrations {} migrate` applies it",
+                dir.display()
+            );
+        } else {
+            println!(
+                "botdb's own migrations are embedded at build time: rebuild botdb to apply it \
+                 (an application's directory is read at run time: --app-migrations DIR)"
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let config = Config::from_env().context("reading the configuration")?;
+    let overrides: Vec<(&str, String)> = app_migrations
+        .iter()
+        .map(|dir| (botdb::migrate::APP_SETTING, dir.to_string_lossy().into_owned()))
+        .collect();
+    let config = Config::from_env_with(&overrides).context("reading the configuration")?;
     actix::System::new().block_on(async move {
         match command {
             Command::Migrate { to, dry_run } => migrations::migrate(&config, to, dry_run).await,

@@ -217,6 +217,14 @@ impl ConfigBuilder {
         migrate_attempts: u32 => migrate.attempts
     );
 
+    /// The application's own migrations directory (`BOTDB_APP_MIGRATIONS`): sqlx
+    /// migration files, applied after botdb's by [`Database::migrate`](crate::Database::migrate)
+    /// and the `botdb` verbs, recorded in their own table (`_app_migrations`).
+    pub fn app_migrations(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.app_migrations = Some(dir.into());
+        self
+    }
+
     /// `application_name` reported to the server.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.config.application_name = name.into();
@@ -377,6 +385,17 @@ fn check(config: &Config) -> Result<()> {
     } = &config.server
     {
         readable_file("DB_SSLROOTCERT", "the CA certificate", cert)?;
+    }
+    if let Some(dir) = &config.app_migrations
+        && !dir.is_dir()
+    {
+        return Err(Error::config(
+            crate::migrate::APP_SETTING,
+            format!(
+                "the application's migrations directory {} does not exist or is not a directory",
+                dir.display()
+            ),
+        ));
     }
     if let Server::Parts { port: 0, .. } = config.server {
         return Err(Error::config(

@@ -138,6 +138,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "10",
         "tries of a migration that timed out on a lock",
     ),
+    (
+        "BOTDB_APP_MIGRATIONS",
+        "(unset)",
+        "the application's own migrations directory, applied after botdb's (table _app_migrations)",
+    ),
 ];
 
 /// The `DB_*` variables that name the server: setting any of them means "this server",
@@ -161,8 +166,25 @@ impl Config {
     /// [`Error::Config`] naming the first variable whose value is malformed, with the
     /// form expected. A malformed `.env` file is an error too.
     pub fn from_env() -> Result<Self> {
+        Self::from_env_with(&[])
+    }
+
+    /// [`Config::from_env`], with `overrides` (variable, value) winning over the
+    /// environment and `.env`: what the command line's flags say
+    /// (`--app-migrations DIR` is `BOTDB_APP_MIGRATIONS`).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_env_with(overrides: &[(&str, String)]) -> Result<Self> {
         let dotenv = read_dotenv()?;
-        Self::from_lookup(|key| std::env::var(key).ok().or_else(|| dotenv.get(key).cloned()))
+        Self::from_lookup(|key| {
+            overrides
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(key).ok())
+                .or_else(|| dotenv.get(key).cloned())
+        })
     }
 
     /// Reads the configuration from `lookup` (a variable name to its value), the way
@@ -328,6 +350,9 @@ impl Config {
         if let Some(n) = read("BOTDB_MIGRATE_ATTEMPTS", "a whole number from 1 to 1000", &whole)? {
             b = b.migrate_attempts(to_u32(n));
         }
+        if let Some(dir) = get("BOTDB_APP_MIGRATIONS") {
+            b = b.app_migrations(dir);
+        }
         let mut config = b.build()?;
         // A DB_* variable set with DATABASE_URL (which wins) still says "a real server".
         config.server_configured = SERVER_VARS.iter().any(|k| get(k).is_some());
@@ -416,6 +441,23 @@ mod tests {
         assert_eq!(c.timeouts.lock, Some(Duration::from_millis(500)));
         assert_eq!(c.timeouts.idle_in_transaction, Some(Duration::from_secs(30)));
         assert_eq!(c.actors.lock_wait, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_app_migrations_directory_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let c = from(&[("BOTDB_APP_MIGRATIONS", path)]).unwrap();
+        assert_eq!(c.app_migrations.as_deref(), Some(dir.path()));
+        assert!(!c.server_configured(), "not a server setting");
+        assert_eq!(from(&[]).unwrap().app_migrations, None);
+        let err = from(&[("BOTDB_APP_MIGRATIONS", "/nonexistent/app")]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "BOTDB_APP_MIGRATIONS"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("/nonexistent/app"), "{err}");
+        assert!(ENV_VARS.iter().any(|(k, ..)| *k == "BOTDB_APP_MIGRATIONS"));
     }
 
     #[test]

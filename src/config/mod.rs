@@ -70,6 +70,10 @@ pub struct Config {
     pub migrate: MigrateConfig,
     /// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`).
     pub application_name: String,
+    /// The application's own migrations directory (`BOTDB_APP_MIGRATIONS`), applied,
+    /// rolled back, listed and checked with botdb's (see
+    /// [`migrate::Migrations`](crate::migrate::Migrations)); `None`: botdb's alone.
+    pub app_migrations: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -83,6 +87,7 @@ impl fmt::Debug for Config {
             .field("actors", &self.actors)
             .field("migrate", &self.migrate)
             .field("application_name", &self.application_name)
+            .field("app_migrations", &self.app_migrations)
             .finish()
     }
 }
@@ -125,6 +130,7 @@ impl Default for Config {
             actors: ActorConfig::default(),
             migrate: MigrateConfig::default(),
             application_name: "botdb".into(),
+            app_migrations: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::{Config, Limits, MigrateConfig};
 use crate::error::{Error, Result};
-use crate::migrate::{self, MigrationStatus};
+use crate::migrate::{self, MigrationStatus, Migrations};
 
 mod lease;
 
@@ -26,6 +26,8 @@ pub struct Database {
     limits: Limits,
     /// How [`Database::migrate`] takes its locks.
     migrate: MigrateConfig,
+    /// The application's migrations directory, applied by [`Database::migrate`].
+    app_migrations: Option<Arc<std::path::Path>>,
     /// The server's URL without its password, for logs and `Debug`.
     server: Arc<str>,
 }
@@ -93,6 +95,7 @@ impl Database {
             pool,
             limits: config.limits,
             migrate: config.migrate,
+            app_migrations: config.app_migrations.as_deref().map(Arc::from),
             server: config.redacted_url().into(),
         }
     }
@@ -265,7 +268,9 @@ impl Database {
     }
 
     /// Applies every pending migration (`upgrade head`) on a dedicated connection and
-    /// returns the ones this call applied (none when another process did it first).
+    /// returns the ones this call applied (none when another process did it first):
+    /// botdb's, then the application's from the directory the configuration names
+    /// ([`Config::app_migrations`], `BOTDB_APP_MIGRATIONS`), if any.
     /// Each migration waits at most the configured lock timeout for its locks and is
     /// retried (see [`migrate::upgrade_with`]), so a live bot is delayed by at most that.
     /// A database the reference Python bot made is taken over first
@@ -273,10 +278,34 @@ impl Database {
     ///
     /// # Errors
     /// See [`migrate::upgrade`] and [`takeover::plan`](crate::takeover::plan) (a schema
-    /// botdb does not know is refused, untouched).
+    /// botdb does not know is refused, untouched); [`Error::Config`] naming
+    /// `BOTDB_APP_MIGRATIONS` when the application's directory cannot be read or holds
+    /// malformed files.
     pub async fn migrate(&self) -> Result<Vec<MigrationStatus>> {
+        let migrations = match &self.app_migrations {
+            Some(dir) => Migrations::botdb().with_app_dir(dir).await?,
+            None => Migrations::botdb(),
+        };
+        self.migrate_with(&migrations).await
+    }
+
+    /// [`migrate`](Self::migrate) with `migrations`: botdb's, and the application's as
+    /// it gives them, e.g. embedded with its own `sqlx::migrate!()`
+    /// ([`Migrations::with_app`]). The configuration's directory is not looked at.
+    ///
+    /// ```no_run
+    /// # async fn f(db: botdb::Database) -> botdb::Result<()> {
+    /// static APP: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+    /// let migrations = botdb::migrate::Migrations::botdb().with_app(&APP)?;
+    /// db.migrate_with(&migrations).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`migrate`](Self::migrate) and [`Migrations::upgrade`].
+    pub async fn migrate_with(&self, migrations: &Migrations) -> Result<Vec<MigrationStatus>> {
         let mut conn = migrate::connect(&self.pool.connect_options()).await?;
-        let result = crate::takeover::migrate(&mut conn, None, &self.migrate)
+        let result = crate::takeover::migrate_with(&mut conn, migrations, None, &self.migrate)
             .await
             .map(|done| done.applied);
         // Closing the connection also releases the advisory lock if `upgrade` failed.

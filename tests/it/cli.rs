@@ -27,6 +27,7 @@ pub(crate) fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
         "DB_SSLROOTCERT",
         "BOTDB_WEBHOOK_SECRET",
         "BOTDB_ADMIN_TOKEN",
+        "BOTDB_APP_MIGRATIONS",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);

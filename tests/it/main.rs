@@ -11,6 +11,7 @@
 mod helpers;
 
 mod actors;
+mod app_migrations;
 mod batching;
 #[cfg(feature = "cli")]
 mod cli;

@@ -17,7 +17,7 @@ use crate::reference_schema::*;
 
 /// The states a reference database can be in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Revision 1: naive datetimes, no `content_length`.
     Rev1,
     /// Revision 2 (head): timestamptz, no `content_length`.
@@ -51,7 +51,7 @@ const CONTENTS: &[&str] = &[
 
 /// Builds a reference database in `state` on `conn`, with `extra` messages of bulk data
 /// on top of the hand-written rows.
-async fn build(conn: &mut PgConnection, state: State, extra: i64) {
+pub(crate) async fn build(conn: &mut PgConnection, state: State, extra: i64) {
     sqlx::raw_sql("SET TIME ZONE 'UTC'")
         .execute(&mut *conn)
         .await
