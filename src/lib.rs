@@ -7,7 +7,57 @@
 //! It does what the reference design (async SQLAlchemy 2.0 + asyncpg + Alembic) does:
 //! a pooled [`Database`] with a transactional [`Database::session`] scope and a graceful
 //! [`Database::close`]; the reference's schema and migration history with reversible
-//! migrations; the reference's operations as repository functions.
+//! migrations; the reference's operations as repository functions. On top, the
+//! [`actors`]: each table behind a supervised actor that runs one user's requests in
+//! order and different users' at once, drained by one `Shutdown` before the pool closes.
+//!
+//! ## Quick start: the actors from an actix-web handler
+//!
+//! `cargo add botdb` (the command, the server and the throwaway cluster come with the
+//! default features; `default-features = false` for the library alone), then:
+//!
+//! ```no_run
+//! use actix_web::{App, HttpResponse, HttpServer, web};
+//! use botdb::actors::{AppendTurn, DbHandle, DbSystem, EnsureUser, GetHistory};
+//! use botdb::model::PRIVATE_CHAT;
+//! use botdb::{Config, Database};
+//!
+//! /// `POST /chat/{user_id}`: one turn of a dialogue, through botdb's actors.
+//! async fn chat(db: web::Data<DbHandle>, user: web::Path<i64>, text: String) -> Result<HttpResponse, botdb::Error> {
+//!     let user_id = user.into_inner();
+//!     let settings = db.send(EnsureUser { user_id }).await?.settings;
+//!     let limit = Some(i64::from(settings.max_history_messages));
+//!     let history = db.send(GetHistory { user_id, chat_id: PRIVATE_CHAT, limit }).await?;
+//!     let reply = format!("{} messages remembered", history.len()); // ask your model here
+//!     db.send(AppendTurn { user_id, chat_id: PRIVATE_CHAT, user_text: text, reply_text: reply.clone(), key: None })
+//!         .await?; // both messages, one transaction: Ok means committed
+//!     Ok(HttpResponse::Ok().body(reply))
+//! }
+//!
+//! #[actix_web::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config = Config::from_env()?; // DATABASE_URL or DB_*, pool settings, .env
+//!     let db = Database::connect(&config).await?;
+//!     db.migrate().await?; // botdb's migrations (and BOTDB_APP_MIGRATIONS, yours)
+//!     let actors = DbSystem::start(db, config.actors);
+//!     let data = web::Data::new(actors.clone());
+//!     HttpServer::new(move || App::new().app_data(data.clone()).route("/chat/{user_id}", web::post().to(chat)))
+//!         .bind("127.0.0.1:8080")?
+//!         .run()
+//!         .await?; // until Ctrl-C
+//!     let report = actors.shutdown().await; // every accepted request answered, then the pool closes
+//!     println!("{report}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `botdb::Error` is an actix-web `ResponseError` (feature `server`): transient errors
+//! answer 503 with `Retry-After`. Your own tables go behind the same actors
+//! ([`actors::DbSystem::builder`], [`actors::Table`], [`actors::DbRequest`]) and your
+//! migrations beside botdb's ([`migrate::Migrations`]); `examples/reminders` is a whole
+//! bot with a fourth table.
+//!
+//! Without an actor, the same through the repositories:
 //!
 //! ```no_run
 //! # async fn f() -> botdb::Result<()> {
@@ -26,6 +76,16 @@
 //! db.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Features
+//! - `cli` (default): the `botdb` command and `botdb::telemetry` (the `tracing`
+//!   subscriber); implies `server` and `embedded`.
+//! - `server` (default): `botdb::server`, `botdb serve` on actix-web.
+//! - `embedded` (default): `botdb::embedded`, a throwaway PostgreSQL cluster from the
+//!   installed binaries.
+//!
+//! With none of them the library core (everything below but those three modules) needs
+//! no CLI, HTTP server or cluster crates.
 //!
 //! ## Layout
 //! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
@@ -50,22 +110,26 @@
 //!   both sets of migrations).
 //! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
 //!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
-//! - [`embedded`]: a throwaway PostgreSQL cluster from the installed binaries (demo,
-//!   tests).
+//! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed
+//!   binaries (demo, tests).
 //! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
-//!   [`actors::DbActor`] per table (serial per user, concurrent across users, bounded
-//!   with a fair share per user, group commit of what is ready at once),
-//!   [`actors::DbHandle`] sends typed requests, [`actors::Shutdown`] drains them.
+//!   [`actors::DbActor`] per registered table, botdb's and the application's (serial per
+//!   user, concurrent across users, bounded with a fair share per user, group commit of
+//!   what is ready at once), [`actors::DbHandle`] routes typed requests by table
+//!   ([`actors::TableHandle`]: one table, checked at compile time),
+//!   [`actors::Shutdown`] drains them.
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
 //! - [`bot`]: the chat bot over the actors (commands, turns, the [`bot::Model`] trait and
 //!   its local [`bot::EchoModel`], Telegram's Update and sendMessage).
-//! - [`server`]: `botdb serve` on actix-web: the webhook (secret token before the body,
+//! - `server` (feature `server`): `botdb serve` on actix-web: the webhook (secret token before the body,
 //!   body bounded in size and time), `/healthz` (cached) and `/metrics` (optionally on
 //!   an admin address behind a token), connection limits, and the ordered shutdown
 //!   (HTTP with a grace, actors, pool).
-//! - [`telemetry`]: the `tracing` subscriber.
+//! - `telemetry` (feature `cli`): the `tracing` subscriber.
 //!
 //! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
+
+#![warn(missing_docs)]
 
 pub mod actors;
 pub mod bot;

@@ -749,7 +749,7 @@ fn normalisation(r: &Reference) -> Vec<String> {
     out
 }
 
-/// What [`migrate`] did.
+/// What [`migrate()`] did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Done {
     /// The plan it followed.

@@ -3,8 +3,8 @@
 //! transaction), so the same statement runs in a session, in a test, or behind an actor.
 //!
 //! Every statement uses bound parameters. Functions check their inputs before sending
-//! anything, and map constraint violations to [`Error`](crate::Error) variants a caller
-//! can act on (an unknown user is [`Error::NotFound`](crate::Error::NotFound)).
+//! anything, and map constraint violations to [`Error`] variants a caller
+//! can act on (an unknown user is [`Error::NotFound`]).
 
 pub mod keys;
 pub mod messages;

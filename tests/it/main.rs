@@ -11,6 +11,7 @@
 mod helpers;
 
 mod actors;
+#[cfg(feature = "cli")]
 mod app_migrations;
 mod batching;
 #[cfg(feature = "cli")]
@@ -30,6 +31,7 @@ mod own_tables;
 mod pool;
 #[cfg(feature = "cli")]
 mod reference_schema;
+mod reminders_example;
 mod repos;
 mod scenarios;
 #[cfg(feature = "cli")]

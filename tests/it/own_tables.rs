@@ -4,6 +4,7 @@
 //! (`tests/it/scenarios.rs`) that botdb's `messages` table runs.
 
 use botdb::actors::{DbHandle, DbRequest, DbSystem, GetUser, Ran, Table, run_batch};
+use botdb::migrate::{MigrationSet, Migrations};
 use botdb::{ActorConfig, Database, Error, Result};
 use futures::future::LocalBoxFuture;
 use sqlx::SqlSafeStr;
@@ -97,9 +98,10 @@ fn add_notes(batch: Vec<AddNote>, db: Database) -> LocalBoxFuture<'static, Vec<R
 }
 
 /// The application's migrations: `tests/it/own_tables/`, embedded (as an application
-/// embeds its own with `sqlx::migrate!`).
+/// embeds its own with `sqlx::migrate!("./migrations")`; built by hand here because the
+/// macro's path is relative to the package, and this file is shared by two packages).
 pub fn notes_migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![
+    Migrator::with_migrations(vec![
         Migration::new(
             1,
             "notes".into(),
@@ -114,18 +116,22 @@ pub fn notes_migrator() -> Migrator {
             sqlx::AssertSqlSafe(include_str!("own_tables/0001_notes.down.sql")).into_sql_str(),
             false,
         ),
-    ]);
-    migrator.dangerous_set_table_name("_app_migrations");
-    migrator
+    ])
 }
 
-/// A database with botdb's migrations and the application's.
+/// A database with botdb's migrations and the application's, applied together by
+/// botdb (`Database::migrate_with`): botdb's first, then the application's.
 async fn notes_database() -> TestDb {
-    let t = TestDb::new().await;
-    notes_migrator()
-        .run(t.db.pool())
-        .await
-        .expect("the notes migration");
+    let t = TestDb::empty().await;
+    let migrations = Migrations::botdb()
+        .with_app(&notes_migrator())
+        .expect("the notes migrations");
+    let applied = t.db.migrate_with(&migrations).await.expect("migrating");
+    assert_eq!(
+        applied.last().map(|m| (m.set, m.version)),
+        Some((MigrationSet::App, 1)),
+        "the application's migration runs last"
+    );
     t
 }
 
