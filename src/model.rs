@@ -58,6 +58,81 @@ pub fn check_history_limit(field: &'static str, value: i64) -> Result<i32> {
         })
 }
 
+/// Parses a duration as people write it (`30d`, `12h`, `90m`, `1w 2d`, `45s`), through
+/// humantime's grammar.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `field` for text that is not such a duration, or a
+/// zero one.
+pub fn parse_duration(field: &'static str, text: &str) -> Result<std::time::Duration> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(Error::invalid(field, "expected a duration longer than 0")),
+        Err(e) => Err(Error::invalid(
+            field,
+            format!(
+                "expected a duration such as 30d, 12h, 90m or 1w 2d, got {:?} ({e})",
+                text.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// The audit row of one erasure: when, and how many rows of each kind went. It names
+/// nobody: its subject is a keyed hash of the user id
+/// ([`repo::erasures::subject`](crate::repo::erasures::subject)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Erasure {
+    /// The audit row's id.
+    pub id: i64,
+    /// When the erasure committed (its transaction's time).
+    pub erased_at: DateTime<Utc>,
+    /// Messages removed, live and soft-deleted, in all chats.
+    pub messages: i64,
+    /// Settings rows removed (0 or 1).
+    pub settings: i64,
+    /// Request keys removed (the user's handled updates and idempotency keys).
+    pub request_keys: i64,
+}
+
+/// The most characters a context budget may ask for (a hundred million: far past any
+/// model's window).
+pub const MAX_CONTEXT_CHARS: i64 = 100_000_000;
+
+/// How much of a dialogue's history a model's context takes: the newest live messages,
+/// as many as fit in `max_chars` characters (the sum of their `content_length`) and at
+/// most `max_messages` (`None`: the user's `max_history_messages`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Characters, 0 to [`MAX_CONTEXT_CHARS`].
+    pub max_chars: i64,
+    /// Messages, 1 to 1000; `None`: the user's setting.
+    pub max_messages: Option<i32>,
+}
+
+impl Budget {
+    /// A checked budget.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `max_chars` outside 0 to [`MAX_CONTEXT_CHARS`], or
+    /// `max_messages` outside [`MAX_HISTORY_RANGE`].
+    pub fn new(max_chars: i64, max_messages: Option<i64>) -> Result<Self> {
+        if !(0..=MAX_CONTEXT_CHARS).contains(&max_chars) {
+            return Err(Error::invalid(
+                "max_chars",
+                format!("expected 0 to {MAX_CONTEXT_CHARS}, got {max_chars}"),
+            ));
+        }
+        let max_messages = max_messages
+            .map(|n| check_history_limit("max_messages", n))
+            .transpose()?;
+        Ok(Budget {
+            max_chars,
+            max_messages,
+        })
+    }
+}
+
 /// `messages.chat_id` of a user's private chat with the bot. Telegram gives a private
 /// chat the user's own id; botdb stores it as 0 (so rows written before chats were
 /// told apart, and rows the reference's code writes, are private), and
@@ -467,6 +542,40 @@ impl SettingsPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_budgets() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(parse_duration("d", "30d").unwrap(), day * 30);
+        assert_eq!(parse_duration("d", " 1w 2d ").unwrap(), day * 9);
+        assert_eq!(parse_duration("d", "90m").unwrap().as_secs(), 5400);
+        for bad in ["", "30", "thirty days", "-1d", "0s", "30x"] {
+            let err = parse_duration("deleted-before", bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidInput {
+                        field: "deleted-before",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(Budget::new(0, None).is_ok());
+        assert!(Budget::new(MAX_CONTEXT_CHARS, Some(1000)).is_ok());
+        for (chars, messages) in [
+            (-1, None),
+            (MAX_CONTEXT_CHARS + 1, None),
+            (10, Some(0)),
+            (10, Some(1001)),
+        ] {
+            assert!(
+                matches!(Budget::new(chars, messages), Err(Error::InvalidInput { .. })),
+                "{chars} {messages:?}"
+            );
+        }
+    }
 
     #[test]
     fn content_rules() {

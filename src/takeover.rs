@@ -242,7 +242,7 @@ impl fmt::Display for Plan {
 
 /// The tables botdb's migrations create: one of them without `_sqlx_migrations` means a
 /// database botdb did not make.
-const BOTDB_TABLES: &[&str] = &["users", "messages", "user_settings", "request_keys"];
+const BOTDB_TABLES: &[&str] = &["users", "messages", "user_settings", "request_keys", "erasures"];
 
 /// The reference's tables, and Alembic's.
 const REFERENCE_TABLES: &[&str] = &["users", "messages", "user_settings", "alembic_version"];

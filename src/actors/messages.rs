@@ -10,7 +10,9 @@ use crate::actors::once;
 use crate::actors::request::{BatchRunner, DbRequest, Messages, user_request};
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{Dialogue, Message, MessageCounts, NewMessage, RequestKey, Role, check_history_limit};
+use crate::model::{
+    Budget, Dialogue, Message, MessageCounts, NewMessage, RequestKey, Role, check_history_limit,
+};
 use crate::repo;
 use crate::repo::messages::RowKey;
 
@@ -365,6 +367,89 @@ impl DbRequest for GetHistory {
                                 user_id: dialogue.user_id,
                                 chat_id: dialogue.chat_id,
                                 limit: limit.map(i64::from),
+                            };
+                            Box::pin(request.run(db.clone()))
+                        }
+                    },
+                )
+                .await
+            })
+        })
+    }
+}
+
+/// A dialogue's context for the model, newest first: its newest live messages that fit
+/// together in `max_chars` characters (`DB_CONTEXT_MAX_CHARS` when `None`) and number
+/// at most `max_messages` (the user's `max_history_messages` when `None`), within
+/// `DB_MAX_HISTORY_BYTES` of content. A message that does not fit ends the context (a
+/// newest message longer than the budget gives an empty one). One indexed query that
+/// reads the rows it returns and at most one more; many users' at once when batched.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<Vec<Message>>")]
+pub struct GetContext {
+    /// The user.
+    pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
+    /// The budget in characters, 0 to [`MAX_CONTEXT_CHARS`](crate::model::MAX_CONTEXT_CHARS); `None`: the configured one.
+    pub max_chars: Option<i64>,
+    /// At most this many messages (1 to 1000); `None`: the user's setting.
+    pub max_messages: Option<i64>,
+}
+
+impl GetContext {
+    fn prepare(&self, limits: &crate::config::Limits) -> Result<(Dialogue, Budget)> {
+        let max_chars = self
+            .max_chars
+            .unwrap_or_else(|| i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX));
+        Ok((
+            Dialogue::new(self.user_id, self.chat_id).checked()?,
+            Budget::new(max_chars, self.max_messages)?,
+        ))
+    }
+}
+
+impl DbRequest for GetContext {
+    type Output = Vec<Message>;
+    type Table = Messages;
+    const NAME: &'static str = "GetContext";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Vec<Message>> {
+        let wanted = self.prepare(db.limits())?;
+        let max_bytes = db.limits().max_history_bytes;
+        let mut found = db
+            .read(async |c| repo::messages::context_many(c, &[wanted], max_bytes).await)
+            .await?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    /// The contexts of many users in one query.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let limits = *db.limits();
+                let prepared = requests.iter().map(|r| r.prepare(&limits)).collect();
+                batch::run(
+                    prepared,
+                    async |wanted: &[&(Dialogue, Budget)]| {
+                        let wanted: Vec<(Dialogue, Budget)> = wanted.iter().map(|w| **w).collect();
+                        let found = db
+                            .read(async |c| {
+                                repo::messages::context_many(c, &wanted, limits.max_history_bytes).await
+                            })
+                            .await?;
+                        Ok(found.into_iter().map(Some).collect())
+                    },
+                    {
+                        let db = db.clone();
+                        move |&(dialogue, budget): &(Dialogue, Budget)| {
+                            let request = GetContext {
+                                user_id: dialogue.user_id,
+                                chat_id: dialogue.chat_id,
+                                max_chars: Some(budget.max_chars),
+                                max_messages: budget.max_messages.map(i64::from),
                             };
                             Box::pin(request.run(db.clone()))
                         }

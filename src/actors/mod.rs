@@ -19,8 +19,8 @@
 //!
 //! | actor | requests |
 //! |---|---|
-//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`] |
-//! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`ClearHistory`], [`CountMessages`] |
+//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`EraseUser`] |
+//! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
 
@@ -42,9 +42,13 @@ pub use actor::{Answer, DbActor};
 pub use batch::run as run_batch;
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem, DbSystemBuilder, TableHandle};
-pub use messages::{AppendMessage, AppendTurn, ClearHistory, CountMessages, GetHistory, Turn, TurnOf};
+pub use messages::{
+    AppendMessage, AppendTurn, ClearHistory, CountMessages, GetContext, GetHistory, Turn, TurnOf,
+};
 pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
-pub use users::{CreateUser, EnsureUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser};
+pub use users::{
+    CreateUser, EnsureUser, EraseUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser,
+};

@@ -5,10 +5,11 @@ use futures::future::LocalBoxFuture;
 use serde::Serialize;
 
 use crate::actors::batch::{self, Ran};
+use crate::actors::once;
 use crate::actors::request::{BatchRunner, DbRequest, Users, user_request};
 use crate::db::Database;
-use crate::error::Result;
-use crate::model::{DEFAULT_MAX_HISTORY, User, UserSettings, check_user_id};
+use crate::error::{Error, Result};
+use crate::model::{DEFAULT_MAX_HISTORY, Erasure, RequestKey, User, UserSettings, check_user_id};
 use crate::repo;
 
 user_request!(
@@ -171,5 +172,64 @@ impl DbRequest for EnsureUser {
                 .await
             })
         })
+    }
+}
+
+/// Erase a user for good (GDPR Art. 17): their messages (live and soft-deleted, every
+/// chat), settings, request keys and user row, in one transaction, with an audit row
+/// (`erasures`: when, how many of each, under a keyed hash of the id) that proves it
+/// happened. Serialised with the user's other writes by the user's row lock, across
+/// actors and instances: a turn in flight either committed before (its messages are
+/// erased too) or finds no user ([`NotFound`](crate::Error::NotFound)); nothing is left
+/// half-way. An unknown user is `NotFound` (no audit row). Needs `BOTDB_AUDIT_KEY`
+/// ([`Error::Config`] without it). With a `key`, at most once: a copy answers with the
+/// first one's audit row (that one key is kept, for the key retention, to make it so).
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "crate::Result<Erasure>")]
+pub struct EraseUser {
+    /// The user.
+    pub user_id: i64,
+    /// Makes the request happen at most once (an idempotency key).
+    pub key: Option<RequestKey>,
+}
+
+impl DbRequest for EraseUser {
+    type Output = Erasure;
+    type Table = Users;
+    const NAME: &'static str = "EraseUser";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    async fn run(self, db: Database) -> Result<Erasure> {
+        let user_id = check_user_id(self.user_id)?;
+        let audit = db.audit_key().cloned().ok_or_else(|| {
+            Error::config(
+                "BOTDB_AUDIT_KEY",
+                "not set: an erasure leaves an audit row keyed with it, so users cannot be erased without it",
+            )
+        })?;
+        let erased = std::cell::Cell::new(false);
+        let done = once::once(
+            &db,
+            self.key.as_ref(),
+            user_id,
+            async |tx| {
+                let erasure = repo::erasures::erase(tx, &audit, user_id, self.key.as_ref()).await?;
+                erased.set(true);
+                Ok(erasure)
+            },
+            |erasure| serde_json::json!({ "erased": erasure }),
+            async |_, recorded| {
+                recorded
+                    .get("erased")
+                    .and_then(|e| serde_json::from_value(e.clone()).ok())
+                    .ok_or_else(|| once::mismatch(&recorded))
+            },
+        )
+        .await?;
+        if erased.get() {
+            db.counters().erased(u64::try_from(done.messages).unwrap_or(0));
+        }
+        Ok(done)
     }
 }

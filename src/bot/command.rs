@@ -15,6 +15,9 @@ pub enum Command {
     Limit(Result<i64, String>),
     /// `/prompt TEXT`: set the system prompt; `/prompt` alone clears it.
     Prompt(Option<String>),
+    /// `/forget`: asks to confirm; `/forget yes` (`true`): erase everything stored
+    /// about the user, for good.
+    Forget(bool),
     /// `/help`, or a command botdb does not know.
     Help,
     /// Anything else: a message for the model.
@@ -46,6 +49,7 @@ impl Command {
                 )
             })),
             "prompt" => Command::Prompt((!args.is_empty()).then(|| args.to_string())),
+            "forget" => Command::Forget(args.eq_ignore_ascii_case("yes")),
             "help" => Command::Help,
             _ => Command::Help,
         }
@@ -70,6 +74,9 @@ mod tests {
             Command::Prompt(Some("Be brief.".into()))
         );
         assert_eq!(Command::parse("/prompt"), Command::Prompt(None));
+        assert_eq!(Command::parse("/forget"), Command::Forget(false));
+        assert_eq!(Command::parse("/forget@MyBot YES"), Command::Forget(true));
+        assert_eq!(Command::parse("/forget please"), Command::Forget(false));
         assert_eq!(Command::parse("/whatever"), Command::Help);
         assert_eq!(Command::parse("/"), Command::Help);
         assert_eq!(

@@ -7,10 +7,12 @@
 //!
 //! Every update: make sure the user exists (default settings for one never seen), then
 //! a command (`/start`, `/reset`, `/history`, `/settings`, `/limit N`, `/prompt TEXT`,
-//! `/help`) or a turn: load the history (as many messages as the user's
+//! `/forget`, `/help`) or a turn: load the context ([`GetContext`]: the newest messages
+//! that fit in the character budget `DB_CONTEXT_MAX_CHARS` and the user's
 //! `max_history_messages`, the new one included), ask the [`Model`], and store the
 //! user's message and the reply together ([`AppendTurn`], one transaction), so a turn
-//! is never half-written, whatever happens in between.
+//! is never half-written, whatever happens in between. `/forget yes` erases the user
+//! ([`EraseUser`]) without registering them first.
 
 pub mod command;
 pub mod model;
@@ -19,7 +21,8 @@ pub mod telegram;
 use std::sync::Arc;
 
 use crate::actors::{
-    AppendTurn, ClearHistory, DbHandle, EnsureUser, GetHistory, SetSystemPrompt, TurnOf, UpdateSettings,
+    AppendTurn, ClearHistory, DbHandle, EnsureUser, EraseUser, GetContext, SetSystemPrompt, TurnOf,
+    UpdateSettings,
 };
 use crate::error::Error;
 use crate::model::{Dialogue, MAX_HISTORY_RANGE, RequestKey, Role, UserSettings, check_user_id};
@@ -31,10 +34,11 @@ pub use telegram::{SendMessage, Update};
 const HELP: &str = "Commands:\n\
 /start: register\n\
 /reset: forget our conversation (it is kept, hidden)\n\
-/history: show what I remember\n\
+/history: show what I remember (what the model is given)\n\
 /settings: show your settings\n\
 /limit N: remember the last N messages (1 to 1000)\n\
 /prompt TEXT: set your own system prompt (/prompt alone clears it)\n\
+/forget: erase everything I store about you, for good (asks to confirm)\n\
 Anything else is a message for the model.";
 
 /// What the bot makes of an update.
@@ -131,8 +135,22 @@ impl Bot {
         let Some(text) = message.text else {
             return reply("I only understand text messages.".into());
         };
+        let command = Command::parse(&text);
+        // Erasing must not register the user first (nor again, for a copy).
+        match command {
+            Command::Forget(true) => return reply(self.forget(user_id, key).await?),
+            Command::Forget(false) => {
+                return reply(
+                    "This erases everything I store about you (our conversations in every chat, \
+                     your settings), for good. Send /forget yes to confirm."
+                        .into(),
+                );
+            }
+            _ => {}
+        }
         let registered = self.db.send(EnsureUser { user_id }).await?;
-        match Command::parse(&text) {
+        match command {
+            Command::Forget(_) => reply(HELP.into()),
             Command::Start if registered.created => reply(format!("Welcome! You are registered.\n\n{HELP}")),
             Command::Start => reply(format!("Welcome back!\n\n{HELP}")),
             Command::Help => reply(HELP.into()),
@@ -227,14 +245,18 @@ impl Bot {
                 format!("Sorry, I cannot store that message: {reason}."),
             )));
         }
+        // The new message takes its share of both budgets; the history gets the rest.
         let earlier = i64::from(settings.max_history_messages) - 1;
-        let mut context: Vec<ChatMessage> = if earlier > 0 {
+        let budget = i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX);
+        let chars_left = budget - i64::try_from(text.chars().count()).unwrap_or(i64::MAX);
+        let mut context: Vec<ChatMessage> = if earlier > 0 && chars_left > 0 {
             let newest_first = self
                 .db
-                .send(GetHistory {
+                .send(GetContext {
                     user_id,
                     chat_id: dialogue.chat_id,
-                    limit: Some(earlier),
+                    max_chars: Some(chars_left),
+                    max_messages: Some(earlier),
                 })
                 .await?;
             newest_first
@@ -282,13 +304,37 @@ impl Bot {
         Ok(Outcome::Reply(SendMessage::new(chat_id, turn.reply.content)))
     }
 
+    /// `/forget yes`: the user erased, once per update.
+    async fn forget(&self, user_id: i64, key: RequestKey) -> Result<String, BotError> {
+        match self
+            .db
+            .send(EraseUser {
+                user_id,
+                key: Some(key),
+            })
+            .await
+        {
+            Ok(done) => Ok(format!(
+                "Done: I erased {} messages and your settings. I remember nothing about you now.",
+                done.messages
+            )),
+            Err(Error::NotFound { .. }) => Ok("I store nothing about you.".into()),
+            Err(Error::Config { .. }) => {
+                Ok("Erasure is not enabled on this bot; please contact its operator.".into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `/history`: what the next turn gives the model (the context), oldest first.
     async fn history(&self, dialogue: Dialogue) -> Result<String, BotError> {
         let newest_first = self
             .db
-            .send(GetHistory {
+            .send(GetContext {
                 user_id: dialogue.user_id,
                 chat_id: dialogue.chat_id,
-                limit: None,
+                max_chars: None,
+                max_messages: None,
             })
             .await?;
         if newest_first.is_empty() {

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use sqlx::postgres::PgSslMode;
 
 use super::urls;
-use super::{Config, Server};
+use super::{AuditKey, Config, Server};
 use crate::error::{Error, Result};
 
 /// The largest `pool_size + max_overflow` botdb accepts.
@@ -185,6 +185,10 @@ impl ConfigBuilder {
         max_history_bytes: usize => limits.max_history_bytes
     );
     setter!(
+        /// The model's context budget in characters (`DB_CONTEXT_MAX_CHARS`).
+        context_max_chars: usize => limits.context_max_chars
+    );
+    setter!(
         /// Requests one actor holds at most before Overloaded (`BOTDB_MAX_PENDING`).
         max_pending: usize => actors.max_pending
     );
@@ -222,6 +226,13 @@ impl ConfigBuilder {
     /// and the `botdb` verbs, recorded in their own table (`_app_migrations`).
     pub fn app_migrations(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.app_migrations = Some(dir.into());
+        self
+    }
+
+    /// The key of erasures' audit rows (`BOTDB_AUDIT_KEY`); without one, users cannot
+    /// be erased.
+    pub fn audit_key(mut self, key: AuditKey) -> Self {
+        self.config.audit_key = Some(key);
         self
     }
 
@@ -324,6 +335,12 @@ fn check(config: &Config) -> Result<()> {
         limits.max_history_bytes,
         1024..=1 << 30,
         "bytes",
+    )?;
+    within(
+        "DB_CONTEXT_MAX_CHARS",
+        limits.context_max_chars,
+        1..=100_000_000,
+        "characters",
     )?;
     for (key, limit) in [
         ("DB_STATEMENT_TIMEOUT", config.timeouts.statement),

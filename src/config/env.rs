@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgSslMode;
 
-use super::{Config, ConfigBuilder};
+use super::{AuditKey, Config, ConfigBuilder};
 use crate::error::{Error, Result};
 
 /// Every environment variable botdb reads, with its default (for docs and `--help`).
@@ -89,6 +89,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "most bytes of content one user's history read returns",
     ),
     (
+        "DB_CONTEXT_MAX_CHARS",
+        "200000",
+        "the model's context budget: characters of history a turn gives the model",
+    ),
+    (
         "BOTDB_MAX_PENDING",
         "10000",
         "requests an actor holds (queued + running) before Overloaded",
@@ -142,6 +147,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "BOTDB_APP_MIGRATIONS",
         "(unset)",
         "the application's own migrations directory, applied after botdb's (table _app_migrations)",
+    ),
+    (
+        "BOTDB_AUDIT_KEY",
+        "(unset)",
+        "secret (16+ bytes) of erasures' audit rows; unset: users cannot be erased",
     ),
 ];
 
@@ -305,6 +315,13 @@ impl Config {
             b = b.max_history_bytes(to_usize(n));
         }
         if let Some(n) = read(
+            "DB_CONTEXT_MAX_CHARS",
+            "a whole number of characters from 1 to 100000000",
+            &whole,
+        )? {
+            b = b.context_max_chars(to_usize(n));
+        }
+        if let Some(n) = read(
             "BOTDB_MAX_PENDING",
             "a whole number of requests from 1 to 10000000",
             &whole,
@@ -352,6 +369,9 @@ impl Config {
         }
         if let Some(dir) = get("BOTDB_APP_MIGRATIONS") {
             b = b.app_migrations(dir);
+        }
+        if let Some(key) = get("BOTDB_AUDIT_KEY") {
+            b = b.audit_key(AuditKey::new(key)?);
         }
         let mut config = b.build()?;
         // A DB_* variable set with DATABASE_URL (which wins) still says "a real server".

@@ -12,6 +12,7 @@
 //! - `builder`: [`ConfigBuilder`] and the range checks;
 //! - `urls`: `DATABASE_URL` parsing and redaction.
 
+mod audit;
 mod builder;
 mod env;
 mod settings;
@@ -27,9 +28,12 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::error::{Error, Result};
 
+pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
 pub use env::ENV_VARS;
-pub use settings::{ActorConfig, Limits, MigrateConfig, PoolConfig, TimeoutConfig};
+pub use settings::{
+    ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
+};
 
 /// Where the server is: a URL, or the reference's separate fields.
 #[derive(Clone)]
@@ -74,6 +78,9 @@ pub struct Config {
     /// rolled back, listed and checked with botdb's (see
     /// [`migrate::Migrations`](crate::migrate::Migrations)); `None`: botdb's alone.
     pub app_migrations: Option<PathBuf>,
+    /// The key of erasures' audit rows (`BOTDB_AUDIT_KEY`); `None`: users cannot be
+    /// erased (an erasure must leave a proof, and the proof needs the key).
+    pub audit_key: Option<AuditKey>,
 }
 
 impl fmt::Debug for Config {
@@ -88,6 +95,7 @@ impl fmt::Debug for Config {
             .field("migrate", &self.migrate)
             .field("application_name", &self.application_name)
             .field("app_migrations", &self.app_migrations)
+            .field("audit_key", &self.audit_key)
             .finish()
     }
 }
@@ -131,6 +139,7 @@ impl Default for Config {
             migrate: MigrateConfig::default(),
             application_name: "botdb".into(),
             app_migrations: None,
+            audit_key: None,
         }
     }
 }

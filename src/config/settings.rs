@@ -144,6 +144,9 @@ pub struct Limits {
     /// message always comes back, whatever its size). Enforced in the query, so a batched
     /// read of many users stays within `users x max_history_bytes`.
     pub max_history_bytes: usize,
+    /// The model's context budget, in characters (`content_length`): how much of a
+    /// dialogue's history a turn gives the model, its new message included.
+    pub context_max_chars: usize,
 }
 
 impl Default for Limits {
@@ -152,9 +155,16 @@ impl Default for Limits {
             max_content_chars: 65_536,
             max_system_prompt_chars: 16_384,
             max_history_bytes: 1024 * 1024,
+            context_max_chars: DEFAULT_CONTEXT_MAX_CHARS,
         }
     }
 }
+
+/// The default context budget: 200,000 characters. A 128k-token model reads about 2
+/// characters per token in the least favourable scripts (Cyrillic, CJK, code), 4 in
+/// English: 200,000 characters stay under about 100k tokens in the worst case,
+/// leaving a quarter of the window for the system prompt and the reply.
+pub const DEFAULT_CONTEXT_MAX_CHARS: usize = 200_000;
 
 /// How migrations take their locks on a live database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

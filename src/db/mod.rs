@@ -9,12 +9,14 @@ use futures::FutureExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::config::{Config, Limits, MigrateConfig};
+use crate::config::{AuditKey, Config, Limits, MigrateConfig};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationStatus, Migrations};
 
+mod counters;
 mod lease;
 
+pub use counters::{Counters, Removed};
 use lease::Parking;
 
 /// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
@@ -30,6 +32,10 @@ pub struct Database {
     app_migrations: Option<Arc<std::path::Path>>,
     /// The server's URL without its password, for logs and `Debug`.
     server: Arc<str>,
+    /// The key of erasures' audit rows.
+    audit_key: Option<AuditKey>,
+    /// Rows removed for good (erasures, purges), for `/metrics`.
+    counters: Arc<Counters>,
 }
 
 impl fmt::Debug for Database {
@@ -97,6 +103,8 @@ impl Database {
             migrate: config.migrate,
             app_migrations: config.app_migrations.as_deref().map(Arc::from),
             server: config.redacted_url().into(),
+            audit_key: config.audit_key.clone(),
+            counters: Arc::default(),
         }
     }
 
@@ -109,6 +117,16 @@ impl Database {
     /// ([`Limits::message`], [`Limits::system_prompt`]).
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The key of erasures' audit rows (`BOTDB_AUDIT_KEY`), if configured.
+    pub fn audit_key(&self) -> Option<&AuditKey> {
+        self.audit_key.as_ref()
+    }
+
+    /// What was removed for good through this pool (erasures, purges) since it opened.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The server's URL, password redacted.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::config::Limits;
 use crate::error::Result;
 use crate::model::{
-    Dialogue, Message, MessageCounts, NewMessage, RequestKey, check_history_limit, check_user_id,
+    Budget, Dialogue, Message, MessageCounts, NewMessage, RequestKey, check_history_limit, check_user_id,
 };
 use crate::repo::user_fk;
 
@@ -342,4 +342,155 @@ pub async fn history_many<'e>(
         }
     }
     Ok(out)
+}
+
+/// A dialogue's context for the model: its live messages, newest first, as many as fit
+/// in the budget's characters (their `content_length` summed from the newest) and at
+/// most its `max_messages` (`None`: the user's `max_history_messages`), and at most
+/// the default [`Limits::max_history_bytes`] of content. The newest messages that fit,
+/// without a gap: a message that does not fit ends the context, even if an older,
+/// shorter one would (so a single newest message longer than the budget gives an empty
+/// context). One statement that reads the rows it returns and at most one more
+/// (`EXPLAIN` shows it), whatever the length of the history.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad id.
+pub async fn context<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: impl Into<Dialogue>,
+    budget: Budget,
+) -> Result<Vec<Message>> {
+    let dialogue = dialogue.into().checked()?;
+    let mut found = context_many(ex, &[(dialogue, budget)], Limits::default().max_history_bytes).await?;
+    Ok(found.pop().unwrap_or_default())
+}
+
+/// The SQL of [`context_many`] (tests `EXPLAIN` it): `$1` users, `$2` chats, `$3` message
+/// limits (NULL: the user's setting), `$4` the default limit, `$5` character budgets,
+/// `$6` the byte bound.
+///
+/// A recursive walk down `ix_messages_dialogue_live`, one index probe per message: the
+/// seed takes each dialogue's newest live message, each step the next older one of the
+/// dialogues still within their bounds. A window function (as in [`history_many`])
+/// would read all `max_messages` rows before cutting at the budget; this stops at the
+/// first message that does not fit.
+pub const CONTEXT_SQL: &str = "\
+WITH RECURSIVE q AS MATERIALIZED ( \
+    SELECT w.user_id, w.chat_id, w.max_chars, w.ord, \
+           COALESCE(w.max_messages, \
+                    (SELECT s.max_history_messages FROM user_settings s WHERE s.user_id = w.user_id), \
+                    $4)::int8 AS max_messages \
+      FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $5::int8[]) WITH ORDINALITY \
+           AS w(user_id, chat_id, max_messages, max_chars, ord)), \
+h AS ( \
+    SELECT q.ord, q.max_messages, q.max_chars, 1::int8 AS n, \
+           m.content_length::int8 AS chars, octet_length(m.content)::int8 AS bytes, \
+           m.id, m.user_id, m.chat_id, m.role, m.content, m.content_length, m.created_at, m.deleted_at, m.seq \
+      FROM q CROSS JOIN LATERAL ( \
+           SELECT x.id, x.user_id, x.chat_id, x.role, x.content, x.content_length, x.created_at, x.deleted_at, x.seq \
+             FROM messages x \
+            WHERE x.user_id = q.user_id AND x.chat_id = q.chat_id AND x.deleted_at IS NULL \
+            ORDER BY x.created_at DESC, x.seq DESC \
+            LIMIT 1) m \
+    UNION ALL \
+    SELECT h.ord, h.max_messages, h.max_chars, h.n + 1, \
+           h.chars + m.content_length, h.bytes + octet_length(m.content), \
+           m.id, m.user_id, m.chat_id, m.role, m.content, m.content_length, m.created_at, m.deleted_at, m.seq \
+      FROM h CROSS JOIN LATERAL ( \
+           SELECT x.id, x.user_id, x.chat_id, x.role, x.content, x.content_length, x.created_at, x.deleted_at, x.seq \
+             FROM messages x \
+            WHERE x.user_id = h.user_id AND x.chat_id = h.chat_id AND x.deleted_at IS NULL \
+              AND (x.created_at, x.seq) < (h.created_at, h.seq) \
+            ORDER BY x.created_at DESC, x.seq DESC \
+            LIMIT 1) m \
+     WHERE h.n < h.max_messages AND h.chars <= h.max_chars AND h.bytes <= $6) \
+SELECT h.ord, h.id, h.user_id, h.chat_id, h.role, h.content, h.content_length, h.created_at, h.deleted_at, h.seq \
+  FROM h \
+ WHERE h.chars <= h.max_chars AND h.bytes <= $6 \
+ ORDER BY h.ord, h.n";
+
+/// The contexts of several dialogues in ONE query ([`context`] for each, batched like
+/// [`history_many`]), each within its budget and within `max_bytes` of content. Ids
+/// must already be checked.
+///
+/// # Errors
+/// Database errors.
+pub async fn context_many<'e>(
+    ex: impl PgExecutor<'e>,
+    wanted: &[(Dialogue, Budget)],
+    max_bytes: usize,
+) -> Result<Vec<Vec<Message>>> {
+    let users: Vec<i64> = wanted.iter().map(|w| w.0.user_id).collect();
+    let chats: Vec<i64> = wanted.iter().map(|w| w.0.chat_id).collect();
+    let limits: Vec<Option<i64>> = wanted.iter().map(|w| w.1.max_messages.map(i64::from)).collect();
+    let chars: Vec<i64> = wanted.iter().map(|w| w.1.max_chars).collect();
+    let rows: Vec<Ranked> = sqlx::query_as(CONTEXT_SQL)
+        .bind(&users)
+        .bind(&chats)
+        .bind(&limits)
+        .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
+        .bind(&chars)
+        .bind(bytes_param(max_bytes))
+        .fetch_all(ex)
+        .await?;
+    let mut out: Vec<Vec<Message>> = wanted.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        if let Some(slot) = usize::try_from(row.ord - 1).ok().and_then(|i| out.get_mut(i)) {
+            slot.push(row.message);
+        }
+    }
+    Ok(out)
+}
+
+/// Physically removes at most `batch` messages soft-deleted before `before`, oldest
+/// deletion first, in one short statement; returns how many. Only soft-deleted rows
+/// are ever removed (the statement's own condition, not the caller's). Rows another
+/// transaction holds are skipped (`SKIP LOCKED`), so the purge never waits; and a
+/// live message is never locked by it, so a turn never waits for the purge. Call it in
+/// a loop, each call its own transaction, until it returns less than `batch`.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a batch outside 1 to
+/// 100,000; database errors.
+pub async fn purge_deleted<'e>(
+    ex: impl PgExecutor<'e>,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64> {
+    if !(1..=100_000).contains(&batch) {
+        return Err(crate::error::Error::invalid(
+            "batch",
+            format!("expected 1 to 100000, got {batch}"),
+        ));
+    }
+    Ok(sqlx::query(
+        "DELETE FROM messages WHERE ctid = ANY (ARRAY( \
+             SELECT ctid FROM messages \
+              WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
+              ORDER BY deleted_at LIMIT $2 \
+              FOR UPDATE SKIP LOCKED)) \
+           AND deleted_at IS NOT NULL AND deleted_at < $1",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(ex)
+    .await?
+    .rows_affected())
+}
+
+/// How many messages were soft-deleted before `before` (what a purge to `before` has
+/// left to remove), counted on the purge's partial index.
+///
+/// # Errors
+/// Database errors.
+pub async fn count_deleted_before<'e>(
+    ex: impl PgExecutor<'e>,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<u64> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < $1")
+            .bind(before)
+            .fetch_one(ex)
+            .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

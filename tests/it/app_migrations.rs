@@ -124,7 +124,7 @@ async fn migrate_applies_botdb_then_the_app_and_a_second_migrate_does_nothing() 
     // Each set in its own bookkeeping table.
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     assert!(exists(&mut conn, "reminders").await);
@@ -282,16 +282,16 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
             .is_empty()
     );
 
-    // An older botdb (head 0005) applied the app's; this one adds 0006, applied after
+    // An older botdb (head 0006) applied the app's; this one adds 0007, applied after
     // them: it is the newest, and rolled back first.
-    migrate::upgrade_to(&mut conn, Some(5)).await.unwrap();
+    migrate::upgrade_to(&mut conn, Some(6)).await.unwrap();
     migrations.app().unwrap().run(&mut conn).await.unwrap();
     let applied = migrations.upgrade(&mut conn, None, &policy()).await.unwrap();
-    assert_eq!(ids(&applied), botdb_ids([6]));
+    assert_eq!(ids(&applied), botdb_ids([7]));
     let reverted = migrations.downgrade(&mut conn, 2, &policy()).await.unwrap();
     assert_eq!(
         ids(&reverted),
-        vec![(MigrationSet::Botdb, 6), (MigrationSet::App, 2)]
+        vec![(MigrationSet::Botdb, 7), (MigrationSet::App, 2)]
     );
 }
 
@@ -435,11 +435,11 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
     assert_eq!(ids(&applied), expected);
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(
         recorded(&mut conn, "_app_migrations").await,
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     // botdb's own verbs still see botdb's set exactly.
     assert_eq!(
@@ -491,7 +491,7 @@ async fn sqlx_cli_timestamp_versions_work() {
     let o = run(&["current"], &env).await;
     assert_eq!(
         stdout(&o).trim(),
-        "botdb: 0006 request keys (head)\napp:   20240601093000 reminders due index (head)"
+        "botdb: 0007 erasures and retention (head)\napp:   20240601093000 reminders due index (head)"
     );
     let o = run(&["rollback", "-n", "2"], &env).await;
     assert_eq!(
@@ -510,11 +510,14 @@ async fn the_cli_flag_and_the_environment_variable_both_work() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let applied: Vec<&str> = out.lines().filter(|l| l.starts_with("applied ")).collect();
-    assert_eq!(applied.len(), 8, "{out}");
-    assert!(applied[5].starts_with("applied 0006 request keys"), "{out}");
-    assert!(applied[6].starts_with("applied app 0001 reminders ("), "{out}");
+    assert_eq!(applied.len(), 9, "{out}");
     assert!(
-        applied[7].starts_with("applied app 0002 reminders due index ("),
+        applied[6].starts_with("applied 0007 erasures and retention"),
+        "{out}"
+    );
+    assert!(applied[7].starts_with("applied app 0001 reminders ("), "{out}");
+    assert!(
+        applied[8].starts_with("applied app 0002 reminders due index ("),
         "{out}"
     );
 
@@ -523,24 +526,24 @@ async fn the_cli_flag_and_the_environment_variable_both_work() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).trim(),
-        "botdb: 0006 request keys (head)\napp:   0002 reminders due index (head)"
+        "botdb: 0007 erasures and retention (head)\napp:   0002 reminders due index (head)"
     );
     let o = run(&["history"], &env).await;
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 1 + 6 + 2, "{out}");
+    assert_eq!(lines.len(), 1 + 7 + 2, "{out}");
     assert!(
         lines[0].starts_with("version") && lines[0].contains("set"),
         "{out}"
     );
     assert!(
-        lines[1..7]
+        lines[1..8]
             .iter()
             .all(|l| l.contains(" botdb ") && l.contains("applied")),
         "{out}"
     );
     assert!(
-        lines[7].starts_with("0001") && lines[7].contains(" app ") && lines[7].contains("reminders"),
+        lines[8].starts_with("0001") && lines[8].contains(" app ") && lines[8].contains("reminders"),
         "{out}"
     );
     let o = run(&["migrate", "--dry-run"], &env).await;
@@ -662,7 +665,7 @@ async fn database_migrate_applies_both_sets_from_the_configuration() {
     let mut conn = other.conn().await;
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     // The same files through the directory: the same checksums, nothing to do.
@@ -689,7 +692,7 @@ async fn the_takeover_of_a_reference_database_applies_the_app_set_too() {
     let out = stdout(&o);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.contains("found: the reference bot's schema"), "{out}");
-    assert!(out.contains("apply:     0006 request keys\n"), "{out}");
+    assert!(out.contains("apply:     0007 erasures and retention\n"), "{out}");
     assert!(
         out.contains("apply:     app 0001 reminders\napply:     app 0002 reminders due index\n"),
         "{out}"
@@ -703,11 +706,11 @@ async fn the_takeover_of_a_reference_database_applies_the_app_set_too() {
     let out = stdout(&o);
     assert!(o.status.success(), "{}\n{out}", stderr(&o));
     assert!(out.contains("took over the reference bot's database"), "{out}");
-    assert!(out.contains("applied 0006 request keys"), "{out}");
+    assert!(out.contains("applied 0007 erasures and retention"), "{out}");
     assert!(out.contains("applied app 0002 reminders due index"), "{out}");
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     // The reference's users can have reminders.

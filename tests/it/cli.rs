@@ -65,19 +65,19 @@ async fn operator_verbs_migrate_current_history_rollback() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).lines().filter(|l| l.starts_with("applied ")).count(),
-        6,
+        7,
         "{}",
         stdout(&o)
     );
 
     let o = run(&["current"], &env).await;
-    assert_eq!(stdout(&o).trim(), "0006 request keys (head)");
+    assert_eq!(stdout(&o).trim(), "0007 erasures and retention (head)");
 
-    let o = run(&["rollback", "-n", "3"], &env).await;
+    let o = run(&["rollback", "-n", "4"], &env).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).trim(),
-        "reverted 0006 request keys\nreverted 0005 dialogues per chat\nreverted 0004 integrity and ordering"
+        "reverted 0007 erasures and retention\nreverted 0006 request keys\nreverted 0005 dialogues per chat\nreverted 0004 integrity and ordering"
     );
 
     let o = run(&["history"], &env).await;
@@ -98,7 +98,7 @@ async fn operator_verbs_migrate_current_history_rollback() {
     let o = run(&["migrate", "--to", "2"], &env).await;
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
     let o = run(&["migrate"], &env).await;
-    assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().count(), 5, "{}", stdout(&o));
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod app_migrations;
 mod batching;
 #[cfg(feature = "cli")]
 mod cli;
+mod context;
 #[cfg(feature = "cli")]
 mod corpus;
 mod errors;

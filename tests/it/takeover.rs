@@ -379,7 +379,7 @@ async fn takes_over(state: State, extra: i64) {
     assert!(o.status.success(), "{state:?}: {}\n{out}", stderr(&o));
     assert!(out.contains("found: the reference bot's schema"), "{out}");
     assert!(out.contains("took over the reference bot's database"), "{out}");
-    assert!(out.contains("applied 0006"), "{out}");
+    assert!(out.contains("applied 0007"), "{out}");
 
     // Every row, unchanged in meaning.
     let after = rows(&mut conn).await;
@@ -601,6 +601,7 @@ async fn dry_run_prints_the_takeover_plan_and_changes_nothing() {
         "record:    0003",
         "apply:     0004 integrity and ordering",
         "apply:     0006 request keys",
+        "apply:     0007 erasures and retention",
         "dry run: nothing was changed",
     ] {
         assert!(out.contains(expected), "{expected:?} in:\n{out}");
