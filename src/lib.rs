@@ -97,7 +97,8 @@
 //!   connections held between uses (sqlx's pool pings every connection it gets back).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
 //!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut).
-//! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`]),
+//! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`],
+//!   [`model::Erasure`]), context budgets ([`model::Budget`]),
 //!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
 //!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
@@ -108,6 +109,9 @@
 //!   lock timeout and retries.
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`,
 //!   both sets of migrations).
+//! - [`retention`]: soft-deleted messages purged after a period, in small batches
+//!   that never make a turn wait (erasure and export of a user are in
+//!   [`repo::erasures`], [`repo::export`] and [`actors::EraseUser`]).
 //! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
 //!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
 //! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed
@@ -142,6 +146,7 @@ pub mod error;
 pub mod migrate;
 pub mod model;
 pub mod repo;
+pub mod retention;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod shutdown;
