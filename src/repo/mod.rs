@@ -6,6 +6,7 @@
 //! anything, and map constraint violations to [`Error`] variants a caller
 //! can act on (an unknown user is [`Error::NotFound`]).
 
+pub mod export;
 pub mod keys;
 pub mod messages;
 pub mod settings;

@@ -20,6 +20,8 @@ mod cli;
 mod corpus;
 mod errors;
 #[cfg(feature = "cli")]
+mod export;
+#[cfg(feature = "cli")]
 mod faults;
 mod fuzz;
 #[cfg(feature = "cli")]
