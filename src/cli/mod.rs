@@ -2,6 +2,7 @@
 //! module; errors are shown here, at the edge.
 
 mod demo;
+mod export;
 mod migrations;
 mod serve;
 mod tour;
@@ -82,6 +83,13 @@ enum Command {
     Tour,
     /// The bot on actix-web: POST /telegram/webhook, GET /healthz, GET /metrics.
     Serve(serve::ServeArgs),
+    /// Write everything stored about a user (settings, every message including
+    /// soft-deleted ones) as JSON to stdout, streaming.
+    ExportUser {
+        /// The Telegram user id (a positive whole number).
+        #[arg(allow_negative_numbers = true)]
+        user_id: i64,
+    },
 }
 
 /// Parses the command line, runs the command, and turns errors into messages and exit
@@ -176,6 +184,7 @@ fn run(command: Command, app_migrations: Option<PathBuf>) -> anyhow::Result<Exit
                 let (config, server) = server_for(&config, args.throwaway_db).await?;
                 serve::run(&config, server.is_some(), args).await
             }
+            Command::ExportUser { user_id } => export::run(&config, user_id).await,
             Command::New { .. } => Ok(ExitCode::SUCCESS),
         }
     })

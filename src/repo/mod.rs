@@ -7,6 +7,8 @@
 //! can act on (an unknown user is [`Error::NotFound`]).
 
 pub mod erasures;
+pub mod export;
+pub mod keys;
 pub mod keys;
 pub mod messages;
 pub mod settings;

@@ -21,6 +21,8 @@ mod context;
 mod corpus;
 mod errors;
 #[cfg(feature = "cli")]
+mod export;
+#[cfg(feature = "cli")]
 mod faults;
 mod fuzz;
 #[cfg(feature = "cli")]

@@ -1,0 +1,583 @@
+//! `botdb export-user` and `repo::export::export_user`: the whole of a user's data
+//! (soft-deleted messages included), one consistent snapshot, streamed in flat memory.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+use botdb::model::{Dialogue, Message, Role};
+use botdb::{Error, repo};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::cli::{run, stderr, stdout};
+use crate::helpers::{TestDb, botdb_bin};
+
+/// The document, as a reader sees it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Export {
+    format: String,
+    exported_at: DateTime<Utc>,
+    user: ExportedUser,
+    settings: Option<ExportedSettings>,
+    messages: Vec<ExportedMessage>,
+    summary: Summary,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct ExportedUser {
+    id: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportedSettings {
+    max_history_messages: i32,
+    system_prompt: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// No `user_id`: the document is about one user (deny_unknown_fields checks it).
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct ExportedMessage {
+    id: Uuid,
+    chat_id: i64,
+    role: String,
+    content: String,
+    content_length: i32,
+    created_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+    seq: i64,
+}
+
+impl ExportedMessage {
+    /// What a stored message should be exported as.
+    fn of(m: &Message, deleted_at: Option<DateTime<Utc>>) -> Self {
+        ExportedMessage {
+            id: m.id,
+            chat_id: m.chat_id,
+            role: m.role.as_str().to_string(),
+            content: m.content.clone(),
+            content_length: m.content_length,
+            created_at: m.created_at,
+            deleted_at,
+            seq: m.seq,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Summary {
+    messages: u64,
+    deleted: u64,
+}
+
+const ALICE: i64 = 7;
+const BOB: i64 = 8;
+const GROUP: i64 = -100_123;
+
+/// Alice: settings with a system prompt; in her private chat 3 soft-deleted messages and
+/// 1 live one; in a group 1 soft-deleted and 1 live. Bob: a message of his own.
+/// Returns Alice's messages as they must be exported, in export order.
+async fn alice_and_bob(t: &TestDb) -> Vec<ExportedMessage> {
+    let limits = *t.db.limits();
+    let prompt = limits.system_prompt("You are a pirate. Say \"arr\".").unwrap();
+    t.db.session(async |tx| repo::users::register(tx, ALICE, 50, Some(&prompt)).await)
+        .await
+        .unwrap();
+    t.db.session(async |tx| repo::users::upsert(tx, BOB).await)
+        .await
+        .unwrap();
+    let append = async |d: Dialogue, role: Role, text: &str| {
+        let m = limits.message_in(d, role, text).unwrap();
+        t.db.session(async |tx| repo::messages::append(tx, &m).await)
+            .await
+            .unwrap()
+    };
+    let private = Dialogue::private(ALICE);
+    let group = Dialogue::new(ALICE, GROUP);
+    let p1 = append(private, Role::User, "hello").await;
+    let p2 = append(
+        private,
+        Role::Assistant,
+        "line one\nline two \"quoted\" ünïcode 🎉",
+    )
+    .await;
+    let p3 = append(private, Role::User, "forget this").await;
+    let g1 = append(group, Role::User, "in the group").await;
+    assert_eq!(
+        repo::messages::clear_history(t.db.pool(), private).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        repo::messages::clear_history(t.db.pool(), group).await.unwrap(),
+        1
+    );
+    let p4 = append(private, Role::User, "after the clear").await;
+    let g2 = append(group, Role::Assistant, "group reply").await;
+    append(Dialogue::private(BOB), Role::User, "bob's secret").await;
+
+    let deleted_at = |id: Uuid| async move {
+        sqlx::query_scalar::<_, Option<DateTime<Utc>>>("SELECT deleted_at FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(t.db.pool())
+            .await
+            .unwrap()
+    };
+    let mut expected = Vec::new();
+    // chat_id order: the group (negative id) before the private chat (0).
+    for m in [&g1, &g2, &p1, &p2, &p3, &p4] {
+        expected.push(ExportedMessage::of(m, deleted_at(m.id).await));
+    }
+    expected
+}
+
+#[tokio::test]
+async fn export_user_writes_every_message_soft_deleted_included_and_the_settings() {
+    let t = TestDb::new().await;
+    let expected = alice_and_bob(&t).await;
+    let o = run(&["export-user", &ALICE.to_string()], &t.env()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim(),
+        "exported user 7: 6 messages (4 soft-deleted)",
+        "{}",
+        stderr(&o)
+    );
+    let doc: Export = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+
+    assert_eq!(doc.format, "botdb.export.v1");
+    let user = repo::users::get(t.db.pool(), ALICE).await.unwrap().unwrap();
+    assert_eq!(
+        doc.user,
+        ExportedUser {
+            id: ALICE,
+            created_at: user.created_at,
+            updated_at: user.updated_at
+        }
+    );
+    assert!(doc.exported_at >= user.updated_at);
+    let settings = doc.settings.expect("settings exported");
+    let stored = repo::settings::get(t.db.pool(), ALICE).await.unwrap().unwrap();
+    assert_eq!(settings.max_history_messages, 50);
+    assert_eq!(
+        settings.system_prompt.as_deref(),
+        Some("You are a pirate. Say \"arr\".")
+    );
+    assert_eq!(
+        (settings.created_at, settings.updated_at),
+        (stored.created_at, stored.updated_at)
+    );
+
+    // Every message, in (chat_id, created_at, seq) order, deleted_at exactly on the 4
+    // soft-deleted ones, nothing of Bob's.
+    assert_eq!(doc.messages, expected);
+    let deleted: Vec<&str> = doc
+        .messages
+        .iter()
+        .filter(|m| m.deleted_at.is_some())
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "in the group",
+            "hello",
+            "line one\nline two \"quoted\" ünïcode 🎉",
+            "forget this"
+        ]
+    );
+    assert_eq!(
+        doc.messages.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(),
+        ["user", "assistant", "user", "assistant", "user", "user"]
+    );
+    assert!(
+        doc.messages.iter().all(|m| !m.content.contains("bob")),
+        "another user's message leaked"
+    );
+    assert_eq!(
+        doc.summary,
+        Summary {
+            messages: 6,
+            deleted: 4
+        }
+    );
+    // One message per line: a line-oriented reader can count them.
+    let text = stdout(&o);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("{\"id\":")).count(),
+        6,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn export_user_of_an_unknown_user_exits_2_and_writes_nothing() {
+    let t = TestDb::new().await;
+    let o = run(&["export-user", "424242"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim(), "error: user 424242 not found");
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn export_user_refuses_a_malformed_id_and_writes_nothing() {
+    let t = TestDb::new().await;
+    for (arg, says) in [
+        ("abc", "invalid value 'abc'"),
+        ("-5", "expected a positive Telegram user id, got -5"),
+        ("0", "expected a positive Telegram user id, got 0"),
+    ] {
+        let o = run(&["export-user", arg], &t.env()).await;
+        assert_eq!(o.status.code(), Some(2), "{arg}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{arg}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{arg}: {}", stdout(&o));
+    }
+}
+
+#[tokio::test]
+async fn export_user_into_a_closed_pipe_fails_cleanly() {
+    let t = TestDb::new().await;
+    t.db.session(async |tx| repo::users::upsert(tx, ALICE).await)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (user_id, role, content, content_length) \
+         SELECT $1, 'user', repeat('y', 1000), 1000 FROM generate_series(1, 2000)",
+    )
+    .bind(ALICE)
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    // The reader closes its end before the first byte (`| head -c0`): 2 MB cannot fit
+    // in a pipe's buffer, so the export meets EPIPE whatever the timing.
+    let mut child = Command::new(botdb_bin())
+        .args(["export-user", &ALICE.to_string()])
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .envs(t.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("broken pipe") && !err.contains("panicked"), "{err}");
+}
+
+/// The large test's messages: what is checked of each.
+#[derive(Deserialize)]
+struct Big {
+    content: String,
+    content_length: i32,
+    deleted_at: Option<IgnoredAny>,
+}
+
+/// What the large test reads of the document.
+#[derive(Debug, Default)]
+struct Streamed {
+    /// The document without its message lines (`"messages":[\n],`): still JSON.
+    skeleton: String,
+    count: u64,
+    deleted: u64,
+    content_bytes: u64,
+}
+
+/// Reads the export line by line (one message per line), parsing each message and
+/// keeping none: the test's own memory stays flat too.
+fn read_streamed(out: impl BufRead) -> Result<Streamed, String> {
+    let mut s = Streamed::default();
+    let mut lines = out.lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !line.starts_with("{\"id\":") {
+            s.skeleton.push_str(&line);
+            s.skeleton.push('\n');
+            continue;
+        }
+        // Messages are separated by commas; the last has none.
+        let last = lines
+            .peek()
+            .is_none_or(|next| next.as_ref().is_ok_and(|n| !n.starts_with("{\"id\":")));
+        let json = match line.strip_suffix(',') {
+            Some(json) if !last => json,
+            None if last => line.as_str(),
+            _ => return Err(format!("message {}: bad separator", s.count + 1)),
+        };
+        let m: Big = serde_json::from_str(json).map_err(|e| format!("message {}: {e}", s.count + 1))?;
+        s.count += 1;
+        // Row i ends with i on 10 digits: all there, in insertion order.
+        let want = format!("{:010}", s.count);
+        if m.content.len() != 4000 || !m.content.ends_with(&want) || m.content_length != 4000 {
+            return Err(format!("message {} is not row {want}", s.count));
+        }
+        s.deleted += u64::from(m.deleted_at.is_some());
+        s.content_bytes += m.content.len() as u64;
+    }
+    Ok(s)
+}
+
+#[derive(Deserialize)]
+struct Skeleton {
+    format: String,
+    messages: Vec<IgnoredAny>,
+    summary: Summary,
+}
+
+#[tokio::test]
+async fn export_user_streams_200_mb_in_flat_memory() {
+    const ROWS: i64 = 50_000;
+    let t = TestDb::new().await;
+    t.db.session(async |tx| repo::users::upsert(tx, ALICE).await)
+        .await
+        .unwrap();
+    // 50,000 messages of 4,000 characters (200 MB), each ending with its row number;
+    // every tenth soft-deleted.
+    let mut conn = t.conn().await;
+    sqlx::query(
+        "INSERT INTO messages (user_id, chat_id, role, content, content_length, deleted_at) \
+         SELECT $1, 0, CASE WHEN i % 2 = 1 THEN 'user' ELSE 'assistant' END, \
+                repeat('x', 3990) || lpad(i::text, 10, '0'), 4000, \
+                CASE WHEN i % 10 = 0 THEN now() END \
+           FROM generate_series(1, $2::bigint) AS i",
+    )
+    .bind(ALICE)
+    .bind(ROWS)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+
+    let env = t.env();
+    let (parsed, status, rusage, err) = tokio::task::spawn_blocking(move || {
+        #[allow(clippy::zombie_processes)] // reaped below, by wait4
+        let mut child = Command::new(botdb_bin())
+            .args(["export-user", &ALICE.to_string()])
+            .current_dir(std::env::temp_dir())
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let parsed = read_streamed(BufReader::with_capacity(1 << 20, child.stdout.take().unwrap()));
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        // Reap it ourselves (not `child.wait()`) to get its own resource usage.
+        let pid = child.id() as nix::libc::pid_t;
+        let mut status: nix::libc::c_int = 0;
+        // SAFETY: rusage is plain data; all zeros is a valid value.
+        let mut rusage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own unreaped child; both pointers are to live locals.
+        let reaped = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut rusage) };
+        assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+        (parsed, status, rusage, err)
+    })
+    .await
+    .unwrap();
+    assert!(
+        nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0,
+        "status {status}: {err}"
+    );
+    let read = parsed.expect("stdout is the export, one message per line");
+    let doc: Skeleton = serde_json::from_str(&read.skeleton).expect("the rest is JSON");
+    assert_eq!(doc.format, "botdb.export.v1");
+    assert!(doc.messages.is_empty());
+    let rows = ROWS as u64;
+    assert_eq!(read.count, rows);
+    assert_eq!(read.deleted, rows / 10);
+    assert_eq!(
+        doc.summary,
+        Summary {
+            messages: rows,
+            deleted: rows / 10
+        }
+    );
+    // (Before it, sqlx may warn of a slow statement: the SELECT lasts the whole export.)
+    assert_eq!(
+        err.lines().last(),
+        Some(
+            format!(
+                "exported user {ALICE}: {rows} messages ({} soft-deleted)",
+                rows / 10
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+    let content = read.content_bytes;
+    assert_eq!(content, rows * 4000);
+    // ru_maxrss is in KiB on Linux.
+    let peak = rusage.ru_maxrss as u64 * 1024;
+    println!(
+        "export-user: {content} content bytes exported, peak RSS {peak} bytes ({:.1} MiB, {:.2}% of the content)",
+        peak as f64 / (1 << 20) as f64,
+        peak as f64 * 100.0 / content as f64
+    );
+    assert!(
+        peak < content / 4,
+        "peak RSS {peak} bytes is not under a quarter of the {content} bytes exported: the export is buffered"
+    );
+}
+
+#[tokio::test]
+async fn the_library_writes_nothing_for_an_unknown_user_and_a_parsable_document_otherwise() {
+    let t = TestDb::new().await;
+    let mut conn = t.db.pool().acquire().await.unwrap();
+    let mut out = Vec::new();
+    let unknown = repo::export::export_user(&mut conn, 99, &mut out).await;
+    assert!(
+        matches!(&unknown, Err(Error::NotFound { entity: "user", id }) if id == "99"),
+        "{unknown:?}"
+    );
+    assert_eq!(unknown.unwrap_err().to_string(), "user 99 not found");
+    assert!(out.is_empty());
+    for bad in [0, -5] {
+        let refused = repo::export::export_user(&mut conn, bad, &mut out).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidInput { field: "user_id", .. })),
+            "{refused:?}"
+        );
+        assert!(out.is_empty());
+    }
+
+    // A user without settings nor messages: settings null, messages empty.
+    t.db.session(async |tx| repo::users::upsert(tx, BOB).await)
+        .await
+        .unwrap();
+    let summary = repo::export::export_user(&mut conn, BOB, &mut out).await.unwrap();
+    assert_eq!((summary.user_id, summary.messages, summary.deleted), (BOB, 0, 0));
+    assert_eq!(summary.bytes, out.len() as u64);
+    let doc: Export = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc.user.id, BOB);
+    assert!(doc.settings.is_none() && doc.messages.is_empty());
+    assert_eq!(
+        doc.summary,
+        Summary {
+            messages: 0,
+            deleted: 0
+        }
+    );
+
+    // Alice's whole export through the library, the same as through the command.
+    let expected = alice_and_bob(&t).await;
+    out.clear();
+    let summary = repo::export::export_user(&mut conn, ALICE, &mut out)
+        .await
+        .unwrap();
+    assert_eq!((summary.messages, summary.deleted), (6, 4));
+    let doc: Export = serde_json::from_slice(&out).unwrap();
+    assert_eq!(doc.messages, expected);
+
+    // The connection is usable afterwards, outside any transaction.
+    assert!(!conn.is_in_transaction());
+    let mut tx = conn.begin().await.unwrap();
+    let refused = repo::export::export_user(&mut tx, ALICE, &mut Vec::new()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::InvalidInput {
+                field: "connection",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
+/// Runs `f` once, on the first write, then passes everything through.
+struct OnFirstWrite<F: FnMut()> {
+    f: Option<F>,
+    out: Vec<u8>,
+}
+
+impl<F: FnMut()> Write for OnFirstWrite<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(mut f) = self.f.take() {
+            f();
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_export_is_one_snapshot_writes_committed_while_it_runs_are_not_in_it() {
+    let t = TestDb::new().await;
+    let expected = alice_and_bob(&t).await;
+    let options = t.config.connect_options().unwrap();
+    // The first byte is written after the user and settings were read and before the
+    // messages are: commit changes to all three then, from another connection (on a
+    // thread of its own: the export's task is blocked in this write until it is done).
+    let concurrent = move || {
+        let options = options.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut other = PgConnection::connect_with(&options).await.unwrap();
+                    sqlx::raw_sql(
+                        "UPDATE users SET updated_at = now() + interval '1 hour' WHERE id = 7; \
+                         UPDATE user_settings SET system_prompt = 'changed' WHERE user_id = 7; \
+                         INSERT INTO messages (user_id, role, content, content_length) \
+                             VALUES (7, 'user', 'written during the export', 25); \
+                         UPDATE messages SET deleted_at = now() WHERE user_id = 7 AND deleted_at IS NULL;",
+                    )
+                    .execute(&mut other)
+                    .await
+                    .unwrap();
+                    let _ = other.close().await;
+                })
+        })
+        .join()
+        .unwrap();
+    };
+    let mut out = OnFirstWrite {
+        f: Some(concurrent),
+        out: Vec::new(),
+    };
+    let mut conn = t.db.pool().acquire().await.unwrap();
+    let summary = repo::export::export_user(&mut conn, ALICE, &mut out)
+        .await
+        .unwrap();
+    assert!(out.f.is_none(), "the concurrent writes ran");
+    let doc: Export = serde_json::from_slice(&out.out).unwrap();
+    assert_eq!(
+        doc.messages, expected,
+        "the export saw writes committed after its snapshot"
+    );
+    assert_eq!(summary.messages, 6);
+    assert_eq!(
+        doc.settings.unwrap().system_prompt.as_deref(),
+        Some("You are a pirate. Say \"arr\".")
+    );
+    // They were committed: a new export sees them.
+    let mut after = Vec::new();
+    let summary = repo::export::export_user(&mut conn, ALICE, &mut after)
+        .await
+        .unwrap();
+    assert_eq!((summary.messages, summary.deleted), (7, 7));
+    let ids: HashSet<Uuid> = expected.iter().map(|m| m.id).collect();
+    let doc: Export = serde_json::from_slice(&after).unwrap();
+    assert_eq!(doc.messages.iter().filter(|m| !ids.contains(&m.id)).count(), 1);
+    assert_eq!(doc.settings.unwrap().system_prompt.as_deref(), Some("changed"));
+}
