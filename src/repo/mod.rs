@@ -9,7 +9,6 @@
 pub mod erasures;
 pub mod export;
 pub mod keys;
-pub mod keys;
 pub mod messages;
 pub mod settings;
 pub mod users;
