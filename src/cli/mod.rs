@@ -2,8 +2,10 @@
 //! module; errors are shown here, at the edge.
 
 mod demo;
+mod erase;
 mod export;
 mod migrations;
+mod purge;
 mod serve;
 mod tour;
 
@@ -83,6 +85,16 @@ enum Command {
     Tour,
     /// The bot on actix-web: POST /telegram/webhook, GET /healthz, GET /metrics.
     Serve(serve::ServeArgs),
+    /// Remove messages soft-deleted longer ago than --deleted-before, for good, in small
+    /// batches (Ctrl-C stops between batches; run it again to go on).
+    Purge(purge::PurgeArgs),
+    /// Erase a user for good (messages, settings, keys, user row) and record an audit row
+    /// that proves it without naming them (needs BOTDB_AUDIT_KEY).
+    EraseUser {
+        /// The Telegram user id (a positive whole number).
+        #[arg(allow_negative_numbers = true)]
+        user_id: i64,
+    },
     /// Write everything stored about a user (settings, every message including
     /// soft-deleted ones) as JSON to stdout, streaming.
     ExportUser {
@@ -100,6 +112,9 @@ pub fn main() -> ExitCode {
         env_help.push_str(&format!("  {name:<24} {meaning} [default: {default}]\n"));
     }
     env_help.push_str("  BOTDB_WEBHOOK_SECRET     serve: Telegram's secret_token (required)\n");
+    env_help.push_str(
+        "  BOTDB_PURGE_AFTER        serve: purge messages soft-deleted longer ago than this, hourly\n",
+    );
     let matches = Cli::command().after_long_help(env_help).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -185,6 +200,8 @@ fn run(command: Command, app_migrations: Option<PathBuf>) -> anyhow::Result<Exit
                 serve::run(&config, server.is_some(), args).await
             }
             Command::ExportUser { user_id } => export::run(&config, user_id).await,
+            Command::EraseUser { user_id } => erase::run(&config, user_id).await,
+            Command::Purge(args) => purge::run(&config, args).await,
             Command::New { .. } => Ok(ExitCode::SUCCESS),
         }
     })

@@ -59,9 +59,17 @@ pub struct ServeArgs {
     /// Hours handled update ids are kept (Telegram redelivers for at most 24).
     #[arg(long, env = "BOTDB_KEY_RETENTION_HOURS", default_value = "24", value_parser = hours)]
     key_retention: Duration,
+    /// Purge messages soft-deleted longer ago than this (30d, 12h), every hour; unset:
+    /// soft-deleted messages are kept.
+    #[arg(long, env = "BOTDB_PURGE_AFTER", value_name = "DURATION", value_parser = purge_after)]
+    purge_after: Option<Duration>,
     /// Seconds a /healthz answer is reused before the database is asked again.
     #[arg(long, env = "BOTDB_HEALTH_CACHE", default_value = "1", value_parser = seconds)]
     health_cache: Duration,
+}
+
+fn purge_after(v: &str) -> Result<Duration, String> {
+    botdb::model::parse_duration("BOTDB_PURGE_AFTER", v).map_err(|e| e.to_string())
 }
 
 /// A number of hours (fractions allowed), more than 0.
@@ -118,6 +126,7 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
         health_cache: args.health_cache,
         bot_name: args.bot_name,
         key_retention: args.key_retention,
+        purge_after: args.purge_after,
     };
     let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;
     for addr in running.addrs() {

@@ -106,6 +106,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 &state.webhook,
                 &state.health,
                 state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
+                actors.database().counters().snapshot(),
                 actors.is_shutting_down(),
             )),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),

@@ -42,6 +42,7 @@ pub(crate) fn render(
     webhook: &WebhookMetrics,
     health: &HealthCache,
     keys_purged: u64,
+    removed: crate::db::Removed,
     shutting_down: bool,
 ) -> String {
     let mut out = String::new();
@@ -199,6 +200,27 @@ pub(crate) fn render(
         "counter",
         "Handled update ids removed after the retention period.",
         &[(String::new(), keys_purged as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_messages_purged_total",
+        "counter",
+        "Soft-deleted messages removed for good after their retention (BOTDB_PURGE_AFTER).",
+        &[(String::new(), removed.purged_messages as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_users_erased_total",
+        "counter",
+        "Users erased on request (EraseUser, /forget yes).",
+        &[(String::new(), removed.erased_users as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_erased_messages_total",
+        "counter",
+        "Messages removed with erased users.",
+        &[(String::new(), removed.erased_messages as f64)],
     );
     family(
         &mut out,

@@ -88,6 +88,10 @@ pub struct ServeOptions {
     /// How long handled update ids are kept (Telegram does not redeliver an update after
     /// 24 hours); older ones are removed in the background, in small batches.
     pub key_retention: Duration,
+    /// Messages soft-deleted longer ago than this are purged (removed for good) every
+    /// hour in the background, in small batches that never make a turn wait
+    /// (`BOTDB_PURGE_AFTER`); `None`: never (the default: soft-deleted rows are kept).
+    pub purge_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -108,6 +112,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("health_cache", &self.health_cache)
             .field("bot_name", &self.bot_name)
             .field("key_retention", &self.key_retention)
+            .field("purge_after", &self.purge_after)
             .finish()
     }
 }
@@ -131,6 +136,7 @@ impl Default for ServeOptions {
             health_cache: Duration::from_secs(1),
             bot_name: "bot".into(),
             key_retention: Duration::from_secs(24 * 3600),
+            purge_after: None,
         }
     }
 }
@@ -182,6 +188,25 @@ async fn purge_keys(db: Database, retention: Duration, state: web::Data<AppState
     }
 }
 
+/// Purges messages soft-deleted longer ago than `after`, every hour (the first time at
+/// start), 1,000 per transaction, until the task is aborted at shutdown.
+async fn purge_messages(db: Database, after: Duration) {
+    loop {
+        let options = crate::retention::PurgeOptions::new(after);
+        match crate::retention::purge(&db, options, |_| {}, std::future::pending()).await {
+            Ok(report) if report.purged > 0 => tracing::info!(
+                purged = report.purged,
+                batches = report.batches,
+                longest_batch_ms = report.longest_batch.as_millis() as u64,
+                "purged soft-deleted messages past their retention"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging soft-deleted messages failed; trying again later"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
 /// A server that is bound and running; [`RunningServer::run_until`] drives it to the
 /// end.
 pub struct RunningServer {
@@ -194,6 +219,7 @@ pub struct RunningServer {
     http_shutdown_timeout: Duration,
     shutdown_grace: Duration,
     key_retention: Duration,
+    purge_after: Option<Duration>,
     state: web::Data<AppState>,
 }
 
@@ -238,6 +264,9 @@ impl RunningServer {
             self.key_retention,
             self.state.clone(),
         ));
+        let messages_purge = self
+            .purge_after
+            .map(|after| actix_rt::spawn(purge_messages(self.actors.database().clone(), after)));
         let failed = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
@@ -262,6 +291,11 @@ impl RunningServer {
         // The purge works on the pool directly: it stops before the pool closes.
         purge.abort();
         let _ = purge.await;
+        if let Some(task) = messages_purge {
+            // Between statements or in one: an aborted batch rolls back, whole.
+            task.abort();
+            let _ = task.await;
+        }
         let report = self.actors.shutdown().await;
         if let Some((handle, task)) = admin {
             handle.stop(true).await;
@@ -381,6 +415,7 @@ pub fn start(
         http_shutdown_timeout: options.http_shutdown_timeout,
         shutdown_grace: options.shutdown_grace,
         key_retention: options.key_retention,
+        purge_after: options.purge_after,
         state,
     })
 }

@@ -19,6 +19,7 @@ mod cli;
 mod context;
 #[cfg(feature = "cli")]
 mod corpus;
+mod erase;
 mod errors;
 #[cfg(feature = "cli")]
 mod export;
