@@ -28,6 +28,8 @@ pub(crate) fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
         "BOTDB_WEBHOOK_SECRET",
         "BOTDB_ADMIN_TOKEN",
         "BOTDB_APP_MIGRATIONS",
+        "BOTDB_AUDIT_KEY",
+        "BOTDB_PURGE_AFTER",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);

@@ -28,11 +28,14 @@ mod faults;
 mod fuzz;
 #[cfg(feature = "cli")]
 mod http_hardening;
+#[cfg(feature = "cli")]
+mod lifecycle_cli;
 mod locks;
 mod migrations;
 mod once;
 mod own_tables;
 mod pool;
+mod purge;
 #[cfg(feature = "cli")]
 mod reference_schema;
 mod reminders_example;

@@ -1,0 +1,203 @@
+//! `botdb purge`, `botdb erase-user` and serve's `BOTDB_PURGE_AFTER` (issue 15), run as
+//! an operator runs them.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cli::{run, stderr, stdout};
+use crate::helpers::{TestDb, eventually};
+use crate::serve::{client, spawn_serve_with};
+
+/// `n` messages of user 1 soft-deleted 40 days ago, and 5 live ones written 60 days ago.
+async fn aged(t: &TestDb, n: i64) {
+    sqlx::raw_sql("INSERT INTO users (id) VALUES (1)")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (id, user_id, role, content, content_length, created_at, deleted_at) \
+         SELECT gen_random_uuid(), 1, 'user', 'old', 3, now() - interval '60 days', now() - interval '40 days' \
+           FROM generate_series(1, $1::int8); \
+         ",
+    )
+    .bind(n)
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (id, user_id, role, content, content_length, created_at) \
+         SELECT gen_random_uuid(), 1, 'user', 'live', 4, now() - interval '60 days' FROM generate_series(1, 5)",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+}
+
+async fn left(t: &TestDb, content: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM messages WHERE content = $1")
+        .bind(content)
+        .fetch_one(&mut t.conn().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn purge_stops_on_ctrl_c_between_batches_and_a_second_run_finishes() {
+    let t = TestDb::new().await;
+    aged(&t, 20_000).await;
+    let child = tokio::process::Command::new(crate::helpers::botdb_bin())
+        .args([
+            "purge",
+            "--deleted-before",
+            "30d",
+            "--batch",
+            "100",
+            "--pause",
+            "20ms",
+        ])
+        .env("DATABASE_URL", t.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Once some batches are committed, Ctrl-C.
+    assert!(
+        eventually(Duration::from_secs(60), async || left(&t, "old").await < 20_000).await,
+        "the purge started"
+    );
+    let pid = i32::try_from(child.id().unwrap()).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the purge stopped")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("interrupted: purged"), "{text}");
+    assert!(text.contains("run the same command again"), "{text}");
+    let after_stop = left(&t, "old").await;
+    assert!(
+        after_stop > 0 && after_stop < 20_000,
+        "stopped part way: {after_stop} left"
+    );
+    assert_eq!(after_stop % 100, 0, "whole batches only: {after_stop} left");
+
+    // The same command again goes on from there and finishes.
+    let o = run(&["purge", "--deleted-before", "30d", "--batch", "1000"], &t.env()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("purged {after_stop} messages soft-deleted before")),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!((left(&t, "old").await, left(&t, "live").await), (0, 5));
+}
+
+#[tokio::test]
+async fn purge_refuses_a_malformed_duration_and_removes_nothing() {
+    let t = TestDb::new().await;
+    aged(&t, 10).await;
+    for bad in ["30x", "thirty", "0s", "-5d"] {
+        let arg = format!("--deleted-before={bad}");
+        let o = run(&["purge", &arg], &t.env()).await;
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("--deleted-before") && stderr(&o).contains("expected a duration"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run(&["purge"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(left(&t, "old").await, 10);
+}
+
+#[tokio::test]
+async fn erase_user_needs_the_audit_key_names_unknown_users_and_erases() {
+    let t = TestDb::new().await;
+    aged(&t, 3).await;
+    let o = run(&["erase-user", "1"], &t.env()).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("BOTDB_AUDIT_KEY is not set"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(left(&t, "live").await, 5);
+
+    let mut env = t.env();
+    env.push(("BOTDB_AUDIT_KEY", "short".into()));
+    let o = run(&["erase-user", "1"], &env).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("BOTDB_AUDIT_KEY"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("short"),
+        "the key is never shown: {}",
+        stderr(&o)
+    );
+
+    let mut env = t.env();
+    env.push(("BOTDB_AUDIT_KEY", "a-test-audit-key-of-some-length".into()));
+    let o = run(&["erase-user", "404"], &env).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("user 404 not found"), "{}", stderr(&o));
+    let o = run(&["erase-user", "abc"], &env).await;
+    assert_eq!(o.status.code(), Some(2));
+
+    let o = run(&["erase-user", "1"], &env).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o)
+            .starts_with("erased user 1: 8 messages, 0 settings row(s), 0 request key(s); audit row 1 at "),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(left(&t, "old").await + left(&t, "live").await, 0);
+}
+
+#[actix_rt::test]
+async fn serve_purges_past_botdb_purge_after_and_counts_it_in_metrics() {
+    let t = TestDb::new().await;
+    aged(&t, 2_500).await;
+    let served = spawn_serve_with(&t.url(), &[], &[("BOTDB_PURGE_AFTER", "30d")]).await;
+    assert!(
+        eventually(Duration::from_secs(60), async || left(&t, "old").await == 0).await,
+        "serve purged in the background"
+    );
+    assert_eq!(left(&t, "live").await, 5);
+    let c = client();
+    let text = String::from_utf8(
+        c.get(format!("{}/metrics", served.base))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("botdb_messages_purged_total 2500"), "{text}");
+    assert!(text.contains("botdb_users_erased_total 0"), "{text}");
+
+    // A malformed setting stops serve before it starts.
+    let o = run(&["serve", "--bind", "127.0.0.1:0"], &{
+        let mut env = t.env();
+        env.push(("BOTDB_PURGE_AFTER", "soon".into()));
+        env.push(("BOTDB_WEBHOOK_SECRET", "s3cret-token".into()));
+        env
+    })
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("BOTDB_PURGE_AFTER"), "{}", stderr(&o));
+}
