@@ -17,6 +17,9 @@
 //!   one query for many histories);
 //! - `keyed`: `batched` with idempotency on: both appends carry a request key, recorded
 //!   in the same statement (what the webhook's writes do);
+//! - `context`: `batched` with the model's context read (`GetContext`, the budget query:
+//!   the newest messages within 200,000 characters and the user's limit) in place of
+//!   `GetHistory`;
 //! - `direct`: the five requests run without the actors (`DbRequest::run`);
 //! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
 //! - `raw`: the pgbench statements, verbatim, on a plain sqlx `PgPool` of the same size
@@ -34,7 +37,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use botdb::actors::{AppendMessage, DbHandle, DbRequest, DbSystem, GetHistory, GetSettings, UpsertUser};
+use botdb::actors::{
+    AppendMessage, DbHandle, DbRequest, DbSystem, GetContext, GetHistory, GetSettings, UpsertUser,
+};
 use botdb::embedded::EmbeddedPostgres;
 use botdb::model::{RequestKey, Role};
 use botdb::{ActorConfig, Config, Database, repo};
@@ -81,6 +86,7 @@ enum Mode {
     Actors,
     Batched,
     Keyed,
+    Context,
     Direct,
     Session,
     Raw,
@@ -89,10 +95,11 @@ enum Mode {
     PgbenchTx,
 }
 
-const MODES: [Mode; 9] = [
+const MODES: [Mode; 10] = [
     Mode::Actors,
     Mode::Batched,
     Mode::Keyed,
+    Mode::Context,
     Mode::Direct,
     Mode::Session,
     Mode::Raw,
@@ -107,6 +114,7 @@ impl Mode {
             Mode::Actors => "actors",
             Mode::Batched => "batched",
             Mode::Keyed => "keyed",
+            Mode::Context => "context",
             Mode::Direct => "direct",
             Mode::Session => "session",
             Mode::Raw => "raw",
@@ -546,6 +554,7 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
                 .await
                 .is_ok(),
             Mode::Batched => five_requests(target, &target.batched, uid, None).await.is_ok(),
+            Mode::Context => context_turn(target, &target.batched, uid).await.is_ok(),
             Mode::Keyed => {
                 let turn = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 five_requests(target, &target.batched, uid, Some(turn))
@@ -667,6 +676,39 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64, turn: Option<u64>) 
         role: Role::Assistant,
         content: t.reply_text.to_string(),
         key: key("reply")?,
+    })
+    .await?;
+    Ok(())
+}
+
+/// `batched` with the model's context read instead of the history: `GetContext` within
+/// the default budget (200,000 characters) and the user's message limit, what the bot
+/// reads for a turn.
+async fn context_turn(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()> {
+    to.exec(UpsertUser { user_id: uid }).await?;
+    let settings = to.exec(GetSettings { user_id: uid }).await?;
+    to.exec(AppendMessage {
+        user_id: uid,
+        chat_id: PRIVATE_CHAT,
+        role: Role::User,
+        content: t.user_text.to_string(),
+        key: None,
+    })
+    .await?;
+    let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
+    to.exec(GetContext {
+        user_id: uid,
+        chat_id: PRIVATE_CHAT,
+        max_chars: None,
+        max_messages: Some(limit),
+    })
+    .await?;
+    to.exec(AppendMessage {
+        user_id: uid,
+        chat_id: PRIVATE_CHAT,
+        role: Role::Assistant,
+        content: t.reply_text.to_string(),
+        key: None,
     })
     .await?;
     Ok(())

@@ -102,7 +102,10 @@
 //!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
 //!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
-//!   (`repo::keys`: request keys, for requests that happen at most once).
+//!   (`repo::keys`: request keys, for requests that happen at most once;
+//!   `repo::erasures`: erasing a user with a keyed-hash audit row; `repo::export`: a
+//!   user's data as streamed JSON; `repo::messages::context`: the model's context within
+//!   a character budget).
 //! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]), the application's own
 //!   migrations beside it ([`migrate::Migrations`], bookkeeping `_app_migrations`), and
 //!   the operator verbs (upgrade, downgrade, current, history, new) on both sets, with a
