@@ -17,7 +17,7 @@ pub async fn run(config: &Config, user_id: i64) -> anyhow::Result<ExitCode> {
     let db = Database::connect(config).await?;
     // Through the users actor, as the bot does: serialised with this process's other
     // requests of the user, and by the user's row lock with everyone else's.
-    let actors = DbSystem::start(db, config.actors.clone());
+    let actors = DbSystem::start(db, config.actors);
     let done = actors.send(EraseUser { user_id, key: None }).await;
     actors.shutdown().await;
     let erasure = done?;
