@@ -20,12 +20,27 @@ CREATE TABLE erasures (
 
 CREATE INDEX ix_erasures_subject ON erasures (subject);
 
+-- An erasure scrubs the user's request keys (kept, owned by nobody, so that a copy of
+-- an update handled before it does not run again): found by user, not by a scan of a
+-- day of updates. One more index entry per recorded key.
+CREATE INDEX ix_request_keys_user ON request_keys (user_id);
+
 -- The retention purge walks soft-deleted messages oldest deletion first, a small batch
 -- at a time. Partial: a live message (every new row) has no entry, so appends do not
 -- pay for it; a soft delete adds one entry (the UPDATE already writes the other
 -- indexes). IF NOT EXISTS: on a large live table, build it beforehand without blocking
 -- writes (CREATE INDEX CONCURRENTLY with this definition; see docs/retention.md), and
 -- this finds it done.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index
+                WHERE indexrelid = to_regclass('ix_messages_deleted') AND NOT indisvalid) THEN
+        RAISE EXCEPTION 'ix_messages_deleted exists but is INVALID (a CREATE INDEX CONCURRENTLY that failed): '
+            'DROP INDEX CONCURRENTLY ix_messages_deleted; then build it again, or let this migration build it';
+    END IF;
+END
+$$;
+
 CREATE INDEX IF NOT EXISTS ix_messages_deleted
     ON messages (deleted_at)
     WHERE deleted_at IS NOT NULL;

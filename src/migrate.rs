@@ -1108,7 +1108,7 @@ mod tests {
     #[test]
     fn embedded_migrations_are_reversible_and_numbered() {
         let ups: Vec<i64> = up_migrations().map(|m| m.version).collect();
-        assert_eq!(ups, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(ups, vec![1, 2, 3, 4, 5, 6, 7]);
         for v in ups {
             assert!(
                 MIGRATOR

@@ -121,7 +121,9 @@ pub async fn purge(
         report.purged += n;
         db.counters().purged(n);
         progress(report.purged);
-        if n < u64::try_from(options.batch).unwrap_or(u64::MAX) {
+        // Done when a batch finds nothing: a short batch may only mean that rows were
+        // skipped because another transaction held them (an erasure under way).
+        if n == 0 {
             report.finished = true;
             return Ok(report);
         }

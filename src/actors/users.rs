@@ -182,8 +182,11 @@ impl DbRequest for EnsureUser {
 /// actors and instances: a turn in flight either committed before (its messages are
 /// erased too) or finds no user ([`NotFound`](crate::Error::NotFound)); nothing is left
 /// half-way. An unknown user is `NotFound` (no audit row). Needs `BOTDB_AUDIT_KEY`
-/// ([`Error::Config`] without it). With a `key`, at most once: a copy answers with the
-/// first one's audit row (that one key is kept, for the key retention, to make it so).
+/// ([`Error::Config`] without it). The user's request keys stay until the key
+/// retention, owned by nobody: a copy of a request they made before (this one too,
+/// with a `key`) is [`NotFound`](crate::Error::NotFound) (entity
+/// [`ERASED_ENTITY`](crate::repo::keys::ERASED_ENTITY)) and does nothing, even if the
+/// user came back since.
 #[derive(Clone, Debug, Message)]
 #[rtype(result = "crate::Result<Erasure>")]
 pub struct EraseUser {
@@ -214,17 +217,14 @@ impl DbRequest for EraseUser {
             self.key.as_ref(),
             user_id,
             async |tx| {
-                let erasure = repo::erasures::erase(tx, &audit, user_id, self.key.as_ref()).await?;
+                let erasure = repo::erasures::erase(tx, &audit, user_id).await?;
                 erased.set(true);
                 Ok(erasure)
             },
-            |erasure| serde_json::json!({ "erased": erasure }),
-            async |_, recorded| {
-                recorded
-                    .get("erased")
-                    .and_then(|e| serde_json::from_value(e.clone()).ok())
-                    .ok_or_else(|| once::mismatch(&recorded))
-            },
+            // The key was scrubbed with the user's others: it names nobody, and a copy
+            // finds it erased (`outcome_of`), never this outcome.
+            |_| serde_json::json!({ "erased": true }),
+            async |_, recorded| Err(once::mismatch(&recorded)),
         )
         .await?;
         if erased.get() {

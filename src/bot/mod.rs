@@ -113,6 +113,19 @@ impl Bot {
     /// [`BotError::BadUpdate`] for an update Telegram cannot have sent;
     /// [`BotError::Db`] when the database layer failed (nothing of the turn is stored).
     pub async fn handle(&self, update: Update) -> Result<Outcome, BotError> {
+        match self.handle_once(update).await {
+            // A copy of an update handled before its user was erased: answered, and
+            // nothing done (the erasure keeps the keys, owned by nobody).
+            Err(BotError::Db(Error::NotFound { entity, .. }))
+                if entity == crate::repo::keys::ERASED_ENTITY =>
+            {
+                Ok(Outcome::Ignored("sent before its user was erased"))
+            }
+            other => other,
+        }
+    }
+
+    async fn handle_once(&self, update: Update) -> Result<Outcome, BotError> {
         let Some(message) = update.message else {
             return Ok(Outcome::Ignored("not a message"));
         };
@@ -145,6 +158,20 @@ impl Bot {
                      your settings), for good. Send /forget yes to confirm."
                         .into(),
                 );
+            }
+            // A copy of an update whose turn is stored: the same answer, no model call,
+            // and (if the user was erased since) no registration.
+            Command::Text(_) => {
+                let done = self
+                    .db
+                    .send(TurnOf {
+                        user_id,
+                        key: key.clone(),
+                    })
+                    .await?;
+                if let Some(done) = done {
+                    return reply(done.reply.content);
+                }
             }
             _ => {}
         }
@@ -226,17 +253,6 @@ impl Bot {
     ) -> Result<Outcome, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
-        // A copy of an update whose turn is stored: the same answer, no model call.
-        if let Some(done) = self
-            .db
-            .send(TurnOf {
-                user_id,
-                key: key.clone(),
-            })
-            .await?
-        {
-            return Ok(Outcome::Reply(SendMessage::new(chat_id, done.reply.content)));
-        }
         if let Err(Error::InvalidInput { reason, .. }) =
             limits.message_in(dialogue, Role::User, text.as_str())
         {
@@ -291,7 +307,7 @@ impl Bot {
         };
         // Stored once: if a copy of this update stored its turn meanwhile, that turn
         // comes back, and its reply is the answer (the same one the copy gave).
-        let turn = self
+        let stored = self
             .db
             .send(AppendTurn {
                 user_id,
@@ -300,8 +316,18 @@ impl Bot {
                 reply_text: answer,
                 key: Some(key),
             })
-            .await?;
-        Ok(Outcome::Reply(SendMessage::new(chat_id, turn.reply.content)))
+            .await;
+        match stored {
+            Ok(turn) => Ok(Outcome::Reply(SendMessage::new(chat_id, turn.reply.content))),
+            // The user was erased while the model answered (`/forget yes` from another
+            // chat, an operator): the turn is not stored, and answered so (a 200:
+            // Telegram does not redeliver it, which would register the user again).
+            Err(Error::NotFound { entity: "user", .. }) => Ok(Outcome::Reply(SendMessage::new(
+                chat_id,
+                "Your data was erased while I was answering; this message was not stored.",
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `/forget yes`: the user erased, once per update.
@@ -326,7 +352,9 @@ impl Bot {
         }
     }
 
-    /// `/history`: what the next turn gives the model (the context), oldest first.
+    /// `/history`: what the bot remembers, oldest first: the newest messages within the
+    /// user's limit and the character budget (a turn gives the model the newest of them
+    /// that leave room, in both, for its new message).
     async fn history(&self, dialogue: Dialogue) -> Result<String, BotError> {
         let newest_first = self
             .db

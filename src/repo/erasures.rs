@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use crate::config::AuditKey;
 use crate::error::{Error, Result};
-use crate::model::{Erasure, RequestKey, check_user_id};
+use crate::model::{Erasure, check_user_id};
 
 /// The audit subject of `user_id`: HMAC-SHA256 under the audit key of the id written
 /// in decimal. Whoever holds the key and an id can find that user's erasures; without
@@ -27,20 +27,17 @@ pub fn subject(key: &AuditKey, user_id: i64) -> [u8; 32] {
 /// Erases `user_id`, inside the caller's transaction: takes the user's row `FOR
 /// UPDATE` first (so a concurrent turn of the user, which needs that row to insert,
 /// either committed before, and its messages go too, or waits and then finds no user),
-/// deletes their messages (live and soft-deleted, every chat), settings, request keys
-/// (except `keep`: the key of this very request, so that a copy of it is answered as
-/// the first was) and user row, and writes the audit row. Returns it.
+/// deletes their messages (live and soft-deleted, every chat), settings and user row,
+/// scrubs their request keys (kept until the key retention, so that a copy of an
+/// update handled before the erasure does not run again, but owned by
+/// [`ERASED`](crate::repo::keys::ERASED) with no outcome: nothing names the user), and
+/// writes the audit row. Returns it.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a bad id; [`Error::NotFound`] for an unknown user
 /// (nothing is written, no audit row); database errors (the caller's transaction rolls
 /// everything back).
-pub async fn erase(
-    conn: &mut PgConnection,
-    key: &AuditKey,
-    user_id: i64,
-    keep: Option<&RequestKey>,
-) -> Result<Erasure> {
+pub async fn erase(conn: &mut PgConnection, key: &AuditKey, user_id: i64) -> Result<Erasure> {
     check_user_id(user_id)?;
     let found: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
         .bind(user_id)
@@ -60,12 +57,10 @@ pub async fn erase(
         .await?
         .rows_affected();
     let request_keys = sqlx::query(
-        "DELETE FROM request_keys WHERE user_id = $1 \
-            AND ($2::text IS NULL OR (scope, key) <> ($2, $3))",
+        "UPDATE request_keys SET user_id = $2, outcome = '{\"erased\": true}' WHERE user_id = $1",
     )
     .bind(user_id)
-    .bind(keep.map(RequestKey::scope))
-    .bind(keep.map(RequestKey::key))
+    .bind(crate::repo::keys::ERASED)
     .execute(&mut *conn)
     .await?
     .rows_affected();

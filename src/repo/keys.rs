@@ -16,6 +16,14 @@ use sqlx::PgExecutor;
 use crate::error::{Error, Result};
 use crate::model::RequestKey;
 
+/// The owner of the keys of an erased user: their requests stay recorded (a copy
+/// arriving after the erasure must not run again) but name nobody.
+pub const ERASED: i64 = 0;
+
+/// The entity of the [`Error::NotFound`] a copy of an erased user's request gets: it is
+/// answered, and does nothing.
+pub const ERASED_ENTITY: &str = "user (erased)";
+
 /// Claims `key` for `user_id` with `outcome`. Returns `None` when this call took it
 /// (the caller does the work), or the outcome recorded by whoever took it before (a
 /// copy of this request; if that copy is still in its transaction, this waits for it,
@@ -64,7 +72,8 @@ pub async fn set_outcome<'e>(ex: impl PgExecutor<'e>, key: &RequestKey, outcome:
 ///
 /// # Errors
 /// [`Error::Conflict`] when the key was recorded by another user's request (a key is
-/// never answered across users); database errors.
+/// never answered across users); [`Error::NotFound`] (entity [`ERASED_ENTITY`]) when
+/// the user was erased since; database errors.
 pub async fn outcome_of<'e>(
     ex: impl PgExecutor<'e>,
     key: &RequestKey,
@@ -77,6 +86,7 @@ pub async fn outcome_of<'e>(
             .fetch_optional(ex)
             .await?;
     match recorded {
+        Some((ERASED, _)) => Err(Error::not_found(ERASED_ENTITY, user_id)),
         Some((owner, _)) if owner != user_id => Err(Error::Conflict(format!(
             "request key {}/{} belongs to another user's request",
             key.scope(),

@@ -119,8 +119,8 @@ async fn migrate_applies_botdb_then_the_app_and_a_second_migrate_does_nothing() 
     let mut expected = all_botdb();
     expected.extend(app_ids([1, 2]));
     assert_eq!(ids(&applied), expected, "botdb's first, then the app's");
-    assert_eq!(applied[6].description, "reminders");
-    assert_eq!(applied[7].label(), "app 0002 reminders due index");
+    assert_eq!(applied[7].description, "reminders");
+    assert_eq!(applied[8].label(), "app 0002 reminders due index");
     // Each set in its own bookkeeping table.
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
@@ -166,7 +166,7 @@ async fn migrate_applies_botdb_then_the_app_and_a_second_migrate_does_nothing() 
     let history = migrations.history(&mut conn).await.unwrap();
     assert_eq!(ids(&history), expected);
     assert!(history.iter().all(|s| s.is_applied() && s.checksum_matches));
-    let json = serde_json::to_value(&history[6]).unwrap();
+    let json = serde_json::to_value(&history[7]).unwrap();
     assert_eq!(json["set"], "app");
     assert_eq!(serde_json::to_value(&history[0]).unwrap()["set"], "botdb");
 }
@@ -181,7 +181,7 @@ async fn botdb_migrate_to_a_version_below_head_applies_no_app_migration() {
     assert_eq!(ids(&applied), botdb_ids(1..=4));
     assert!(recorded(&mut conn, "_app_migrations").await.is_empty());
     let applied = migrations.upgrade(&mut conn, None, &policy()).await.unwrap();
-    let mut expected = botdb_ids(5..=6);
+    let mut expected = botdb_ids(5..=7);
     expected.extend(app_ids([1, 2]));
     assert_eq!(ids(&applied), expected);
 }
@@ -258,7 +258,7 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
     );
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await.len(),
-        6,
+        7,
         "nothing rolled back"
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
@@ -269,7 +269,7 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
         .await
         .unwrap();
     let mut expected = app_ids([2, 1]);
-    expected.extend(botdb_ids((1..=6).rev()));
+    expected.extend(botdb_ids((1..=7).rev()));
     assert_eq!(ids(&reverted), expected);
     assert!(Snapshot::read(&mut conn).await.unwrap().objects.is_empty());
     assert!(recorded(&mut conn, "_sqlx_migrations").await.is_empty());
@@ -439,12 +439,12 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
     );
     assert_eq!(
         recorded(&mut conn, "_app_migrations").await,
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6]
     );
     // botdb's own verbs still see botdb's set exactly.
     assert_eq!(
         migrate::current(&mut conn).await.unwrap().unwrap().description,
-        "request keys"
+        "erasures and retention"
     );
     assert!(
         botdb::catalog::check_with(&t.config, &migrations)
@@ -457,7 +457,7 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
         .await
         .unwrap();
     let mut expected = app_ids((1..=6).rev());
-    expected.extend(botdb_ids((1..=6).rev()));
+    expected.extend(botdb_ids((1..=7).rev()));
     assert_eq!(ids(&reverted), expected);
     assert!(Snapshot::read(&mut conn).await.unwrap().objects.is_empty());
 }

@@ -283,7 +283,7 @@ async fn an_erasure_racing_turns_of_the_same_user_leaves_nothing_half_way() {
 }
 
 #[actix_rt::test]
-async fn a_copy_of_a_keyed_erasure_answers_the_first_and_erases_nothing_new() {
+async fn copies_of_requests_from_before_an_erasure_do_nothing_and_name_nobody() {
     let t = with_key().await;
     let h = DbSystem::start(t.db.clone(), ActorConfig::default());
     populate(&t, &h, 21).await;
@@ -295,7 +295,23 @@ async fn a_copy_of_a_keyed_erasure_answers_the_first_and_erases_nothing_new() {
         })
         .await
         .unwrap();
-    // The user talks again, then a copy of the erasure arrives (a redelivered update).
+    assert_eq!(first.request_keys, 5, "the four turns' keys and its own");
+    // The keys stay (until the key retention), owned by nobody, with no outcome.
+    let mut conn = t.conn().await;
+    let kept: Vec<(i64, serde_json::Value)> =
+        sqlx::query_as("SELECT user_id, outcome FROM request_keys ORDER BY key")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(kept.len(), 5);
+    assert!(
+        kept.iter()
+            .all(|(owner, outcome)| *owner == 0 && *outcome == serde_json::json!({"erased": true})),
+        "{kept:?}"
+    );
+
+    // The user talks again; then copies of requests from before the erasure arrive: a
+    // turn, and the erasure itself. Each is NotFound (erased) and does nothing.
     h.send(EnsureUser { user_id: 21 }).await.unwrap();
     let copy = h
         .send(EraseUser {
@@ -303,15 +319,29 @@ async fn a_copy_of_a_keyed_erasure_answers_the_first_and_erases_nothing_new() {
             key: Some(key),
         })
         .await
-        .unwrap();
-    assert_eq!(copy, first);
+        .unwrap_err();
+    assert!(
+        matches!(&copy, Error::NotFound { entity, .. } if *entity == repo::keys::ERASED_ENTITY),
+        "{copy}"
+    );
+    let turn_copy = h
+        .send(AppendTurn {
+            user_id: 21,
+            chat_id: 0,
+            user_text: "secret 0 of 21".into(),
+            reply_text: "noted".into(),
+            key: Some(RequestKey::new("test", "21-0").unwrap()),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(turn_copy, Error::NotFound { .. }), "{turn_copy}");
     assert_eq!(
-        rows_of(&t, 21).await[0],
-        1,
-        "the user who came back is not erased again"
+        rows_of(&t, 21).await,
+        [1, 0, 1, 0],
+        "the user who came back is not erased, nor given old messages"
     );
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM erasures")
-        .fetch_one(&mut t.conn().await)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(audits, 1);
@@ -353,9 +383,14 @@ async fn the_bot_asks_to_confirm_forget_then_erases_once() {
     let done = text(bot.handle(update(4, 31, "/forget yes")).await.unwrap());
     assert!(done.contains("erased 4 messages"), "{done}");
     assert_eq!(rows_of(&t, 31).await[..3], [0, 0, 0]);
-    // Telegram redelivers the confirmation: the same answer, no user registered again.
+    // Telegram redelivers the confirmation, and a turn from before it: answered (a 200),
+    // nothing done, no user registered again.
     let again = text(bot.handle(update(4, 31, "/forget yes")).await.unwrap());
-    assert_eq!(again, done);
+    assert!(again.contains("nothing"), "{again}");
+    assert_eq!(
+        bot.handle(update(2, 31, "my secret is X")).await.unwrap(),
+        Outcome::Ignored("sent before its user was erased")
+    );
     assert_eq!(rows_of(&t, 31).await[..3], [0, 0, 0]);
     // A new confirmation for someone with nothing stored.
     let nothing = text(bot.handle(update(5, 32, "/forget yes")).await.unwrap());

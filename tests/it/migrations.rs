@@ -63,9 +63,9 @@ async fn rollback_n_steps_and_all() {
     let t = TestDb::new().await;
     let mut conn = t.conn().await;
     let reverted = migrate::downgrade(&mut conn, 2).await.unwrap();
-    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![6, 5]);
-    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 4);
-    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 4);
+    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![7, 6]);
+    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 5);
+    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 5);
     assert!(migrate::downgrade(&mut conn, 1).await.unwrap().is_empty());
 }
 
@@ -292,7 +292,7 @@ async fn private_dialogues_written_before_chats_were_told_apart_keep_working() {
     .execute(&mut conn)
     .await
     .unwrap();
-    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 2);
+    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 3);
     // They are the user's private dialogue: what botdb reads for the private chat.
     let private: Vec<String> = botdb::repo::messages::history(&mut conn, 77, 20)
         .await
@@ -357,7 +357,7 @@ async fn lock_waiter_on_messages(observer: &mut PgConnection, name: &str) -> boo
 async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its_lock_timeout() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 2).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 3).await.unwrap();
     // An operator's long transaction reads messages and stays open.
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
@@ -433,7 +433,7 @@ async fn repo_user(t: &TestDb, id: i64) {
 async fn a_migration_that_never_gets_its_lock_fails_named_and_applies_nothing() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 2).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 3).await.unwrap();
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query("SELECT count(*) FROM messages")
