@@ -1117,7 +1117,7 @@ mod tests {
                 "migration {v} has no down script"
             );
         }
-        assert_eq!(head(), Some(6));
+        assert_eq!(head(), Some(7));
         assert!(describe_version(3).contains("content length and history index"));
     }
 
