@@ -40,6 +40,20 @@ pub enum StopMode {
     Immediate,
 }
 
+/// How a standby follows its primary ([`EmbeddedPostgres::start_standby`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// The primary's COMMIT returns once the standby has the WAL on disk
+    /// (`synchronous_standby_names` names it, `synchronous_commit = on`): a commit
+    /// acknowledged by the primary survives the primary's loss.
+    Synchronous,
+    /// The primary does not wait: the standby may be behind by what was committed last.
+    Asynchronous,
+}
+
+/// The standby's `cluster_name`, which its WAL receiver reports as `application_name`.
+const STANDBY_NAME: &str = "botdb_standby";
+
 /// The OS user the server runs as, when it is not this process's user.
 #[derive(Clone, Debug)]
 struct RunAs {
@@ -57,6 +71,9 @@ pub struct EmbeddedPostgres {
     password: SecretString,
     run_as: Option<RunAs>,
     watcher: Mutex<Option<(Child, ChildStdin)>>,
+    /// A standby of another cluster (its files live in that cluster's directory, which
+    /// that cluster's watcher removes): dropping it stops its server.
+    standby: bool,
 }
 
 impl std::fmt::Debug for EmbeddedPostgres {
@@ -92,6 +109,7 @@ impl EmbeddedPostgres {
             password: SecretString::from(uuid::Uuid::new_v4().simple().to_string()),
             run_as,
             watcher: Mutex::new(None),
+            standby: false,
         };
         if let Some(user) = &pg.run_as {
             std::os::unix::fs::chown(&pg.root, Some(user.uid), Some(user.gid)).map_err(|e| {
@@ -197,6 +215,145 @@ impl EmbeddedPostgres {
         .map(|_| ())
     }
 
+    /// Starts a streaming standby of this cluster beside it: a base backup
+    /// (`pg_basebackup`, through a physical replication slot so the primary keeps the
+    /// WAL the standby still needs), then its own server on another free port, hot
+    /// (readable). With [`Replication::Synchronous`] the primary then waits for it on
+    /// every commit (`synchronous_standby_names`); this returns once the primary reports
+    /// it streaming (and `sync`). Its files live in this cluster's directory and go with
+    /// it; one standby per cluster.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a tool or the standby's server fails (with its output), or
+    /// when the primary does not report the standby within 60 seconds.
+    pub async fn start_standby(&self, mode: Replication) -> Result<EmbeddedPostgres> {
+        use sqlx::Connection;
+        let root = self.root.join("standby");
+        std::fs::create_dir(&root)
+            .and_then(|()| std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| embedded_error(format!("cannot create {}: {e}", root.display())))?;
+        if let Some(user) = &self.run_as {
+            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid)).map_err(|e| {
+                embedded_error(format!("cannot hand {} to {}: {e}", root.display(), user.name))
+            })?;
+        }
+        let mut standby = EmbeddedPostgres {
+            root,
+            bindir: self.bindir.clone(),
+            port: 0,
+            password: self.password.clone(),
+            run_as: self.run_as.clone(),
+            watcher: Mutex::new(None),
+            standby: true,
+        };
+        let data = standby.data_dir();
+        let port = self.port.to_string();
+        let output = standby
+            .command(self.bindir.join("pg_basebackup"))
+            .env("PGPASSWORD", self.password.expose_secret())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&data)?,
+            ])
+            .args([
+                "-R",
+                "-C",
+                "-S",
+                STANDBY_NAME,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                embedded_error(format!(
+                    "cannot run {} (in {}): {e}",
+                    self.bindir.join("pg_basebackup").display(),
+                    standby.root.display()
+                ))
+            })?;
+        if !output.status.success() {
+            return Err(embedded_error(format!(
+                "pg_basebackup failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        let mut started = Err(embedded_error("no free port".into()));
+        for _ in 0..5 {
+            standby.port = free_port()?;
+            started = standby.start_server();
+            match &started {
+                Err(e) if e.to_string().contains("could not bind") => {}
+                _ => break,
+            }
+        }
+        started?;
+        let mut conn = crate::migrate::connect_to(&self.config("postgres")).await?;
+        if mode == Replication::Synchronous {
+            // Two statements: ALTER SYSTEM refuses a (multi-statement, implicit) transaction.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'"
+            )))
+            .execute(&mut conn)
+            .await?;
+            sqlx::raw_sql("SELECT pg_reload_conf()")
+                .execute(&mut conn)
+                .await?;
+        }
+        let wanted = match mode {
+            Replication::Synchronous => "sync",
+            Replication::Asynchronous => "async",
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+            )
+            .bind(STANDBY_NAME)
+            .fetch_optional(&mut conn)
+            .await?;
+            if state.as_deref() == Some(wanted) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(embedded_error(format!(
+                    "the standby did not become a {wanted} streaming standby within 60 s (state: {state:?})"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = conn.close().await;
+        tracing::info!(port = standby.port, ?mode, "started a streaming standby");
+        Ok(standby)
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting until it accepts
+    /// writes).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when this is not a standby or `pg_ctl promote` fails.
+    pub fn promote(&self) -> Result<()> {
+        if !self.standby {
+            return Err(embedded_error("promote: this cluster is not a standby".into()));
+        }
+        let data = self.data_dir();
+        self.run(
+            self.bindir.join("pg_ctl"),
+            &["promote", "-D", path_str(&data)?, "-w", "-t", "60"],
+        )
+        .map(|_| ())
+    }
+
     /// Starts the server again after [`stop`](Self::stop), on the same port.
     ///
     /// # Errors
@@ -260,7 +417,8 @@ impl EmbeddedPostgres {
             .args([
                 "-c",
                 // Wait for EOF on stdin (our end closes however we exit), then clean up.
-                r#"while read -r _; do :; done; "$0" stop -D "$1" -m immediate -w -t 60 >/dev/null 2>&1; rm -rf "$2""#,
+                // A standby's server (if one was started) lives in the directory too.
+                r#"while read -r _; do :; done; "$0" stop -D "$1" -m immediate -w -t 60 >/dev/null 2>&1; "$0" stop -D "$2/standby/data" -m immediate -w -t 60 >/dev/null 2>&1; rm -rf "$2""#,
             ])
             .arg(&pg_ctl)
             .arg(&data)
@@ -318,12 +476,17 @@ impl EmbeddedPostgres {
     fn start_server(&self) -> Result<()> {
         let data = self.data_dir();
         let log = self.root.join("postgres.log");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' -c max_connections=300 \
              -c shared_buffers=128MB -c log_min_messages=warning",
             self.port,
             path_str(&self.root)?
         );
+        if self.standby {
+            // Its WAL receiver reports this as its application_name, which
+            // synchronous_standby_names names.
+            options.push_str(&format!(" -c cluster_name={STANDBY_NAME}"));
+        }
         let started = self.run(
             self.bindir.join("pg_ctl"),
             &[
@@ -361,6 +524,9 @@ impl Drop for EmbeddedPostgres {
     /// Closes the watcher's pipe and waits while it stops the server and deletes the
     /// directory.
     fn drop(&mut self) {
+        if self.standby {
+            let _ = self.stop(StopMode::Immediate);
+        }
         let watcher = self.watcher.lock().ok().and_then(|mut slot| slot.take());
         if let Some((mut child, stdin)) = watcher {
             drop(stdin);
@@ -385,9 +551,25 @@ fn free_port() -> Result<u16> {
         .map_err(|e| embedded_error(format!("cannot find a free port on 127.0.0.1: {e}")))
 }
 
+/// [`installed_bindir`], through the symbolic links some systems put on PATH (Debian's
+/// `/usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb`): the real directory
+/// also holds the other tools of that version (`pg_basebackup` for a standby).
+fn find_bindir() -> Result<PathBuf> {
+    let dir = installed_bindir()?;
+    Ok(std::fs::canonicalize(dir.join("initdb"))
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf))
+        .filter(|real| {
+            ["initdb", "pg_ctl", "postgres"]
+                .iter()
+                .all(|b| real.join(b).is_file())
+        })
+        .unwrap_or(dir))
+}
+
 /// Finds the directory holding `initdb`, `pg_ctl` and `postgres`: `BOTDB_PG_BINDIR`,
 /// then `PATH`, then `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (newest).
-fn find_bindir() -> Result<PathBuf> {
+fn installed_bindir() -> Result<PathBuf> {
     let complete = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()

@@ -46,6 +46,8 @@ mod secrets;
 #[cfg(feature = "cli")]
 mod serve;
 mod session;
+#[cfg(feature = "embedded")]
+mod standby;
 #[cfg(feature = "cli")]
 mod takeover;
 #[cfg(feature = "cli")]
