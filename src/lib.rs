@@ -118,7 +118,8 @@
 //! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
 //!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
 //! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed
-//!   binaries (demo, tests).
+//!   binaries (demo, tests), and a streaming standby beside it (synchronous or not,
+//!   promoted on demand).
 //! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
 //!   [`actors::DbActor`] per registered table, botdb's and the application's (serial per
 //!   user, concurrent across users, bounded with a fair share per user, group commit of
