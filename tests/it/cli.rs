@@ -140,7 +140,7 @@ async fn two_migrate_commands_at_once_one_applies_the_other_finds_nothing_to_do(
     outs.sort_by_key(|o| o.contains("nothing to do"));
     assert_eq!(
         outs[0].lines().filter(|l| l.starts_with("applied")).count(),
-        6,
+        7,
         "{outs:?}"
     );
     assert!(outs[1].starts_with("nothing to do"), "{outs:?}");

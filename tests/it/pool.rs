@@ -91,11 +91,12 @@ async fn overflow_connections_are_closed_after_the_idle_timeout() {
     let mut observer = t.conn().await;
     let name = t.name.clone();
     // The server sees a closed connection's backend go a moment later (longer on a
-    // loaded machine).
+    // loaded machine). At most the permanent five remain (sqlx may also retire one of
+    // those when idle and open it again on demand).
     let mut seen = 0;
     let closed = eventually(Duration::from_secs(30), async || {
         seen = server_connections(&mut observer, &name).await;
-        seen == 5
+        seen <= 5
     })
     .await;
     assert!(closed, "the server still has {seen} connections of the pool");
