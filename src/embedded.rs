@@ -144,6 +144,12 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// The password of superuser `postgres` (a secret: never print it). A standby
+    /// shares its primary's.
+    pub fn password(&self) -> &SecretString {
+        &self.password
+    }
+
     /// The cluster's directory.
     pub fn dir(&self) -> &Path {
         &self.root

@@ -188,6 +188,10 @@ impl Error {
     /// a lost connection means the statement's outcome is unknown. Errors that happen
     /// before anything is sent (no connection within the pool timeout) stay as they are.
     pub(crate) fn after_send(self) -> Error {
+        if self.is_read_only() {
+            // The server refused the statement: nothing was written.
+            return self;
+        }
         match self {
             Error::Unavailable {
                 source: Some(sqlx::Error::PoolTimedOut),
@@ -246,6 +250,13 @@ impl Error {
         }
     }
 
+    /// `true` when a write was refused because the server does not take writes
+    /// (SQLSTATE 25006, `read_only_sql_transaction`): the connection is on a standby
+    /// or a read-only server and must not be used for writes again.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.sqlstate().as_deref() == Some(READ_ONLY)
+    }
+
     /// The SQLSTATE code of the underlying database error, if any.
     pub fn sqlstate(&self) -> Option<String> {
         let source = match self {
@@ -288,6 +299,21 @@ impl From<sqlx::Error> for Error {
                 source: Some(err),
             },
             sqlx::Error::Configuration(e) => Error::config("database connection options", e.to_string()),
+            // A write on a server that does not take writes (a standby, a demoted
+            // primary): refused before anything was written. Transient: new connections
+            // go to the host that satisfies `target_session_attrs`. The driver's error
+            // is kept so that the pool can tell (`is_read_only`).
+            sqlx::Error::Database(ref db) if db.code().as_deref() == Some(READ_ONLY) => {
+                let reason = format!(
+                    "the server does not accept writes (a standby, or read-only); nothing was \
+                     written (SQLSTATE {READ_ONLY}: {})",
+                    db.message()
+                );
+                Error::Unavailable {
+                    reason,
+                    source: Some(err),
+                }
+            }
             sqlx::Error::RowNotFound => Error::not_found("row", "(query returned no row)"),
             sqlx::Error::Database(ref db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
@@ -325,6 +351,9 @@ impl From<sqlx::migrate::MigrateError> for Error {
         }
     }
 }
+
+/// SQLSTATE `read_only_sql_transaction`.
+const READ_ONLY: &str = "25006";
 
 /// A TLS handshake the client or the server refused.
 fn tls_refused(why: &str) -> Error {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::postgres::PgSslMode;
 
-use super::urls;
-use super::{AuditKey, Config, Server};
+use super::{AuditKey, Config, Server, TargetSessionAttrs};
+use super::{hosts, urls};
 use crate::error::{Error, Result};
 
 /// The largest `pool_size + max_overflow` botdb accepts.
@@ -20,6 +20,10 @@ const MAX_POOL_CONNECTIONS: u32 = 1_000;
 pub struct ConfigBuilder {
     config: Config,
     url: Option<String>,
+    /// One port per host of a `DB_HOST` list (`DB_PORT=5432,5433`).
+    ports: Option<Vec<u16>>,
+    /// `target_session_attrs` set in code or by `DB_TARGET_SESSION_ATTRS`.
+    attrs: Option<TargetSessionAttrs>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -27,6 +31,8 @@ impl fmt::Debug for ConfigBuilder {
         f.debug_struct("ConfigBuilder")
             .field("config", &self.config)
             .field("url", &self.url.as_ref().map(|_| "***"))
+            .field("ports", &self.ports)
+            .field("target_session_attrs", &self.attrs)
             .finish()
     }
 }
@@ -61,17 +67,39 @@ impl ConfigBuilder {
         ConfigBuilder {
             config: Config::default(),
             url: None,
+            ports: None,
+            attrs: None,
         }
     }
 
     part_setter!(
-        /// Server host (`DB_HOST`).
+        /// Server host (`DB_HOST`); several, tried in order, separated by commas
+        /// (`h1,h2`).
         host, host, String
     );
     part_setter!(
-        /// Server port (`DB_PORT`).
+        /// Server port (`DB_PORT`), of every host.
         port, port, u16
     );
+
+    /// One port per host of a [`host`](Self::host) list, in the same order
+    /// (`DB_PORT=5432,5433`); a single port is the port of every host.
+    pub fn ports(mut self, ports: impl Into<Vec<u16>>) -> Self {
+        let ports = ports.into();
+        if let (Some(first), Server::Parts { port, .. }) = (ports.first(), &mut self.config.server) {
+            *port = *first;
+        }
+        self.ports = Some(ports);
+        self.config.server_configured = true;
+        self
+    }
+
+    /// What a server must be for botdb to keep a connection to it
+    /// (`DB_TARGET_SESSION_ATTRS`); a URL's `?target_session_attrs=` wins.
+    pub fn target_session_attrs(mut self, attrs: TargetSessionAttrs) -> Self {
+        self.attrs = Some(attrs);
+        self
+    }
     part_setter!(
         /// Database name (`DB_NAME`).
         database, name, String
@@ -249,15 +277,34 @@ impl ConfigBuilder {
     /// not parse (the URL itself is never repeated in the message).
     pub fn build(self) -> Result<Config> {
         let mut config = self.config;
+        config.target_session_attrs = self.attrs.unwrap_or_default();
         if let Some(url) = self.url {
             let url = urls::normalize_scheme(&url);
+            // The host list is taken out first: the url crate cannot parse it.
+            let split = hosts::split_url(&url)?;
             // Parse now so that a broken URL fails at configuration time.
-            let _ = urls::parse_url(&url)?;
-            let display = urls::redact_url(&url);
+            let options = urls::parse_url(&split.first)?;
+            config.hosts = if split.hosts.is_empty() {
+                vec![(options.get_host().to_string(), options.get_port())]
+            } else {
+                split.hosts
+            };
+            if let Some(attrs) = split.attrs {
+                config.target_session_attrs = attrs;
+            }
+            let display = hosts::map_single(&url, urls::redact_url);
             config.server = Server::Url {
-                url: SecretString::from(url),
+                url: SecretString::from(split.first),
                 display,
             };
+        } else if let Server::Parts { host, port, .. } = &mut config.server {
+            let ports = self.ports.unwrap_or_else(|| vec![*port]);
+            let list = hosts::parse_parts(host, &ports)?;
+            if let Some((first, first_port)) = list.first() {
+                *host = first.clone();
+                *port = *first_port;
+            }
+            config.hosts = list;
         }
         check(&config)?;
         Ok(config)
@@ -414,7 +461,9 @@ fn check(config: &Config) -> Result<()> {
             ),
         ));
     }
-    if let Server::Parts { port: 0, .. } = config.server {
+    if let Server::Parts { .. } = config.server
+        && config.hosts.iter().any(|(_, port)| *port == 0)
+    {
         return Err(Error::config(
             "DB_PORT",
             "expected a port number from 1 to 65535, got 0",

@@ -16,8 +16,21 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "(unset)",
         "postgres://user:password@host:port/dbname; wins over DB_*",
     ),
-    ("DB_HOST", "localhost", "server host"),
-    ("DB_PORT", "5432", "server port"),
+    (
+        "DB_HOST",
+        "localhost",
+        "server host; several separated by commas (h1,h2), tried in order",
+    ),
+    (
+        "DB_PORT",
+        "5432",
+        "server port; one per host of DB_HOST separated by commas, or one for all",
+    ),
+    (
+        "DB_TARGET_SESSION_ATTRS",
+        "any",
+        "what a server must be to keep a connection: any, read-write, read-only, primary, standby or prefer-standby (a URL's ?target_session_attrs= wins)",
+    ),
     ("DB_NAME", "ai_tg_bot", "database name"),
     ("DB_USER", "postgres", "user name"),
     ("DB_PASSWORD", "(empty)", "password (never printed)"),
@@ -224,10 +237,18 @@ impl Config {
             if let Some(host) = get("DB_HOST") {
                 b = b.host(host);
             }
-            if let Some(port) = read("DB_PORT", "a port number from 1 to 65535", &|v| {
-                v.parse::<u16>().ok().filter(|p| *p > 0).map(u64::from)
-            })? {
-                b = b.port(u16::try_from(port).unwrap_or_default());
+            if let Some(ports) = get("DB_PORT") {
+                let ports = parse_env(
+                    "DB_PORT",
+                    &ports,
+                    "a port number from 1 to 65535, or one per host of DB_HOST separated by commas",
+                    |v| {
+                        v.split(',')
+                            .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
+                            .collect::<Option<Vec<u16>>>()
+                    },
+                )?;
+                b = b.ports(ports);
             }
             if let Some(name) = get("DB_NAME") {
                 b = b.database(name);
@@ -249,6 +270,12 @@ impl Config {
             if let Some(cert) = get("DB_SSLROOTCERT") {
                 b = b.ssl_root_cert(cert);
             }
+        }
+        if let Some(attrs) = get("DB_TARGET_SESSION_ATTRS") {
+            b = b.target_session_attrs(super::TargetSessionAttrs::parse_for(
+                "DB_TARGET_SESSION_ATTRS",
+                &attrs,
+            )?);
         }
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);

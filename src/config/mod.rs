@@ -15,6 +15,7 @@
 mod audit;
 mod builder;
 mod env;
+mod hosts;
 mod settings;
 mod urls;
 
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
 pub use env::ENV_VARS;
+pub use hosts::TargetSessionAttrs;
 pub use settings::{
     ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
@@ -57,6 +59,10 @@ enum Server {
 #[derive(Clone)]
 pub struct Config {
     server: Server,
+    /// Every host with its port, in the order they are tried (one for a single host).
+    hosts: Vec<(String, u16)>,
+    /// What a server must be to keep a connection to it.
+    target_session_attrs: TargetSessionAttrs,
     /// `true` when a server was configured (`DATABASE_URL`, any `DB_*` server setting,
     /// or a builder setter): botdb then never substitutes a throwaway server for it.
     server_configured: bool,
@@ -130,6 +136,8 @@ impl Default for Config {
                 ssl_mode: None,
                 ssl_root_cert: None,
             },
+            hosts: vec![("localhost".into(), 5432)],
+            target_session_attrs: TargetSessionAttrs::Any,
             server_configured: false,
             pool: PoolConfig::default(),
             timeouts: TimeoutConfig::default(),
@@ -177,10 +185,28 @@ impl Config {
                 } else {
                     ":***"
                 };
-                let ssl = ssl_mode
-                    .map(|m| format!("?sslmode={}", ssl_mode_name(m)))
-                    .unwrap_or_default();
-                format!("postgres://{user}{pw}@{host}:{port}/{name}{ssl}")
+                let mut query: Vec<String> = ssl_mode
+                    .map(|m| format!("sslmode={}", ssl_mode_name(m)))
+                    .into_iter()
+                    .collect();
+                if self.target_session_attrs != TargetSessionAttrs::Any {
+                    query.push(format!("target_session_attrs={}", self.target_session_attrs));
+                }
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", query.join("&"))
+                };
+                let hosts = if self.hosts.len() > 1 {
+                    self.hosts
+                        .iter()
+                        .map(|(h, p)| format!("{h}:{p}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                } else {
+                    format!("{host}:{port}")
+                };
+                format!("postgres://{user}{pw}@{hosts}/{name}{query}")
             }
         }
     }
@@ -206,10 +232,13 @@ impl Config {
                 if let Ok(mut parsed) = url::Url::parse(url.expose_secret()) {
                     parsed.set_path(database);
                     *url = SecretString::from(parsed.to_string());
-                    if let Ok(mut shown) = url::Url::parse(display) {
-                        shown.set_path(database);
-                        *display = shown.to_string();
-                    }
+                    *display = hosts::map_single(display, |shown| match url::Url::parse(shown) {
+                        Ok(mut shown) => {
+                            shown.set_path(database);
+                            shown.to_string()
+                        }
+                        Err(_) => shown.to_string(),
+                    });
                 }
             }
             Server::Parts { name, .. } => *name = database.to_string(),
@@ -222,9 +251,53 @@ impl Config {
     pub fn with_server_of(&self, other: &Config) -> Config {
         Config {
             server: other.server.clone(),
+            hosts: other.hosts.clone(),
+            target_session_attrs: other.target_session_attrs,
             server_configured: other.server_configured,
             ..self.clone()
         }
+    }
+
+    /// Every host with its port, in the order botdb tries them (one entry for a single
+    /// host): the host list of `DATABASE_URL` (`postgres://u@h1:5432,h2:5433/db`) or
+    /// `DB_HOST` / `DB_PORT`.
+    pub fn hosts(&self) -> &[(String, u16)] {
+        &self.hosts
+    }
+
+    /// What a server must be for botdb to keep a connection to it
+    /// (`?target_session_attrs=` of the URL, or `DB_TARGET_SESSION_ATTRS`; `any` by
+    /// default).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs
+    }
+
+    /// `true` when botdb must choose among hosts: more than one host, or an attribute
+    /// other than `any`.
+    pub fn chooses_hosts(&self) -> bool {
+        self.hosts.len() > 1 || self.target_session_attrs != TargetSessionAttrs::Any
+    }
+
+    /// The driver's connect options of every host, in order: those of
+    /// [`connect_options`](Self::connect_options) (credentials, TLS, timeouts) with each
+    /// host and port in turn.
+    ///
+    /// # Errors
+    /// As [`connect_options`](Self::connect_options).
+    pub fn host_options(&self) -> Result<Vec<PgConnectOptions>> {
+        let base = self.connect_options()?;
+        Ok(self
+            .hosts
+            .iter()
+            .map(|(host, port)| {
+                // An IPv6 address is written in brackets in a URL, not to the driver.
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                base.clone().host(host).port(*port)
+            })
+            .collect())
     }
 
     /// The name of the setting that holds `part` of the server's address, as the user
@@ -276,8 +349,9 @@ impl Config {
         }
     }
 
-    /// The driver's connect options (host, credentials, TLS, the server-side timeouts as
-    /// startup options, statement logging).
+    /// The driver's connect options of the first host (host, credentials, TLS, the
+    /// server-side timeouts as startup options, statement logging); see
+    /// [`host_options`](Self::host_options) for every host.
     ///
     /// # Errors
     /// [`Error::Config`] when the URL cannot be parsed; the message never contains it.

@@ -208,6 +208,17 @@ impl Parking {
         drop(all);
     }
 
+    /// Returns every parked connection to the pool (whose checks then apply before
+    /// it is handed out again); parking goes on.
+    pub(crate) fn flush(&self) {
+        let all: Vec<Parked> = self
+            .parked
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        drop(all);
+    }
+
     /// How many connections are parked.
     pub(crate) fn len(&self) -> usize {
         self.parked.lock().map(|p| p.len()).unwrap_or(0)
@@ -261,6 +272,15 @@ impl Lease {
     /// The work on this connection ended normally: it may be reused as it is.
     pub(crate) fn clean(&mut self) {
         self.clean = true;
+    }
+
+    /// The connection must not be used again: it is closed when the lease ends
+    /// instead of going back to the pool.
+    pub(crate) fn discard(&mut self) {
+        self.clean = false;
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 

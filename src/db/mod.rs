@@ -14,10 +14,12 @@ use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationStatus, Migrations};
 
 mod counters;
+mod hosts;
 mod lease;
 
 pub use counters::{Counters, Removed};
-use lease::Parking;
+use hosts::{Hosts, HostsLink};
+use lease::{Lease, Parking};
 
 /// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
 #[derive(Clone)]
@@ -36,6 +38,9 @@ pub struct Database {
     audit_key: Option<AuditKey>,
     /// Rows removed for good (erasures, purges), for `/metrics`.
     counters: Arc<Counters>,
+    /// The host list, when the configuration names several hosts or a
+    /// `target_session_attrs` other than `any`.
+    hosts: Option<Arc<HostsLink>>,
 }
 
 impl fmt::Debug for Database {
@@ -76,14 +81,32 @@ impl Database {
     /// [`Error::Config`] for a malformed URL or rejected credentials,
     /// [`Error::Unavailable`] when the server cannot be reached within the pool timeout.
     /// No error contains the password.
+    ///
+    /// With several hosts or a `target_session_attrs` other than `any`
+    /// ([`Config::hosts`], [`Config::target_session_attrs`]), the hosts are tried in
+    /// order and the pool connects to the first that satisfies the attribute; every
+    /// new connection is checked again, and goes to another host of the list when its
+    /// server no longer satisfies it. [`Error::Unavailable`] then names every host and
+    /// what it was when none satisfied the attribute within the pool timeout.
     pub async fn connect(config: &Config) -> Result<Self> {
-        let options = config.connect_options()?;
-        let pool = pool_options(config)
-            .connect_with(options)
-            .await
-            .map_err(|e| connect_error(config, e))?;
+        let Some(hosts) = Hosts::from_config(config)? else {
+            let options = config.connect_options()?;
+            let pool = pool_options(config, None)
+                .connect_with(options)
+                .await
+                .map_err(|e| connect_error(config, e))?;
+            tracing::debug!(server = %config.redacted_url(), "database pool ready");
+            return Ok(Self::from_pool(pool, config, None));
+        };
+        let deadline = tokio::time::Instant::now() + config.pool.timeout;
+        hosts.resolve(deadline).await?;
+        let pool = pool_options(config, Some(&hosts)).connect_lazy_with(hosts.current_options());
+        let link = hosts.attach(&pool);
+        // As `connect_with`: one connection now, so that a failure shows here.
+        let conn = pool.acquire().await.map_err(|e| connect_error(config, e))?;
+        drop(conn);
         tracing::debug!(server = %config.redacted_url(), "database pool ready");
-        Ok(Self::from_pool(pool, config))
+        Ok(Self::from_pool(pool, config, Some(link)))
     }
 
     /// Builds the pool without connecting; connections open on first use.
@@ -91,11 +114,16 @@ impl Database {
     /// # Errors
     /// [`Error::Config`] for a malformed URL.
     pub fn connect_lazy(config: &Config) -> Result<Self> {
-        let pool = pool_options(config).connect_lazy_with(config.connect_options()?);
-        Ok(Self::from_pool(pool, config))
+        let Some(hosts) = Hosts::from_config(config)? else {
+            let pool = pool_options(config, None).connect_lazy_with(config.connect_options()?);
+            return Ok(Self::from_pool(pool, config, None));
+        };
+        let pool = pool_options(config, Some(&hosts)).connect_lazy_with(hosts.current_options());
+        let link = hosts.attach(&pool);
+        Ok(Self::from_pool(pool, config, Some(link)))
     }
 
-    fn from_pool(pool: PgPool, config: &Config) -> Self {
+    fn from_pool(pool: PgPool, config: &Config, hosts: Option<HostsLink>) -> Self {
         Database {
             parking: Parking::new(pool.clone(), &config.pool),
             pool,
@@ -105,7 +133,44 @@ impl Database {
             server: config.redacted_url().into(),
             audit_key: config.audit_key.clone(),
             counters: Arc::default(),
+            hosts: hosts.map(Arc::new),
         }
+    }
+
+    /// A unit of work on `conn` failed with `err`: when the server refused a write as
+    /// read-only, the connection is closed instead of reused, parked connections go
+    /// back to the pool and every connection open now is checked before its next use.
+    /// With several hosts, a lost connection also starts a search for the host that
+    /// satisfies `target_session_attrs` (the server may have failed over).
+    fn after_failure(&self, conn: &mut Lease, err: &Error) {
+        if err.is_read_only() {
+            conn.discard();
+            self.parking.flush();
+            if let Some(link) = &self.hosts {
+                link.hosts().suspect();
+            }
+        }
+        self.kick_if_lost(err);
+    }
+
+    /// With several hosts, a lost connection starts a search for the host that
+    /// satisfies `target_session_attrs`.
+    fn kick_if_lost(&self, err: &Error) {
+        if matches!(err, Error::Unavailable { .. } | Error::OutcomeUnknown { .. })
+            && let Some(link) = &self.hosts
+        {
+            link.hosts().kick();
+        }
+    }
+
+    /// A connection for one unit of work; with several hosts, a failure to get one
+    /// starts a search for the host.
+    async fn lease(&self) -> Result<Lease> {
+        let leased = self.parking.lease().await;
+        if let (Err(Error::Unavailable { .. }), Some(link)) = (&leased, &self.hosts) {
+            link.hosts().kick();
+        }
+        leased
     }
 
     /// The underlying sqlx pool (the reference's `engine`), for queries of your own.
@@ -166,15 +231,29 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        let mut conn = self.parking.lease().await?;
-        let mut tx = conn.begin().await?;
-        let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
-            Ok(Ok(value)) => {
-                tx.commit().await.map_err(|e| Error::from(e).after_send())?;
-                Ok(value)
+        let mut conn = self.lease().await?;
+        let mut tx = match conn.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                // BEGIN is never refused as read-only: only a lost connection matters.
+                let err = Error::from(e);
+                self.kick_if_lost(&err);
+                return Err(err);
             }
+        };
+        let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
+            Ok(Ok(value)) => match tx.commit().await {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    let err = Error::from(e).after_send();
+                    self.after_failure(&mut conn, &err);
+                    return Err(err);
+                }
+            },
             Ok(Err(err)) => {
-                if let Err(e) = tx.rollback().await {
+                let rolled_back = tx.rollback().await;
+                self.after_failure(&mut conn, &err);
+                if let Err(e) = rolled_back {
                     tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
                     return Err(err);
                 }
@@ -235,13 +314,16 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        let mut conn = self.parking.lease().await?;
+        let mut conn = self.lease().await?;
         match body(&mut conn).await {
             Ok(value) => {
                 conn.clean();
                 Ok(value)
             }
-            Err(e) => Err(failed(e)),
+            Err(e) => {
+                self.after_failure(&mut conn, &e);
+                Err(failed(e))
+            }
         }
     }
 
@@ -332,7 +414,7 @@ impl Database {
     }
 }
 
-fn pool_options(config: &Config) -> PgPoolOptions {
+fn pool_options(config: &Config, hosts: Option<&Arc<Hosts>>) -> PgPoolOptions {
     let pool = &config.pool;
     let mut options = PgPoolOptions::new()
         .min_connections(pool.size)
@@ -340,16 +422,39 @@ fn pool_options(config: &Config) -> PgPoolOptions {
         .acquire_timeout(pool.timeout)
         .idle_timeout(pool.idle_timeout)
         .max_lifetime(pool.recycle)
-        .test_before_acquire(pool.pre_ping && pool.pre_ping_idle.is_zero());
-    if pool.pre_ping && !pool.pre_ping_idle.is_zero() {
-        let threshold = pool.pre_ping_idle;
+        // With several hosts botdb pings itself, to notice a lost server at once.
+        .test_before_acquire(pool.pre_ping && pool.pre_ping_idle.is_zero() && hosts.is_none());
+    let ping_idle = if hosts.is_some() {
+        pool.pre_ping.then_some(pool.pre_ping_idle)
+    } else {
+        (pool.pre_ping && !pool.pre_ping_idle.is_zero()).then_some(pool.pre_ping_idle)
+    };
+    if ping_idle.is_some() || hosts.is_some() {
+        let hosts = hosts.cloned();
         options = options.before_acquire(move |conn, meta| {
+            let hosts = hosts.clone();
             Box::pin(async move {
-                if meta.idle_for >= threshold {
-                    conn.ping().await?;
+                if let Some(threshold) = ping_idle
+                    && meta.idle_for >= threshold
+                    && let Err(e) = conn.ping().await
+                {
+                    if let Some(hosts) = &hosts {
+                        hosts.kick();
+                    }
+                    return Err(e);
                 }
-                Ok(true)
+                match hosts {
+                    Some(hosts) => hosts.before_acquire(conn, meta.age).await,
+                    None => Ok(true),
+                }
             })
+        });
+    }
+    if let Some(hosts) = hosts {
+        let hosts = hosts.clone();
+        options = options.after_connect(move |conn, _meta| {
+            let hosts = hosts.clone();
+            Box::pin(async move { hosts.after_connect(conn).await })
         });
     }
     options

@@ -26,6 +26,8 @@ mod export;
 #[cfg(feature = "cli")]
 mod faults;
 mod fuzz;
+#[cfg(feature = "embedded")]
+mod hosts;
 #[cfg(feature = "cli")]
 mod http_hardening;
 #[cfg(feature = "cli")]
