@@ -91,7 +91,8 @@
 //! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
 //!   settings, `.env`) or a builder; the password is a secret that never prints, in
 //!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
-//!   `config::urls`).
+//!   `config::urls`, `config::hosts`: several hosts and `target_session_attrs`, libpq's
+//!   way).
 //! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close,
 //!   migrate (botdb's migrations and the application's);
 //!   connections held between uses (sqlx's pool pings every connection it gets back).
