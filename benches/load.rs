@@ -554,7 +554,9 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
                 .await
                 .is_ok(),
             Mode::Batched => five_requests(target, &target.batched, uid, None).await.is_ok(),
-            Mode::Context => context_turn(target, &target.batched, uid).await.is_ok(),
+            Mode::Context => five_requests_reading(target, &target.batched, uid, None, Read::Context)
+                .await
+                .is_ok(),
             Mode::Keyed => {
                 let turn = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 five_requests(target, &target.batched, uid, Some(turn))
@@ -648,7 +650,27 @@ static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 
 /// The turn as five requests, each its own transaction (or batch). With `turn`, both
 /// appends carry request keys (idempotency on, as the webhook's writes do).
+/// What a turn reads between its two appends.
+#[derive(Clone, Copy)]
+enum Read {
+    /// `GetHistory`: the user's last messages.
+    History,
+    /// `GetContext`: the model's context, the newest messages within the default budget
+    /// (200,000 characters) and the user's limit, what the bot reads for a turn.
+    Context,
+}
+
 async fn five_requests(t: &Target, to: &impl Runs, uid: i64, turn: Option<u64>) -> botdb::Result<()> {
+    five_requests_reading(t, to, uid, turn, Read::History).await
+}
+
+async fn five_requests_reading(
+    t: &Target,
+    to: &impl Runs,
+    uid: i64,
+    turn: Option<u64>,
+    read: Read,
+) -> botdb::Result<()> {
     let key = |side: &str| {
         turn.map(|n| RequestKey::new("bench", format!("{n}-{side}")))
             .transpose()
@@ -664,51 +686,31 @@ async fn five_requests(t: &Target, to: &impl Runs, uid: i64, turn: Option<u64>) 
     })
     .await?;
     let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
-    to.exec(GetHistory {
-        user_id: uid,
-        chat_id: PRIVATE_CHAT,
-        limit: Some(limit),
-    })
-    .await?;
+    match read {
+        Read::History => {
+            to.exec(GetHistory {
+                user_id: uid,
+                chat_id: PRIVATE_CHAT,
+                limit: Some(limit),
+            })
+            .await?;
+        }
+        Read::Context => {
+            to.exec(GetContext {
+                user_id: uid,
+                chat_id: PRIVATE_CHAT,
+                max_chars: None,
+                max_messages: Some(limit),
+            })
+            .await?;
+        }
+    }
     to.exec(AppendMessage {
         user_id: uid,
         chat_id: PRIVATE_CHAT,
         role: Role::Assistant,
         content: t.reply_text.to_string(),
         key: key("reply")?,
-    })
-    .await?;
-    Ok(())
-}
-
-/// `batched` with the model's context read instead of the history: `GetContext` within
-/// the default budget (200,000 characters) and the user's message limit, what the bot
-/// reads for a turn.
-async fn context_turn(t: &Target, to: &impl Runs, uid: i64) -> botdb::Result<()> {
-    to.exec(UpsertUser { user_id: uid }).await?;
-    let settings = to.exec(GetSettings { user_id: uid }).await?;
-    to.exec(AppendMessage {
-        user_id: uid,
-        chat_id: PRIVATE_CHAT,
-        role: Role::User,
-        content: t.user_text.to_string(),
-        key: None,
-    })
-    .await?;
-    let limit = settings.map_or(20, |s| i64::from(s.max_history_messages));
-    to.exec(GetContext {
-        user_id: uid,
-        chat_id: PRIVATE_CHAT,
-        max_chars: None,
-        max_messages: Some(limit),
-    })
-    .await?;
-    to.exec(AppendMessage {
-        user_id: uid,
-        chat_id: PRIVATE_CHAT,
-        role: Role::Assistant,
-        content: t.reply_text.to_string(),
-        key: None,
     })
     .await?;
     Ok(())

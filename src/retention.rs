@@ -80,8 +80,9 @@ pub async fn cutoff(db: &Database, deleted_before: Duration) -> Result<DateTime<
 }
 
 /// Removes every message soft-deleted before `options.deleted_before` ago, a batch per
-/// transaction, calling `progress` with the total so far after each batch, until none
-/// is left or `stop` resolves (checked between batches: a batch under way finishes).
+/// transaction, until none is left or `stop` resolves (checked between batches: a batch
+/// under way finishes). `progress` sees the report once before the first batch (the
+/// cutoff and what is due) and after each batch.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a bad batch size or period; database errors (what was
@@ -89,7 +90,7 @@ pub async fn cutoff(db: &Database, deleted_before: Duration) -> Result<DateTime<
 pub async fn purge(
     db: &Database,
     options: PurgeOptions,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(&PurgeReport),
     stop: impl Future<Output = ()>,
 ) -> Result<PurgeReport> {
     if !(1..=100_000).contains(&options.batch) {
@@ -110,6 +111,7 @@ pub async fn purge(
         longest_batch: Duration::ZERO,
         finished: false,
     };
+    progress(&report);
     let mut stop = std::pin::pin!(stop);
     loop {
         let started = Instant::now();
@@ -120,7 +122,7 @@ pub async fn purge(
         report.batches += 1;
         report.purged += n;
         db.counters().purged(n);
-        progress(report.purged);
+        progress(&report);
         // Done when a batch finds nothing: a short batch may only mean that rows were
         // skipped because another transaction held them (an erasure under way).
         if n == 0 {

@@ -43,26 +43,21 @@ pub async fn run(config: &Config, args: PurgeArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         pause: args.pause,
     };
-    let cutoff = retention::cutoff(&db, options.deleted_before).await;
-    let due = match cutoff {
-        Ok(cutoff) => {
-            db.read(async |c| botdb::repo::messages::count_deleted_before(c, cutoff).await)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    let due = match due {
-        Ok(due) => due,
-        Err(e) => {
-            db.close().await;
-            return Err(e.into());
-        }
-    };
-    let bar = ProgressBar::new(due).with_style(
+    // Its length is known once the purge has counted what is due.
+    let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} messages purged  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let done = retention::purge(&db, options, |n| bar.set_position(n), signals.recv()).await;
+    let done = retention::purge(
+        &db,
+        options,
+        |report| {
+            bar.set_length(report.due);
+            bar.set_position(report.purged);
+        },
+        signals.recv(),
+    )
+    .await;
     bar.finish_and_clear();
     db.close().await;
     let report = done?;

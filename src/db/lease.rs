@@ -200,12 +200,7 @@ impl Parking {
             // Their acquire from the pool answers them (PoolClosed once it closes).
             waiters.clear();
         }
-        let all: Vec<Parked> = self
-            .parked
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
-        drop(all);
+        self.flush();
     }
 
     /// Returns every parked connection to the pool (whose checks then apply before

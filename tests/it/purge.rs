@@ -56,7 +56,7 @@ async fn a_purge_removes_only_messages_soft_deleted_before_the_period() {
         batch: 7,
         ..PurgeOptions::new(Duration::from_secs(30 * 86_400))
     };
-    let report = retention::purge(&t.db, options, |n| seen.push(n), std::future::pending())
+    let report = retention::purge(&t.db, options, |r| seen.push(r.purged), std::future::pending())
         .await
         .unwrap();
     assert_eq!((report.due, report.purged), (100, 100));
