@@ -159,10 +159,10 @@ pub mod takeover;
 #[cfg(feature = "cli")]
 pub mod telemetry;
 
-pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig};
+pub use config::{ActorConfig, Config, Limits, MigrateConfig, PoolConfig, ReplicaConfig};
 
 /// `true` in builds with the test-only `fault-injection` feature (botdb's own test
 /// suite); `false` in every normal build.
 pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
-pub use db::{Database, PoolStatus};
+pub use db::{Database, PoolStatus, ReplicaReads};
 pub use error::{Error, Result, TimeoutKind};

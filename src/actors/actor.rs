@@ -240,7 +240,8 @@ impl<M: DbRequest> Request<M> {
     /// Runs it alone (catching a panic, retrying on lock timeouts).
     fn run_alone(self, env: &Env) -> Work {
         let Request { msg, caller } = self;
-        let db = env.db.clone();
+        // Its writes are recorded for its user's reads on replicas.
+        let db = env.db.acting_for(&[caller.user]);
         #[cfg(feature = "fault-injection")]
         let prelude = {
             let (db, user, faults) = (db.clone(), caller.user, env.faults.clone());
@@ -405,7 +406,8 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
             let n = callers.len();
             #[cfg(feature = "fault-injection")]
             let poisoned = env.faults.take_batch_panic(callers.iter().map(|c| c.user));
-            let db = env.db.clone();
+            let users: Vec<i64> = callers.iter().map(|c| c.user).collect();
+            let db = env.db.acting_for(&users);
             let run = async move {
                 #[cfg(feature = "fault-injection")]
                 if poisoned {

@@ -332,7 +332,7 @@ impl DbRequest for GetHistory {
     async fn run(self, db: Database) -> Result<Vec<Message>> {
         let dialogue = Dialogue::new(self.user_id, self.chat_id);
         let max_bytes = db.limits().max_history_bytes;
-        db.read(async |c| match self.limit {
+        db.read_replica(&[self.user_id], async |c| match self.limit {
             Some(limit) => repo::messages::history_within(c, dialogue, limit, max_bytes).await,
             None => repo::messages::history_per_settings(c, dialogue, max_bytes).await,
         })
@@ -355,8 +355,11 @@ impl DbRequest for GetHistory {
                     prepared,
                     async |wanted: &[&(Dialogue, Option<i32>)]| {
                         let wanted: Vec<(Dialogue, Option<i32>)> = wanted.iter().map(|w| **w).collect();
+                        let users: Vec<i64> = wanted.iter().map(|(d, _)| d.user_id).collect();
                         let found = db
-                            .read(async |c| repo::messages::history_many(c, &wanted, max_bytes).await)
+                            .read_replica(&users, async |c| {
+                                repo::messages::history_many(c, &wanted, max_bytes).await
+                            })
                             .await?;
                         Ok(found.into_iter().map(Some).collect())
                     },
@@ -420,7 +423,9 @@ impl DbRequest for GetContext {
         let wanted = self.prepare(db.limits())?;
         let max_bytes = db.limits().max_history_bytes;
         let mut found = db
-            .read(async |c| repo::messages::context_many(c, &[wanted], max_bytes).await)
+            .read_replica(&[self.user_id], async |c| {
+                repo::messages::context_many(c, &[wanted], max_bytes).await
+            })
             .await?;
         Ok(found.pop().unwrap_or_default())
     }
@@ -435,8 +440,9 @@ impl DbRequest for GetContext {
                     prepared,
                     async |wanted: &[&(Dialogue, Budget)]| {
                         let wanted: Vec<(Dialogue, Budget)> = wanted.iter().map(|w| **w).collect();
+                        let users: Vec<i64> = wanted.iter().map(|(d, _)| d.user_id).collect();
                         let found = db
-                            .read(async |c| {
+                            .read_replica(&users, async |c| {
                                 repo::messages::context_many(c, &wanted, limits.max_history_bytes).await
                             })
                             .await?;

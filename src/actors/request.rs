@@ -115,7 +115,7 @@ macro_rules! user_request {
             }
 
             async fn run(self, db: crate::Database) -> crate::Result<$output> {
-                db.$run(async |c| $repo(c, self.user_id).await).await
+                crate::actors::request::user_call!($run, db, self.user_id, async |c| $repo(c, self.user_id).await)
             }
 
             $(
@@ -127,4 +127,14 @@ macro_rules! user_request {
     };
 }
 
-pub(crate) use user_request;
+/// `db.read_replica(&[user], body)` for `read_replica`, `db.$run(body)` otherwise.
+macro_rules! user_call {
+    (read_replica, $db:ident, $user:expr, $body:expr) => {
+        $db.read_replica(&[$user], $body).await
+    };
+    ($run:ident, $db:ident, $user:expr, $body:expr) => {
+        $db.$run($body).await
+    };
+}
+
+pub(crate) use {user_call, user_request};

@@ -13,7 +13,7 @@ use crate::repo;
 
 user_request!(
     /// Get a user's settings, or `None`. Batched: the settings of many users in one query.
-    GetSettings, Settings, Option<UserSettings>, read repo::settings::get, batch = get_batch
+    GetSettings, Settings, Option<UserSettings>, read_replica repo::settings::get, batch = get_batch
 );
 
 fn get_batch(
@@ -26,7 +26,9 @@ fn get_batch(
             prepared,
             async |ids: &[&i64]| {
                 let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
-                let mut found = db.read(async |c| repo::settings::get_many(c, &ids).await).await?;
+                let mut found = db
+                    .read_replica(&ids, async |c| repo::settings::get_many(c, &ids).await)
+                    .await?;
                 Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
             },
             {

@@ -24,6 +24,8 @@ pub struct ConfigBuilder {
     ports: Option<Vec<u16>>,
     /// `target_session_attrs` set in code or by `DB_TARGET_SESSION_ATTRS`.
     attrs: Option<TargetSessionAttrs>,
+    /// The replicas' URL (`DATABASE_REPLICA_URL`).
+    replica_url: Option<String>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -33,6 +35,7 @@ impl fmt::Debug for ConfigBuilder {
             .field("url", &self.url.as_ref().map(|_| "***"))
             .field("ports", &self.ports)
             .field("target_session_attrs", &self.attrs)
+            .field("replica_url", &self.replica_url.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -69,6 +72,7 @@ impl ConfigBuilder {
             url: None,
             ports: None,
             attrs: None,
+            replica_url: None,
         }
     }
 
@@ -270,6 +274,26 @@ impl ConfigBuilder {
         self
     }
 
+    /// The replicas that `GetHistory`, `GetSettings` and `GetContext` may read from
+    /// (`DATABASE_REPLICA_URL`): one host or several in libpq's form
+    /// (`postgres://user:pw@replica1:5432,replica2:5432/db`). Each is used only once it
+    /// has replayed the reading user's own last write and while it lags at most
+    /// [`replica_max_lag`](Self::replica_max_lag).
+    pub fn replica_url(mut self, url: impl Into<String>) -> Self {
+        self.replica_url = Some(url.into());
+        self
+    }
+
+    setter!(
+        /// A replica lagging more than this is skipped (`DB_REPLICA_MAX_LAG`).
+        replica_max_lag: Duration => replicas.max_lag
+    );
+    setter!(
+        /// How long a read waits for a replica to replay the user's own last write
+        /// before reading from the primary (`DB_REPLICA_WAIT`).
+        replica_wait: Duration => replicas.wait
+    );
+
     /// Checks every value and returns the [`Config`].
     ///
     /// # Errors
@@ -305,6 +329,14 @@ impl ConfigBuilder {
                 *port = *first_port;
             }
             config.hosts = list;
+        }
+        if let Some(url) = self.replica_url {
+            // Parsed like DATABASE_URL; its errors name the replicas' setting.
+            let replica = Config::builder().url(url).build().map_err(|e| match e {
+                Error::Config { message, .. } => Error::config("DATABASE_REPLICA_URL", message),
+                other => other,
+            })?;
+            config.replicas.server = Some(Box::new(replica));
         }
         check(&config)?;
         Ok(config)
@@ -403,6 +435,16 @@ fn check(config: &Config) -> Result<()> {
                 "expected from 0.001 to 2073600 seconds, or 0 for no limit",
             ));
         }
+    }
+    let replicas = &config.replicas;
+    if replicas.max_lag > Duration::from_secs(86_400) {
+        return Err(Error::config(
+            "DB_REPLICA_MAX_LAG",
+            "expected from 0 to 86400 seconds",
+        ));
+    }
+    if replicas.wait > Duration::from_secs(60) {
+        return Err(Error::config("DB_REPLICA_WAIT", "expected from 0 to 60 seconds"));
     }
     let actors = &config.actors;
     within(

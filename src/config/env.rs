@@ -31,6 +31,21 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "any",
         "what a server must be to keep a connection: any, read-write, read-only, primary, standby or prefer-standby (a URL's ?target_session_attrs= wins)",
     ),
+    (
+        "DATABASE_REPLICA_URL",
+        "(unset)",
+        "replicas for history, settings and context reads (one host or several: postgres://u:p@r1,r2/db); unset: the primary only",
+    ),
+    (
+        "DB_REPLICA_MAX_LAG",
+        "2",
+        "seconds a replica may lag before reads skip it",
+    ),
+    (
+        "DB_REPLICA_WAIT",
+        "0.05",
+        "seconds a read waits for a replica to replay the user's own last write before reading from the primary",
+    ),
     ("DB_NAME", "ai_tg_bot", "database name"),
     ("DB_USER", "postgres", "user name"),
     ("DB_PASSWORD", "(empty)", "password (never printed)"),
@@ -270,6 +285,15 @@ impl Config {
             if let Some(cert) = get("DB_SSLROOTCERT") {
                 b = b.ssl_root_cert(cert);
             }
+        }
+        if let Some(url) = get("DATABASE_REPLICA_URL") {
+            b = b.replica_url(url);
+        }
+        if let Some(d) = secs("DB_REPLICA_MAX_LAG", "seconds (0 or more)", true)? {
+            b = b.replica_max_lag(d);
+        }
+        if let Some(d) = secs("DB_REPLICA_WAIT", "seconds (0 or more)", true)? {
+            b = b.replica_wait(d);
         }
         if let Some(attrs) = get("DB_TARGET_SESSION_ATTRS") {
             b = b.target_session_attrs(super::TargetSessionAttrs::parse_for(
@@ -633,6 +657,12 @@ mod tests {
                 "postgres://user:password@host:port/dbname",
             ),
             ("DATABASE_URL", "mysql://u:p@h/db", "unsupported scheme"),
+            ("DATABASE_REPLICA_URL", "mysql://u:p@h/db", "unsupported scheme"),
+            ("DATABASE_REPLICA_URL", "postgres://u@h:99999/db", "DATABASE_REPLICA_URL"),
+            ("DB_REPLICA_MAX_LAG", "soon", "seconds"),
+            ("DB_REPLICA_MAX_LAG", "100000", "86400"),
+            ("DB_REPLICA_WAIT", "-1", "seconds"),
+            ("DB_REPLICA_WAIT", "61", "60 seconds"),
         ];
         for (key, value, expected) in cases {
             let err = from(&[(key, value)]).unwrap_err();
@@ -641,6 +671,36 @@ mod tests {
             assert!(text.contains(key), "{key}={value}: {text}");
             assert!(text.contains(expected), "{key}={value}: {text}");
         }
+    }
+
+    #[test]
+    fn replicas_are_read_with_their_hosts_and_settings() {
+        let c = from(&[]).unwrap();
+        assert!(c.replica().is_none(), "no replicas by default");
+        assert_eq!(c.replicas.max_lag, Duration::from_secs(2));
+        assert_eq!(c.replicas.wait, Duration::from_millis(50));
+        let c = from(&[
+            ("DATABASE_URL", "postgres://bot:pw@primary:5432/chat"),
+            ("DATABASE_REPLICA_URL", "postgres://reader:secret-r@r1:5433,r2/chat"),
+            ("DB_REPLICA_MAX_LAG", "0.5"),
+            ("DB_REPLICA_WAIT", "0"),
+            ("DB_POOL_SIZE", "7"),
+        ])
+        .unwrap();
+        let replica = c.replica().unwrap();
+        assert_eq!(
+            replica.hosts(),
+            &[("r1".to_string(), 5433), ("r2".to_string(), 5432)]
+        );
+        assert_eq!(replica.pool.size, 7, "the replicas' pools are sized like the primary's");
+        assert!(replica.replica().is_none());
+        assert_eq!(c.replicas.max_lag, Duration::from_millis(500));
+        assert_eq!(c.replicas.wait, Duration::ZERO);
+        assert_eq!(c.hosts(), &[("primary".to_string(), 5432)]);
+        for text in [format!("{c:?}"), replica.redacted_url(), format!("{replica:?}")] {
+            assert!(!text.contains("secret-r"), "{text}");
+        }
+        assert!(format!("{c:?}").contains("@r1:5433,r2/chat"), "{c:?}");
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! - `env`: [`Config::from_env`], [`ENV_VARS`];
 //! - `builder`: [`ConfigBuilder`] and the range checks;
 //! - `urls`: `DATABASE_URL` parsing and redaction.
+//! - `replicas`: [`ReplicaConfig`] (`DATABASE_REPLICA_URL`).
 
 mod audit;
 mod builder;
 mod env;
 mod hosts;
+mod replicas;
 mod settings;
 mod urls;
 
@@ -33,6 +35,7 @@ pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
 pub use env::ENV_VARS;
 pub use hosts::TargetSessionAttrs;
+pub use replicas::{DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig};
 pub use settings::{
     ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
@@ -87,6 +90,8 @@ pub struct Config {
     /// The key of erasures' audit rows (`BOTDB_AUDIT_KEY`); `None`: users cannot be
     /// erased (an erasure must leave a proof, and the proof needs the key).
     pub audit_key: Option<AuditKey>,
+    /// Replica reads (`DATABASE_REPLICA_URL`, `DB_REPLICA_MAX_LAG`, `DB_REPLICA_WAIT`).
+    pub replicas: ReplicaConfig,
 }
 
 impl fmt::Debug for Config {
@@ -102,6 +107,7 @@ impl fmt::Debug for Config {
             .field("application_name", &self.application_name)
             .field("app_migrations", &self.app_migrations)
             .field("audit_key", &self.audit_key)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -148,6 +154,7 @@ impl Default for Config {
             application_name: "botdb".into(),
             app_migrations: None,
             audit_key: None,
+            replicas: ReplicaConfig::default(),
         }
     }
 }
@@ -256,6 +263,16 @@ impl Config {
             server_configured: other.server_configured,
             ..self.clone()
         }
+    }
+
+    /// The replicas' configuration: their server (`DATABASE_REPLICA_URL`, one host or
+    /// several) with this configuration's pool, timeouts and limits; `None` when no
+    /// replica is configured.
+    pub fn replica(&self) -> Option<Config> {
+        let server = self.replicas.server.as_deref()?;
+        let mut replica = self.with_server_of(server);
+        replica.replicas.server = None;
+        Some(replica)
     }
 
     /// Every host with its port, in the order botdb tries them (one entry for a single

@@ -16,10 +16,13 @@ use crate::migrate::{self, MigrationStatus, Migrations};
 mod counters;
 mod hosts;
 mod lease;
+mod replicas;
 
 pub use counters::{Counters, Removed};
 use hosts::{Hosts, HostsLink};
 use lease::{Lease, Parking};
+pub use replicas::ReplicaReads;
+use replicas::Replicas;
 
 /// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
 #[derive(Clone)]
@@ -41,6 +44,11 @@ pub struct Database {
     /// The host list, when the configuration names several hosts or a
     /// `target_session_attrs` other than `any`.
     hosts: Option<Arc<HostsLink>>,
+    /// The replicas reads may go to (`DATABASE_REPLICA_URL`).
+    replicas: Option<Arc<Replicas>>,
+    /// The users this handle works for ([`acting_for`](Self::acting_for)): its
+    /// committed writes are recorded for their reads on replicas.
+    acting_for: Option<Arc<[i64]>>,
 }
 
 impl fmt::Debug for Database {
@@ -96,7 +104,7 @@ impl Database {
                 .await
                 .map_err(|e| connect_error(config, e))?;
             tracing::debug!(server = %config.redacted_url(), "database pool ready");
-            return Ok(Self::from_pool(pool, config, None));
+            return Self::from_pool(pool, config, None)?.with_floor().await;
         };
         let deadline = tokio::time::Instant::now() + config.pool.timeout;
         hosts.resolve(deadline).await?;
@@ -106,7 +114,7 @@ impl Database {
         let conn = pool.acquire().await.map_err(|e| connect_error(config, e))?;
         drop(conn);
         tracing::debug!(server = %config.redacted_url(), "database pool ready");
-        Ok(Self::from_pool(pool, config, Some(link)))
+        Self::from_pool(pool, config, Some(link))?.with_floor().await
     }
 
     /// Builds the pool without connecting; connections open on first use.
@@ -116,15 +124,15 @@ impl Database {
     pub fn connect_lazy(config: &Config) -> Result<Self> {
         let Some(hosts) = Hosts::from_config(config)? else {
             let pool = pool_options(config, None).connect_lazy_with(config.connect_options()?);
-            return Ok(Self::from_pool(pool, config, None));
+            return Self::from_pool(pool, config, None);
         };
         let pool = pool_options(config, Some(&hosts)).connect_lazy_with(hosts.current_options());
         let link = hosts.attach(&pool);
-        Ok(Self::from_pool(pool, config, Some(link)))
+        Self::from_pool(pool, config, Some(link))
     }
 
-    fn from_pool(pool: PgPool, config: &Config, hosts: Option<HostsLink>) -> Self {
-        Database {
+    fn from_pool(pool: PgPool, config: &Config, hosts: Option<HostsLink>) -> Result<Self> {
+        Ok(Database {
             parking: Parking::new(pool.clone(), &config.pool),
             pool,
             limits: config.limits,
@@ -134,6 +142,74 @@ impl Database {
             audit_key: config.audit_key.clone(),
             counters: Arc::default(),
             hosts: hosts.map(Arc::new),
+            replicas: Replicas::from_config(config)?.map(Arc::new),
+            acting_for: None,
+        })
+    }
+
+    /// With replicas: the primary's WAL position now, below which every write this
+    /// process did not record lies (see `replicas`).
+    async fn with_floor(self) -> Result<Self> {
+        if let Some(replicas) = &self.replicas {
+            let lsn: i64 = sqlx::query_scalar(replicas::POSITION_SQL)
+                .fetch_one(&self.pool)
+                .await?;
+            replicas.set_floor(u64::try_from(lsn).unwrap_or(0));
+        }
+        Ok(self)
+    }
+
+    /// A handle on the same pool that works for `users`: once a write through it
+    /// ([`session`](Self::session), [`autocommit`](Self::autocommit)) has committed,
+    /// the primary's WAL position is recorded for them, so that their reads through
+    /// [`read_replica`](Self::read_replica) see it. The actors give every request such
+    /// a handle for its user (a batch, for all of its users). Without replicas it is
+    /// the same handle, at no cost.
+    pub fn acting_for(&self, users: &[i64]) -> Database {
+        let mut db = self.clone();
+        if self.replicas.is_some() {
+            db.acting_for = Some(Arc::from(users));
+        }
+        db
+    }
+
+    /// `true` when reads may go to replicas (`DATABASE_REPLICA_URL`).
+    pub fn has_replicas(&self) -> bool {
+        self.replicas.is_some()
+    }
+
+    /// How many reads went to a replica and why others went to the primary (all zero
+    /// without replicas).
+    pub fn replica_reads(&self) -> ReplicaReads {
+        self.replicas.as_ref().map(|r| r.reads()).unwrap_or_default()
+    }
+
+    /// How many users' last write positions are held for read-your-writes (users
+    /// written recently, or not yet replayed by every replica).
+    pub fn replica_tracked_users(&self) -> usize {
+        self.replicas.as_ref().map_or(0, |r| r.tracked_users())
+    }
+
+    /// Records the primary's WAL position for the users this handle works for, after a
+    /// commit on `conn`; `false` when the connection failed to answer (the commit
+    /// stands: their reads go to the primary until their next write).
+    async fn note_write(&self, conn: &mut PgConnection) -> bool {
+        let (Some(replicas), Some(users)) = (&self.replicas, &self.acting_for) else {
+            return true;
+        };
+        match sqlx::query_scalar::<_, i64>(replicas::POSITION_SQL)
+            .fetch_one(conn)
+            .await
+        {
+            Ok(lsn) => {
+                replicas.record(users, u64::try_from(lsn).ok());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the WAL position after a commit could not be read");
+                replicas.record(users, None);
+                false
+            }
         }
     }
 
@@ -243,7 +319,13 @@ impl Database {
         };
         let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
             Ok(Ok(value)) => match tx.commit().await {
-                Ok(()) => Ok(value),
+                Ok(()) => {
+                    if !self.note_write(&mut conn).await {
+                        // Committed, but the connection failed after: not put back as good.
+                        return Ok(value);
+                    }
+                    Ok(value)
+                }
                 Err(e) => {
                     let err = Error::from(e).after_send();
                     self.after_failure(&mut conn, &err);
@@ -291,7 +373,7 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        self.on_connection(body, Error::after_send).await
+        self.on_connection(body, Error::after_send, true).await
     }
 
     /// Runs read-only `body` on one pooled connection, like
@@ -305,18 +387,44 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
-        self.on_connection(body, |e| e).await
+        self.on_connection(body, |e| e, false).await
     }
 
-    /// Runs `body` on a leased connection; `failed` interprets the body's error (a
+    /// Runs read-only `body` like [`read`](Self::read), on a replica when one has
+    /// replayed the last write recorded for `users` (waiting up to `DB_REPLICA_WAIT`
+    /// for it) and lags at most `DB_REPLICA_MAX_LAG`; otherwise, or when the replica
+    /// fails while reading, on the primary. A user reading through botdb's actors
+    /// after a write through them always sees that write. Without replicas it is
+    /// [`read`](Self::read). `body` may run twice (on a replica, then on the primary),
+    /// hence `Clone` (a closure that borrows what it reads is).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub async fn read_replica<T, F>(&self, users: &[i64], body: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
+    {
+        if let Some(replicas) = &self.replicas
+            && let Some(value) = replicas.read(users, &body).await?
+        {
+            return Ok(value);
+        }
+        self.read(body).await
+    }
+
+    /// Runs `body` on a leased connection (recording the WAL position after it when it
+    /// `writes`); `failed` interprets the body's error (a
     /// failure to get the connection is never passed to it: nothing was sent then).
-    async fn on_connection<T, F>(&self, body: F, failed: fn(Error) -> Error) -> Result<T>
+    async fn on_connection<T, F>(&self, body: F, failed: fn(Error) -> Error, writes: bool) -> Result<T>
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
         let mut conn = self.lease().await?;
         match body(&mut conn).await {
             Ok(value) => {
+                if writes && !self.note_write(&mut conn).await {
+                    return Ok(value);
+                }
                 conn.clean();
                 Ok(value)
             }

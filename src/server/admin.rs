@@ -107,6 +107,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 &state.health,
                 state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
                 actors.database().counters().snapshot(),
+                actors.database().replica_reads(),
                 actors.is_shutting_down(),
             )),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),

@@ -43,6 +43,7 @@ pub(crate) fn render(
     health: &HealthCache,
     keys_purged: u64,
     removed: crate::db::Removed,
+    replica_reads: crate::db::ReplicaReads,
     shutting_down: bool,
 ) -> String {
     let mut out = String::new();
@@ -207,6 +208,19 @@ pub(crate) fn render(
         "counter",
         "Soft-deleted messages removed for good after their retention (BOTDB_PURGE_AFTER).",
         &[(String::new(), removed.purged_messages as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_replica_reads_total",
+        "counter",
+        "History, settings and context reads that could go to a replica (DATABASE_REPLICA_URL), by where they went: \
+         replica, or the primary because no replica had the user's last write (behind), lagged (lagging) or answered (down).",
+        &[
+            ("{route=\"replica\"}".into(), replica_reads.on_replica as f64),
+            ("{route=\"behind\"}".into(), replica_reads.behind as f64),
+            ("{route=\"lagging\"}".into(), replica_reads.lagging as f64),
+            ("{route=\"down\"}".into(), replica_reads.down as f64),
+        ],
     );
     family(
         &mut out,

@@ -41,6 +41,8 @@ mod purge;
 #[cfg(feature = "cli")]
 mod reference_schema;
 mod reminders_example;
+#[cfg(feature = "embedded")]
+mod replicas;
 mod repos;
 mod scenarios;
 #[cfg(feature = "cli")]

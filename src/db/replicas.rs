@@ -1,0 +1,373 @@
+//! Replica reads with read-your-writes (`DATABASE_REPLICA_URL`).
+//!
+//! A write made on behalf of users ([`Database::acting_for`](super::Database::acting_for),
+//! which the actors use for every request) records, once committed, the primary's WAL
+//! insert position: an LSN at or past the end of its commit record. A read on behalf of
+//! users goes to a replica only when the replica's replay position has reached the
+//! highest LSN recorded for them (waiting up to `DB_REPLICA_WAIT` for it), the replica
+//! is still in recovery and lags at most `DB_REPLICA_MAX_LAG`; otherwise it reads from
+//! the primary. A user this process has not written for needs the *floor*: the
+//! primary's position when the pool opened (or when the first write was recorded),
+//! which covers every write committed before botdb started; the floor rises as the
+//! replicas replay, and the users whose writes every replica has replayed are forgotten,
+//! so the map holds only the users written in the last moments.
+//!
+//! A replica that cannot be reached is skipped for [`DOWN_FOR`]; a read that fails on a
+//! replica because its connection broke or recovery cancelled it is read again on the
+//! primary (reads commit nothing: nothing is doubted).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// How long a replica that could not be reached is left out.
+pub(super) const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// How long a replica's observed state is trusted without asking again.
+const FRESH_FOR: Duration = Duration::from_millis(250);
+
+/// The most a read waits for a connection to a replica before using the primary.
+const ACQUIRE_AT_MOST: Duration = Duration::from_millis(250);
+
+/// "Not known": reads that need it go to the primary.
+const UNKNOWN: u64 = u64::MAX;
+
+/// SQLSTATE 40001: on a standby, a query cancelled by a conflict with recovery.
+const CANCELLED_BY_RECOVERY: &str = "40001";
+
+/// What a replica said about itself: in recovery, replayed up to, lag in seconds
+/// (`None`: cannot tell, as when it replayed nothing yet while WAL is waiting).
+const STATE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
+     CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0::float8 \
+          ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END";
+
+/// The primary's WAL insert position after a commit: at or past the commit's record.
+pub(super) const POSITION_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// The replicas of one [`Database`](super::Database) and what its users wrote last.
+pub(crate) struct Replicas {
+    servers: Vec<Server>,
+    max_lag: Duration,
+    wait: Duration,
+    written: Mutex<Written>,
+    /// The server a read tries first, turning round.
+    next: AtomicUsize,
+    counts: Counts,
+}
+
+/// Reads by where they went.
+#[derive(Default)]
+struct Counts {
+    on_replica: AtomicU64,
+    behind: AtomicU64,
+    lagging: AtomicU64,
+    down: AtomicU64,
+}
+
+/// How many reads went where, and why those that could have gone to a replica did not
+/// ([`Database::replica_reads`](super::Database::replica_reads)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaReads {
+    /// Reads answered by a replica.
+    pub on_replica: u64,
+    /// Reads sent to the primary because no replica had replayed the user's last
+    /// write within `DB_REPLICA_WAIT` (or the write's position was not known).
+    pub behind: u64,
+    /// Reads sent to the primary because every replica lagged more than
+    /// `DB_REPLICA_MAX_LAG` or was not a standby.
+    pub lagging: u64,
+    /// Reads sent to the primary because no replica could be reached.
+    pub down: u64,
+}
+
+/// Per-user write positions.
+struct Written {
+    by_user: HashMap<i64, u64>,
+    /// Covers every write not in `by_user`.
+    floor: u64,
+}
+
+struct Server {
+    pool: PgPool,
+    state: Mutex<State>,
+}
+
+#[derive(Clone, Copy)]
+struct State {
+    standby: bool,
+    replay: u64,
+    lag: Option<Duration>,
+    seen_at: Option<Instant>,
+    down_until: Option<Instant>,
+}
+
+/// Why a replica did not serve a read.
+enum Skip {
+    Behind,
+    Lagging,
+    Down,
+}
+
+impl Replicas {
+    /// One lazily connected pool per replica host of `config`, or `None` without
+    /// replicas.
+    pub(super) fn from_config(config: &Config) -> Result<Option<Replicas>> {
+        let Some(replica) = config.replica() else {
+            return Ok(None);
+        };
+        let servers = replica
+            .host_options()?
+            .into_iter()
+            .map(|options| Server {
+                pool: super::pool_options(&replica, None)
+                    .min_connections(0)
+                    .acquire_timeout(replica.pool.timeout.min(ACQUIRE_AT_MOST))
+                    .connect_lazy_with(options),
+                state: Mutex::new(State {
+                    standby: false,
+                    replay: 0,
+                    lag: None,
+                    seen_at: None,
+                    down_until: None,
+                }),
+            })
+            .collect();
+        Ok(Some(Replicas {
+            servers,
+            max_lag: config.replicas.max_lag,
+            wait: config.replicas.wait,
+            written: Mutex::new(Written {
+                by_user: HashMap::new(),
+                floor: UNKNOWN,
+            }),
+            next: AtomicUsize::new(0),
+            counts: Counts::default(),
+        }))
+    }
+
+    /// Records that `users`' writes committed at or before `position` (`None`: a
+    /// position that could not be read, so their reads go to the primary until their
+    /// next recorded write).
+    pub(super) fn record(&self, users: &[i64], position: Option<u64>) {
+        let mut written = lock(&self.written);
+        let Some(lsn) = position else {
+            for user in users {
+                written.by_user.insert(*user, UNKNOWN);
+            }
+            return;
+        };
+        if written.floor == UNKNOWN {
+            written.floor = lsn;
+        }
+        for user in users {
+            let at = written.by_user.entry(*user).or_insert(lsn);
+            if *at == UNKNOWN || *at < lsn {
+                *at = lsn;
+            }
+        }
+    }
+
+    /// Sets the floor: every write committed before the pool opened is at or before it.
+    pub(super) fn set_floor(&self, lsn: u64) {
+        let mut written = lock(&self.written);
+        if written.floor == UNKNOWN || written.floor < lsn {
+            written.floor = lsn;
+        }
+    }
+
+    /// The position a replica must have replayed for a read on behalf of `users`.
+    fn needed(&self, users: &[i64]) -> u64 {
+        let written = lock(&self.written);
+        users
+            .iter()
+            .map(|u| written.by_user.get(u).copied().unwrap_or(written.floor))
+            .max()
+            .unwrap_or(written.floor)
+    }
+
+    /// Raises the floor to what every reachable standby has replayed and forgets the
+    /// users below it.
+    fn prune(&self) {
+        let replayed = self
+            .servers
+            .iter()
+            .map(|s| *lock(&s.state))
+            .filter(|s| s.standby && s.down_until.is_none())
+            .map(|s| s.replay)
+            .min();
+        let mut written = lock(&self.written);
+        if let Some(replayed) = replayed
+            && written.floor != UNKNOWN
+            && replayed > written.floor
+        {
+            written.floor = replayed;
+            let floor = written.floor;
+            written.by_user.retain(|_, at| *at > floor);
+        }
+    }
+
+    /// Reads and counts.
+    pub(super) fn reads(&self) -> ReplicaReads {
+        let c = &self.counts;
+        ReplicaReads {
+            on_replica: c.on_replica.load(Ordering::Relaxed),
+            behind: c.behind.load(Ordering::Relaxed),
+            lagging: c.lagging.load(Ordering::Relaxed),
+            down: c.down.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Users whose positions are held (those written recently, or not yet replayed).
+    pub(super) fn tracked_users(&self) -> usize {
+        lock(&self.written).by_user.len()
+    }
+
+    /// Runs `body` on a replica that has what `users` wrote; `Ok(None)` when none can
+    /// (the caller reads from the primary).
+    pub(super) async fn read<T, F>(&self, users: &[i64], body: &F) -> Result<Option<T>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
+    {
+        let needed = self.needed(users);
+        let n = self.servers.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut why = Skip::Down;
+        for i in 0..n {
+            let server = &self.servers[(first + i) % n];
+            match self.try_server(server, needed, body).await {
+                Ok(value) => {
+                    self.counts.on_replica.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(value));
+                }
+                Err(Ok(skip)) => {
+                    // The most telling reason: behind > lagging > down.
+                    why = match (why, skip) {
+                        (Skip::Behind, _) | (_, Skip::Behind) => Skip::Behind,
+                        (Skip::Lagging, _) | (_, Skip::Lagging) => Skip::Lagging,
+                        _ => Skip::Down,
+                    };
+                }
+                Err(Err(e)) => return Err(e),
+            }
+        }
+        let counter = match why {
+            Skip::Behind => &self.counts.behind,
+            Skip::Lagging => &self.counts.lagging,
+            Skip::Down => &self.counts.down,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// One replica: `Ok` with the read, `Err(Ok(skip))` when it cannot serve it,
+    /// `Err(Err(e))` for the read's own error (the primary would give the same).
+    async fn try_server<T, F>(
+        &self,
+        server: &Server,
+        needed: u64,
+        body: &F,
+    ) -> std::result::Result<T, Result<Skip>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
+    {
+        if needed == UNKNOWN {
+            return Err(Ok(Skip::Behind));
+        }
+        let now = Instant::now();
+        let seen = *lock(&server.state);
+        if seen.down_until.is_some_and(|t| t > now) {
+            return Err(Ok(Skip::Down));
+        }
+        if seen.seen_at.is_some_and(|t| now - t < FRESH_FOR) && !self.acceptable(&seen) {
+            return Err(Ok(Skip::Lagging));
+        }
+        let mut conn = match server.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "a replica cannot be reached; reading from the primary");
+                server.mark_down();
+                return Err(Ok(Skip::Down));
+            }
+        };
+        let trusted = seen.seen_at.is_some_and(|t| now - t < FRESH_FOR) && self.acceptable(&seen);
+        if !(trusted && seen.replay >= needed) {
+            let deadline = Instant::now() + self.wait;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let state = match server.observe(&mut conn).await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a replica failed to report its state; reading from the primary");
+                        server.mark_down();
+                        drop(conn.detach());
+                        return Err(Ok(Skip::Down));
+                    }
+                };
+                self.prune();
+                if !self.acceptable(&state) {
+                    return Err(Ok(Skip::Lagging));
+                }
+                if state.replay >= needed {
+                    break;
+                }
+                if Instant::now() + pause > deadline {
+                    return Err(Ok(Skip::Behind));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+        }
+        match body.clone()(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) if matches!(e, Error::Unavailable { .. } | Error::OutcomeUnknown { .. }) => {
+                tracing::debug!(error = %e, "a read on a replica lost its connection; reading from the primary");
+                server.mark_down();
+                drop(conn.detach());
+                Err(Ok(Skip::Down))
+            }
+            Err(e) if e.sqlstate().as_deref() == Some(CANCELLED_BY_RECOVERY) => {
+                tracing::debug!(error = %e, "recovery cancelled a read on a replica; reading from the primary");
+                Err(Ok(Skip::Lagging))
+            }
+            Err(e) => Err(Err(e)),
+        }
+    }
+
+    /// A standby within the lag limit.
+    fn acceptable(&self, state: &State) -> bool {
+        state.standby && state.lag.is_some_and(|lag| lag <= self.max_lag)
+    }
+}
+
+impl Server {
+    /// Asks the replica where it is, and keeps the answer.
+    async fn observe(&self, conn: &mut PgConnection) -> Result<State> {
+        let (standby, replay, lag): (bool, i64, Option<f64>) =
+            sqlx::query_as(STATE_SQL).fetch_one(&mut *conn).await?;
+        let state = State {
+            standby,
+            replay: u64::try_from(replay).unwrap_or(0),
+            lag: lag.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+            seen_at: Some(Instant::now()),
+            down_until: None,
+        };
+        *lock(&self.state) = state;
+        Ok(state)
+    }
+
+    fn mark_down(&self) {
+        lock(&self.state).down_until = Some(Instant::now() + DOWN_FOR);
+    }
+}
+
+/// A poisoned lock still holds consistent positions (each update is one assignment).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,312 @@
+//! Replica reads with read-your-writes (issue 16): `DATABASE_REPLICA_URL` against a real
+//! primary and a real streaming standby from the installed binaries. `GetHistory`,
+//! `GetSettings` and `GetContext` go to the replica only once it has replayed the
+//! reading user's own last write; a lagging replica is skipped, a dead one falls back to
+//! the primary.
+
+use std::time::{Duration, Instant};
+
+use botdb::actors::{
+    AppendTurn, DbHandle, DbSystem, EnsureUser, GetContext, GetHistory, GetSettings, UpdateSettings,
+};
+use botdb::embedded::{EmbeddedPostgres, Replication, StopMode};
+use botdb::model::PRIVATE_CHAT;
+use botdb::{Config, Database, ReplicaReads};
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+
+/// A migrated primary (database `bot`) and its asynchronous standby.
+async fn pair() -> (EmbeddedPostgres, EmbeddedPostgres) {
+    let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.create_database("bot").await.unwrap();
+    let db = Database::connect(&pg.config("bot")).await.unwrap();
+    db.migrate().await.unwrap();
+    db.close().await;
+    let standby = pg.start_standby(Replication::Asynchronous).await.unwrap();
+    (pg, standby)
+}
+
+/// The primary, with `replicas` (URL host lists) for reads.
+fn config(pg: &EmbeddedPostgres, replica_ports: &[u16], max_lag: Duration) -> Config {
+    let hosts: Vec<String> = replica_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    Config::builder()
+        .url(pg.url("bot").expose_secret().to_string())
+        .replica_url(format!(
+            "postgres://postgres:{}@{}/bot",
+            pg.password().expose_secret(),
+            hosts.join(",")
+        ))
+        .replica_max_lag(max_lag)
+        .replica_wait(Duration::from_millis(20))
+        .pool_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn connect(server: &EmbeddedPostgres) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect_with(&server.config("bot").connect_options().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn lsn(conn: &mut sqlx::PgConnection, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
+const PRIMARY_LSN: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+const REPLAYED_LSN: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// Waits (bounded) until the standby has replayed everything the primary wrote so far.
+async fn caught_up(pg: &EmbeddedPostgres, standby: &EmbeddedPostgres) {
+    let target = lsn(&mut connect(pg).await, PRIMARY_LSN).await;
+    let mut conn = connect(standby).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lsn(&mut conn, REPLAYED_LSN).await < target {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not catch up within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn turn(h: &DbHandle, user_id: i64, text: &str) {
+    h.send(AppendTurn {
+        user_id,
+        chat_id: PRIVATE_CHAT,
+        user_text: text.to_string(),
+        reply_text: format!("re: {text}"),
+        key: None,
+    })
+    .await
+    .unwrap();
+}
+
+async fn history(h: &DbHandle, user_id: i64) -> Vec<String> {
+    h.send(GetHistory {
+        user_id,
+        chat_id: PRIVATE_CHAT,
+        limit: Some(1000),
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|m| m.content)
+    .collect()
+}
+
+async fn context(h: &DbHandle, user_id: i64) -> Vec<String> {
+    h.send(GetContext {
+        user_id,
+        chat_id: PRIVATE_CHAT,
+        max_chars: None,
+        max_messages: Some(1000),
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|m| m.content)
+    .collect()
+}
+
+fn delta(after: ReplicaReads, before: ReplicaReads) -> ReplicaReads {
+    ReplicaReads {
+        on_replica: after.on_replica - before.on_replica,
+        behind: after.behind - before.behind,
+        lagging: after.lagging - before.lagging,
+        down: after.down - before.down,
+    }
+}
+
+#[actix_rt::test]
+async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
+    let (pg, standby) = pair().await;
+    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let (writer, other) = (1_001, 1_002);
+    for user in [writer, other] {
+        h.send(EnsureUser { user_id: user }).await.unwrap();
+        turn(&h, user, "before the pause").await;
+    }
+    caught_up(&pg, &standby).await;
+
+    // Replayed: both users' reads are the replica's.
+    let before = db.replica_reads();
+    assert_eq!(history(&h, writer).await.len(), 2);
+    assert_eq!(history(&h, other).await.len(), 2);
+    let served = delta(db.replica_reads(), before);
+    assert_eq!(
+        served.on_replica, 2,
+        "a replica that has the user's writes serves the reads: {served:?}"
+    );
+
+    // Replay paused: the standby keeps receiving WAL but applies none of it.
+    let mut on_standby = connect(&standby).await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    let before = db.replica_reads();
+    let rounds = 20;
+    for i in 0..rounds {
+        let text = format!("sent while paused {i}");
+        turn(&h, writer, &text).await;
+        let seen = history(&h, writer).await;
+        assert_eq!(seen.len(), 2 * (i + 2), "history after turn {i}");
+        assert!(
+            seen.contains(&text),
+            "the reader's own write is in its history: {seen:?}"
+        );
+        assert!(context(&h, writer).await.contains(&text), "and in its context");
+        h.send(UpdateSettings {
+            user_id: writer,
+            max_history_messages: Some(10 + i as i64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let settings = h.send(GetSettings { user_id: writer }).await.unwrap().unwrap();
+        assert_eq!(
+            settings.max_history_messages,
+            10 + i as i32,
+            "its own settings change"
+        );
+        // The other user wrote nothing since the replica's position: the replica serves it.
+        assert_eq!(history(&h, other).await.len(), 2);
+    }
+    let during = delta(db.replica_reads(), before);
+    // The standby really was behind the writer all along.
+    let replayed = lsn(&mut on_standby, REPLAYED_LSN).await;
+    let written = lsn(&mut connect(&pg).await, PRIMARY_LSN).await;
+    println!(
+        "paused replica: {rounds} turns, their reads: {} on the primary (replica behind), {} on the replica \
+         (the other user's); replica {} bytes of WAL behind",
+        during.behind,
+        during.on_replica,
+        written - replayed
+    );
+    assert!(replayed < written, "replay was paused");
+    assert_eq!(
+        during.behind,
+        3 * rounds as u64,
+        "every read of the writer went to the primary: {during:?}"
+    );
+    assert_eq!(
+        during.on_replica, rounds as u64,
+        "every read of the other user went to the replica: {during:?}"
+    );
+
+    // Replay resumed: once caught up, the writer's reads are the replica's again.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    caught_up(&pg, &standby).await;
+    let before = db.replica_reads();
+    assert_eq!(history(&h, writer).await.len(), 2 * (rounds + 1));
+    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+    // Users whose writes every replica replayed are forgotten (the floor covers them).
+    assert!(
+        db.replica_tracked_users() <= 1,
+        "tracked: {}",
+        db.replica_tracked_users()
+    );
+    let _ = on_standby.close().await;
+    h.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_replica_lagging_more_than_the_limit_is_skipped() {
+    let (pg, standby) = pair().await;
+    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let reader = 2_001;
+    h.send(EnsureUser { user_id: reader }).await.unwrap();
+    turn(&h, reader, "hello").await;
+    caught_up(&pg, &standby).await;
+    let before = db.replica_reads();
+    assert_eq!(history(&h, reader).await.len(), 2);
+    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+
+    // Paused with WAL waiting (another user writes): the lag grows past 200 ms.
+    let mut on_standby = connect(&standby).await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    h.send(EnsureUser { user_id: 2_002 }).await.unwrap();
+    turn(&h, 2_002, "keeps the primary moving").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The reader wrote nothing since: only the lag can send its read to the primary.
+        let before = db.replica_reads();
+        assert_eq!(history(&h, reader).await.len(), 2);
+        if delta(db.replica_reads(), before).lagging == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a paused replica was never skipped for its lag"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = on_standby.close().await;
+    h.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn with_a_replica_down_reads_fall_back_to_the_primary_and_a_live_one_is_used() {
+    let (pg, standby) = pair().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    // Two replicas, one of them never up: every read is answered, by the live one.
+    let db = Database::connect(&config(&pg, &[dead, standby.port()], Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let user = 3_001;
+    h.send(EnsureUser { user_id: user }).await.unwrap();
+    turn(&h, user, "hello").await;
+    caught_up(&pg, &standby).await;
+    let before = db.replica_reads();
+    for _ in 0..10 {
+        assert_eq!(history(&h, user).await.len(), 2);
+    }
+    let reads = delta(db.replica_reads(), before);
+    assert_eq!(
+        reads.on_replica, 10,
+        "the live replica answers every read: {reads:?}"
+    );
+
+    // Now the live one goes too: reads come from the primary, still right.
+    standby.stop(StopMode::Immediate).unwrap();
+    turn(&h, user, "after the replicas are gone").await;
+    let before = db.replica_reads();
+    for _ in 0..10 {
+        let seen = history(&h, user).await;
+        assert_eq!(seen.len(), 4);
+        assert!(seen.contains(&"after the replicas are gone".to_string()));
+    }
+    let reads = delta(db.replica_reads(), before);
+    println!("replicas down: 10 reads, {reads:?}");
+    assert_eq!(reads.on_replica, 0);
+    assert_eq!(
+        reads.down + reads.behind,
+        10,
+        "every read fell back to the primary: {reads:?}"
+    );
+    assert!(
+        reads.down >= 1,
+        "a replica that cannot be reached is counted as down: {reads:?}"
+    );
+    h.shutdown().await;
+}
