@@ -42,6 +42,7 @@ mod purge;
 mod reference_schema;
 mod reminders_example;
 mod repos;
+mod scaling;
 mod scenarios;
 #[cfg(feature = "cli")]
 mod secrets;
