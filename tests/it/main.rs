@@ -44,6 +44,7 @@ mod reminders_example;
 #[cfg(feature = "embedded")]
 mod replicas;
 mod repos;
+mod scaling;
 mod scenarios;
 #[cfg(feature = "cli")]
 mod secrets;
