@@ -92,10 +92,13 @@
 //!   settings, `.env`) or a builder; the password is a secret that never prints, in
 //!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
 //!   `config::urls`, `config::hosts`: several hosts and `target_session_attrs`, libpq's
-//!   way).
+//!   way; `config::replicas`: `DATABASE_REPLICA_URL` and its lag and wait limits).
 //! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close,
 //!   migrate (botdb's migrations and the application's);
-//!   connections held between uses (sqlx's pool pings every connection it gets back).
+//!   connections held between uses (sqlx's pool pings every connection it gets back);
+//!   with several hosts, the one that satisfies `target_session_attrs` (`db::hosts`);
+//!   with replicas, reads that see the user's own writes ([`Database::read_replica`],
+//!   [`Database::acting_for`], `db::replicas`).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
 //!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut).
 //! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`],
