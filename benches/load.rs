@@ -20,6 +20,12 @@
 //! - `context`: `batched` with the model's context read (`GetContext`, the budget query:
 //!   the newest messages within 200,000 characters and the user's limit) in place of
 //!   `GetHistory`;
+//! - `replica`: `batched` with `DATABASE_REPLICA_URL` naming an asynchronous streaming
+//!   standby of the throwaway cluster (started for this mode; not with
+//!   `BOTDB_BENCH_DATABASE_URL`): `GetSettings` and `GetHistory` go to the standby once
+//!   it has replayed the user's own last write (waiting up to 50 ms), else to the
+//!   primary; every write records its WAL position. Where the reads went is printed at
+//!   the end;
 //! - `direct`: the five requests run without the actors (`DbRequest::run`);
 //! - `session`: botdb's repositories in one `Database::session` per turn, no actors;
 //! - `raw`: the pgbench statements, verbatim, on a plain sqlx `PgPool` of the same size
@@ -87,6 +93,7 @@ enum Mode {
     Batched,
     Keyed,
     Context,
+    Replica,
     Direct,
     Session,
     Raw,
@@ -95,11 +102,12 @@ enum Mode {
     PgbenchTx,
 }
 
-const MODES: [Mode; 10] = [
+const MODES: [Mode; 11] = [
     Mode::Actors,
     Mode::Batched,
     Mode::Keyed,
     Mode::Context,
+    Mode::Replica,
     Mode::Direct,
     Mode::Session,
     Mode::Raw,
@@ -115,6 +123,7 @@ impl Mode {
             Mode::Batched => "batched",
             Mode::Keyed => "keyed",
             Mode::Context => "context",
+            Mode::Replica => "replica",
             Mode::Direct => "direct",
             Mode::Session => "session",
             Mode::Raw => "raw",
@@ -162,6 +171,8 @@ struct Target {
     db: Database,
     per_message: DbHandle,
     batched: DbHandle,
+    /// `batched` over a Database that reads from a standby (mode `replica`).
+    replica: Option<(DbHandle, Database)>,
     users: i64,
     user_text: Arc<str>,
     reply_text: Arc<str>,
@@ -217,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let mut url = url::Url::parse(&url)?;
     url.set_path(&name);
-    let result = bench(&args, &admin.with_database(&name), &url).await;
+    let result = bench(&args, &admin.with_database(&name), &url, _cluster.as_ref()).await;
     if let Err(e) = &result {
         eprintln!("benchmark failed: {e:#}");
     }
@@ -251,9 +262,31 @@ fn pgbench_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<()> {
+async fn bench(args: &Args, config: &Config, url: &url::Url, cluster: Option<&EmbeddedPostgres>) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     db.migrate().await?;
+    // Mode `replica`: an asynchronous standby of the throwaway cluster, and a Database
+    // that reads from it.
+    let mut standby = None;
+    let mut replica = None;
+    if args.modes.contains(&Mode::Replica) {
+        match cluster {
+            Some(pg) => {
+                let s = pg.start_standby(botdb::embedded::Replication::Asynchronous).await?;
+                let mut at = url.clone();
+                at.set_port(Some(s.port()))
+                    .map_err(|()| anyhow::anyhow!("cannot set the standby's port"))?;
+                let with_replica = Config::builder()
+                    .url(url.to_string())
+                    .replica_url(at.to_string())
+                    .build()?;
+                let rdb = Database::connect(&with_replica).await?;
+                replica = Some((DbSystem::start(rdb.clone(), config.actors), rdb));
+                standby = Some(s);
+            }
+            None => eprintln!("mode replica needs the throwaway cluster (BOTDB_BENCH_DATABASE_URL is set): skipped"),
+        }
+    }
     eprintln!("populating {} users x 20 messages ...", args.users);
     let setup = Instant::now();
     run_script(db.pool(), include_str!("workload/populate.sql")).await?;
@@ -280,6 +313,7 @@ async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<(
             },
         ),
         batched: DbSystem::start(db.clone(), config.actors),
+        replica,
         raw,
         db,
         users: args.users,
@@ -293,6 +327,7 @@ async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<(
         .iter()
         .copied()
         .filter(|m| has_pgbench || !matches!(m, Mode::Pgbench | Mode::PgbenchTx))
+        .filter(|m| *m != Mode::Replica || target.replica.is_some())
         .collect();
     if modes.len() < args.modes.len() {
         eprintln!("pgbench is not on PATH: its modes are skipped");
@@ -336,6 +371,15 @@ async fn bench(args: &Args, config: &Config, url: &url::Url) -> anyhow::Result<(
             .fold((0, 0), |(b, r), a| (b + a.batches, r + a.batched_requests));
         eprintln!("{name}: {report}; {batches} batches carried {batched} requests");
     }
+    if let Some((handle, rdb)) = &target.replica {
+        let report = handle.shutdown().await;
+        let reads = rdb.replica_reads();
+        eprintln!(
+            "replica: {report}; reads on the standby {}, on the primary: behind {}, lagging {}, down {}",
+            reads.on_replica, reads.behind, reads.lagging, reads.down
+        );
+    }
+    drop(standby);
     target.raw.close().await;
     Ok(())
 }
@@ -557,6 +601,10 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
             Mode::Context => five_requests_reading(target, &target.batched, uid, None, Read::Context)
                 .await
                 .is_ok(),
+            Mode::Replica => match &target.replica {
+                Some((handle, _)) => five_requests(target, handle, uid, None).await.is_ok(),
+                None => false,
+            },
             Mode::Keyed => {
                 let turn = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 five_requests(target, &target.batched, uid, Some(turn))
