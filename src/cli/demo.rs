@@ -6,8 +6,15 @@
 //! one transaction); some change their history limit, some `/reset` half-way. Every
 //! acknowledged turn is recorded, and after the Shutdown drain the database must hold
 //! exactly those messages, in order, with the reset ones hidden.
+//!
+//! With `--standby` (the throwaway cluster only), the cluster gets a synchronous
+//! standby and the demo both servers, `target_session_attrs=read-write`; when
+//! `--failover-at` of the turns are acknowledged, the primary is stopped hard and the
+//! standby promoted. Turns that fail meanwhile with a transient error (or one of unknown
+//! outcome) are redelivered as Telegram redelivers after a 503, the same update id, until
+//! answered; the verification then reads the promoted standby.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -17,12 +24,14 @@ use std::time::{Duration, Instant};
 
 use botdb::actors::{DbSystem, ShutdownReport};
 use botdb::bot::telegram::{TgChat, TgMessage, TgUser};
-use botdb::bot::{Bot, EchoModel, Outcome, Update};
+use botdb::bot::{Bot, BotError, EchoModel, Outcome, Update};
+use botdb::config::TargetSessionAttrs;
+use botdb::embedded::{EmbeddedPostgres, Replication, StopMode};
 use botdb::shutdown::Signals;
 use botdb::{Config, Database};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::Connection;
+use secrecy::ExposeSecret;
 
 /// Demo users get ids from here up, far from real Telegram ids.
 const FIRST_USER: i64 = 9_000_000_000_000;
@@ -47,6 +56,160 @@ pub struct DemoArgs {
     /// must get the first one's reply, and no turn may be stored twice.
     #[arg(long, default_value_t = 0.0, value_parser = percent)]
     redeliver: f64,
+    /// Give the throwaway PostgreSQL a synchronous standby and fail over to it during the
+    /// run (see --failover-at): the demo is given both servers, read-write. Only with the
+    /// throwaway cluster (no DATABASE_URL / DB_HOST).
+    #[arg(long)]
+    standby: bool,
+    /// With --standby: once this share of the turns is acknowledged (`50%` or `0.5`),
+    /// stop the primary hard (pg_ctl stop -m immediate) and promote the standby; turns
+    /// failing meanwhile are redelivered until answered [default: 50%].
+    #[arg(long, value_name = "SHARE", requires = "standby", value_parser = share)]
+    failover_at: Option<f64>,
+}
+
+impl DemoArgs {
+    /// The share of the turns after which to fail over, when there is a standby.
+    fn failover_share(&self) -> Option<f64> {
+        self.standby.then_some(self.failover_at.unwrap_or(0.5))
+    }
+}
+
+/// A share of a whole: `50%` or `0.5`.
+fn share(v: &str) -> Result<f64, String> {
+    let parsed = match v.trim().strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => v.trim().parse::<f64>(),
+    };
+    match parsed {
+        Ok(s) if (0.0..=1.0).contains(&s) => Ok(s),
+        _ => Err(format!("expected a share from 0% to 100% (or 0 to 1), got {v:?}")),
+    }
+}
+
+/// How long a turn that failed transiently is redelivered before it counts as failed
+/// (Telegram goes on for a day; a demo has to end).
+const REDELIVER_FOR: Duration = Duration::from_secs(120);
+/// The first wait before a redelivery; it doubles up to [`REDELIVER_MAX_WAIT`].
+const REDELIVER_FIRST_WAIT: Duration = Duration::from_millis(50);
+const REDELIVER_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// The demo's own throwaway cluster, and its standby with `--standby`. The standby
+/// comes first: fields are dropped in order, and the standby's server (whose files live
+/// in the primary's directory) must stop before the primary's watcher removes that
+/// directory.
+struct Pair {
+    standby: Option<Arc<EmbeddedPostgres>>,
+    primary: Arc<EmbeddedPostgres>,
+}
+
+impl Pair {
+    fn alone(primary: EmbeddedPostgres) -> Pair {
+        Pair {
+            standby: None,
+            primary: Arc::new(primary),
+        }
+    }
+
+    /// Starts a synchronous standby of `primary` (the databases are copied with it), and
+    /// returns `config` pointed at both, read-write.
+    async fn start(config: &Config, primary: EmbeddedPostgres) -> anyhow::Result<(Config, Pair)> {
+        let standby = primary.start_standby(Replication::Synchronous).await?;
+        let both = Config::builder()
+            .host("127.0.0.1,127.0.0.1")
+            .ports(vec![primary.port(), standby.port()])
+            .user("postgres")
+            .password(primary.password().expose_secret())
+            .database(config.database_name())
+            .target_session_attrs(TargetSessionAttrs::ReadWrite)
+            .build()?;
+        println!(
+            "standby:      synchronous, on port {} (primary on port {})",
+            standby.port(),
+            primary.port()
+        );
+        Ok((
+            config.with_server_of(&both),
+            Pair {
+                standby: Some(Arc::new(standby)),
+                primary: Arc::new(primary),
+            },
+        ))
+    }
+}
+
+/// The failover of a `--standby` run: when, and what was seen of it.
+struct Failover {
+    standby: Arc<EmbeddedPostgres>,
+    primary: Arc<EmbeddedPostgres>,
+    /// Acknowledged turns after which the primary is stopped.
+    at: u64,
+    /// The stop and the promotion, once started.
+    task: RefCell<Option<actix_rt::task::JoinHandle<anyhow::Result<()>>>>,
+    /// When the primary stop began, and when it was gone.
+    stopping: Cell<Option<Instant>>,
+    gone: Cell<Option<Instant>>,
+    /// How long `pg_ctl promote` took.
+    promote: Cell<Option<Duration>>,
+    /// The first acknowledged turn once the primary was gone.
+    first_write: Cell<Option<Instant>>,
+    /// Deliveries beyond the first of updates that failed transiently.
+    redelivered: Cell<u64>,
+}
+
+impl Failover {
+    /// Stops the primary (immediate) and promotes the standby, in the background.
+    fn start(self: &Rc<Self>) {
+        let me = self.clone();
+        let task = actix_rt::spawn(async move {
+            me.stopping.set(Some(Instant::now()));
+            let primary = me.primary.clone();
+            tokio::task::spawn_blocking(move || primary.stop(StopMode::Immediate)).await??;
+            let gone = Instant::now();
+            me.gone.set(Some(gone));
+            let standby = me.standby.clone();
+            tokio::task::spawn_blocking(move || standby.promote()).await??;
+            me.promote.set(Some(gone.elapsed()));
+            Ok(())
+        });
+        *self.task.borrow_mut() = Some(task);
+    }
+
+    /// An acknowledged turn, the `n`-th: the failover starts at `at`; the first one
+    /// after the primary is gone is the first write on the new primary.
+    fn acknowledged(self: &Rc<Self>, n: u64) {
+        if n == self.at && self.task.borrow().is_none() {
+            self.start();
+        }
+        if self.first_write.get().is_none() && self.gone.get().is_some() {
+            self.first_write.set(Some(Instant::now()));
+        }
+    }
+
+    /// Waits for the stop and the promotion (when they were started).
+    async fn finish(&self) -> anyhow::Result<()> {
+        let task = self.task.borrow_mut().take();
+        if let Some(task) = task {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        match (self.stopping.get(), self.promote.get()) {
+            (Some(stopping), Some(promote)) => format!(
+                "failover:     primary stopped at turn {}, standby promoted in {:.2} s; first write on the new \
+                 primary after {}",
+                self.at,
+                promote.as_secs_f64(),
+                self.first_write.get().map_or("none".to_string(), |w| format!(
+                    "{:.2} s",
+                    (w - stopping).as_secs_f64()
+                ))
+            ),
+            _ => format!("failover:     not reached (set for turn {})", self.at),
+        }
+    }
 }
 
 fn percent(v: &str) -> Result<f64, String> {
@@ -76,6 +239,10 @@ struct Shared {
     redeliver: f64,
     /// Copies delivered (beyond the first), and copies answered with the first reply.
     copies: std::cell::Cell<(u64, u64)>,
+    /// Text turns acknowledged so far.
+    acknowledged: Cell<u64>,
+    /// With `--standby`: the failover, and transient failures are redelivered.
+    failover: Option<Rc<Failover>>,
 }
 
 fn update(user_id: i64, update_id: i64, text: &str) -> Update {
@@ -103,21 +270,40 @@ async fn say(shared: &Shared, user_id: i64, n: &mut i64, text: &str) -> Option<S
     deliver(shared, user_id, update_id(user_id, *n), text).await
 }
 
+/// Delivers an update; with `--standby`, redelivers it while it fails as `serve` would
+/// answer 503 (bounded backoff, at most [`REDELIVER_FOR`]). `None` when it was not
+/// answered (counted as a failure unless the run is stopping).
 async fn deliver(shared: &Shared, user_id: i64, update_id: i64, text: &str) -> Option<String> {
-    match shared.bot.handle(update(user_id, update_id, text)).await {
-        Ok(Outcome::Reply(reply)) => Some(reply.text),
-        Ok(Outcome::Ignored(why)) => {
-            shared
-                .failures
-                .borrow_mut()
-                .push(format!("user {user_id}: ignored ({why})"));
-            None
-        }
-        Err(e) => {
-            if !shared.stop.load(Ordering::Relaxed) {
-                shared.failures.borrow_mut().push(format!("user {user_id}: {e}"));
+    let first = Instant::now();
+    let mut wait = REDELIVER_FIRST_WAIT;
+    loop {
+        match shared.bot.handle(update(user_id, update_id, text)).await {
+            Ok(Outcome::Reply(reply)) => return Some(reply.text),
+            Ok(Outcome::Ignored(why)) => {
+                shared
+                    .failures
+                    .borrow_mut()
+                    .push(format!("user {user_id}: ignored ({why})"));
+                return None;
             }
-            None
+            // With a standby, a failure `serve` answers 503 is redelivered, as Telegram
+            // does: the same update id, so a turn that was stored is not stored again.
+            Err(BotError::Db(e))
+                if (e.is_transient() || e.is_outcome_unknown())
+                    && !shared.stop.load(Ordering::Relaxed)
+                    && first.elapsed() < REDELIVER_FOR
+                    && let Some(failover) = &shared.failover =>
+            {
+                failover.redelivered.set(failover.redelivered.get() + 1);
+                actix_rt::time::sleep(wait).await;
+                wait = (wait * 2).min(REDELIVER_MAX_WAIT);
+            }
+            Err(e) => {
+                if !shared.stop.load(Ordering::Relaxed) {
+                    shared.failures.borrow_mut().push(format!("user {user_id}: {e}"));
+                }
+                return None;
+            }
         }
     }
 }
@@ -182,6 +368,11 @@ async fn converse(shared: Rc<Shared>, user_id: i64, turns: u32) {
             .turns
             .push((text, reply));
         shared.progress.inc(1);
+        let acknowledged = shared.acknowledged.get() + 1;
+        shared.acknowledged.set(acknowledged);
+        if let Some(failover) = &shared.failover {
+            failover.acknowledged(acknowledged);
+        }
         if let Some((id, text, first)) = pending_copy.take_if(|(id, ..)| *id != update_id(user_id, n)) {
             let again = deliver(&shared, user_id, id, &text).await;
             shared.count_copy(&first, &again);
@@ -203,11 +394,31 @@ impl Shared {
     }
 }
 
-pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
+/// Runs the demo on `config`; `server` is the throwaway cluster it points at, if any
+/// (kept until the end, and given a standby with `--standby`).
+pub async fn run(
+    config: &Config,
+    args: DemoArgs,
+    server: Option<EmbeddedPostgres>,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.users >= 1 && args.concurrency >= 1,
         "--users and --concurrency must be at least 1"
     );
+    let (config, pair) = match (args.standby, server) {
+        (true, Some(primary)) => {
+            let (config, pair) = Pair::start(config, primary).await?;
+            (config, Some(pair))
+        }
+        (true, None) => anyhow::bail!(
+            "--standby adds a standby to the demo's own throwaway PostgreSQL, but a server is configured ({}); \
+             the demo cannot add one to it: unset DATABASE_URL and DB_* to use the throwaway cluster, or drop --standby",
+            config.redacted_url()
+        ),
+        // Without a standby the cluster only has to outlive the run.
+        (false, server) => (config.clone(), server.map(Pair::alone)),
+    };
+    let config = &config;
     let mut signals = Signals::install()?;
     println!("database: {}", config.redacted_url());
     let db = Database::connect(config).await?;
@@ -230,6 +441,26 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     // update ids are another bot's.
     let bot = Bot::new(handle.clone(), Arc::new(EchoModel))
         .with_name(format!("demo-{}", uuid::Uuid::new_v4().simple()))?;
+    let failover = match (&pair, args.failover_share()) {
+        (
+            Some(Pair {
+                standby: Some(standby),
+                primary,
+            }),
+            Some(share),
+        ) => Some(Rc::new(Failover {
+            standby: standby.clone(),
+            primary: primary.clone(),
+            at: ((total as f64 * share).ceil() as u64).max(1),
+            task: RefCell::new(None),
+            stopping: Cell::new(None),
+            gone: Cell::new(None),
+            promote: Cell::new(None),
+            first_write: Cell::new(None),
+            redelivered: Cell::new(0),
+        })),
+        _ => None,
+    };
     let shared = Rc::new(Shared {
         bot,
         stop: stop.clone(),
@@ -239,6 +470,8 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress: progress.clone(),
         redeliver: args.redeliver,
         copies: std::cell::Cell::new((0, 0)),
+        acknowledged: Cell::new(0),
+        failover: failover.clone(),
     });
     println!(
         "simulating {} users x {} turns, {} at a time, through the actors",
@@ -286,6 +519,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     futures::future::join_all(workers).await;
     let elapsed = started.elapsed();
     progress.finish_and_clear();
+    // A failover started by the last turns: done before the drain and the verification.
+    if let Some(failover) = &failover {
+        failover.finish().await?;
+    }
     let interrupted = stop.load(Ordering::Relaxed);
     let report = handle.shutdown().await;
     // Every worker is done: the state is ours alone now.
@@ -329,6 +566,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
              {same} answered with the first reply",
             args.redeliver
         );
+    }
+    if let Some(failover) = &failover {
+        println!("{}", failover.summary());
+        println!("redelivered after failover: {}", failover.redelivered.get());
     }
     println!("shutdown:     {report}");
     let verified = verify(config, &logs, args.users, run_started).await?;
@@ -385,25 +626,27 @@ impl std::fmt::Display for Verification {
 
 /// Compares the database with the acknowledged log: every acknowledged message present,
 /// each user's messages in the order they were acknowledged, nothing else, messages from
-/// before a reset hidden and the others live. Reads after the drain, on a connection of
-/// its own (the actors' pool is closed).
+/// before a reset hidden and the others live. Reads after the drain, on a pool of its own
+/// (the actors' is closed), which finds the server `config` wants among its hosts (the
+/// promoted standby after a failover).
 async fn verify(
     config: &Config,
     logs: &HashMap<i64, Log>,
     users: i64,
     since: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Verification> {
-    let mut conn = botdb::migrate::connect_to(config).await?;
-    let rows: Vec<(i64, String, String, bool)> = sqlx::query_as(
+    let db = Database::connect(config).await?;
+    let rows: Result<Vec<(i64, String, String, bool)>, _> = sqlx::query_as(
         "SELECT user_id, role, content, deleted_at IS NOT NULL FROM messages \
          WHERE user_id >= $1 AND user_id < $2 AND created_at >= $3 ORDER BY user_id, created_at, seq",
     )
     .bind(FIRST_USER)
     .bind(FIRST_USER + users)
     .bind(since)
-    .fetch_all(&mut conn)
-    .await?;
-    let _ = conn.close().await;
+    .fetch_all(db.pool())
+    .await;
+    db.close().await;
+    let rows = rows?;
     let mut by_user: HashMap<i64, Vec<(String, String, bool)>> = HashMap::new();
     let mut v = Verification::default();
     for (user, role, content, deleted) in rows {

@@ -181,8 +181,8 @@ fn run(command: Command, app_migrations: Option<PathBuf>) -> anyhow::Result<Exit
             Command::History => migrations::history(&config).await,
             Command::Check => migrations::check(&config).await,
             Command::Demo(args) => {
-                let (config, _server) = server_for(&config, !config.server_configured()).await?;
-                demo::run(&config, args).await
+                let (config, server) = server_for(&config, !config.server_configured()).await?;
+                demo::run(&config, args, server).await
             }
             Command::Tour => {
                 let (config, _server) = server_for(&config, !config.server_configured()).await?;

@@ -299,6 +299,80 @@ async fn demo_on_the_embedded_default_prints_the_result_and_removes_the_cluster(
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
+#[tokio::test]
+async fn demo_with_a_standby_fails_over_half_way_and_verifies_everything_on_the_promoted_one() {
+    let o = run(
+        &[
+            "demo",
+            "--standby",
+            "--failover-at",
+            "50%",
+            "--users",
+            "40",
+            "--turns",
+            "5",
+            "--concurrency",
+            "16",
+        ],
+        &[("NO_COLOR", "1".into())],
+    )
+    .await;
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("standby:      synchronous, on port"), "{out}");
+    assert!(out.contains("target_session_attrs=read-write"), "{out}");
+    assert!(out.contains("turns:        200 in"), "{out}");
+    assert!(out.contains("failures:     0"), "{out}");
+    assert!(
+        out.contains("failover:     primary stopped at turn 100, standby promoted in"),
+        "{out}"
+    );
+    assert!(out.contains("first write on the new primary after"), "{out}");
+    assert!(out.contains("redelivered after failover: "), "{out}");
+    assert!(
+        out.contains(
+            "verification: OK: all 400 acknowledged messages present, each once; order intact for 40 users"
+        ),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("demo OK"), "{out}");
+    let dir = stderr(&o)
+        .lines()
+        .find_map(cluster_dir)
+        .expect("the demo names its cluster directory");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[tokio::test]
+async fn demo_standby_is_refused_on_a_configured_server_and_failover_at_needs_it() {
+    // Refused before anything is connected to: no server needs to listen there.
+    let password = "never-shown-pw";
+    let url = format!("postgres://postgres:{password}@127.0.0.1:{}/bot", closed_port());
+    let o = run(&["demo", "--standby"], &[("DATABASE_URL", url)]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--standby adds a standby to the demo's own throwaway PostgreSQL"),
+        "{err}"
+    );
+    assert!(!err.contains(password) && !stdout(&o).contains(password), "{err}");
+    for (args, expected) in [
+        (&["demo", "--failover-at", "50%"][..], "--standby"),
+        (
+            &["demo", "--standby", "--failover-at", "150%"][..],
+            "expected a share",
+        ),
+        (
+            &["demo", "--standby", "--failover-at", "2"][..],
+            "expected a share",
+        ),
+    ] {
+        let o = run(args, &[]).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// Starts `botdb demo` on the embedded default and returns it once it is simulating,
 /// with its cluster directory.
 async fn demo_in_progress() -> (

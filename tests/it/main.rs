@@ -24,6 +24,8 @@ mod errors;
 #[cfg(feature = "cli")]
 mod export;
 #[cfg(feature = "cli")]
+mod failover;
+#[cfg(feature = "cli")]
 mod faults;
 mod fuzz;
 #[cfg(feature = "embedded")]
