@@ -262,7 +262,12 @@ fn pgbench_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-async fn bench(args: &Args, config: &Config, url: &url::Url, cluster: Option<&EmbeddedPostgres>) -> anyhow::Result<()> {
+async fn bench(
+    args: &Args,
+    config: &Config,
+    url: &url::Url,
+    cluster: Option<&EmbeddedPostgres>,
+) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     db.migrate().await?;
     // Mode `replica`: an asynchronous standby of the throwaway cluster, and a Database
@@ -272,7 +277,9 @@ async fn bench(args: &Args, config: &Config, url: &url::Url, cluster: Option<&Em
     if args.modes.contains(&Mode::Replica) {
         match cluster {
             Some(pg) => {
-                let s = pg.start_standby(botdb::embedded::Replication::Asynchronous).await?;
+                let s = pg
+                    .start_standby(botdb::embedded::Replication::Asynchronous)
+                    .await?;
                 let mut at = url.clone();
                 at.set_port(Some(s.port()))
                     .map_err(|()| anyhow::anyhow!("cannot set the standby's port"))?;
@@ -284,7 +291,9 @@ async fn bench(args: &Args, config: &Config, url: &url::Url, cluster: Option<&Em
                 replica = Some((DbSystem::start(rdb.clone(), config.actors), rdb));
                 standby = Some(s);
             }
-            None => eprintln!("mode replica needs the throwaway cluster (BOTDB_BENCH_DATABASE_URL is set): skipped"),
+            None => eprintln!(
+                "mode replica needs the throwaway cluster (BOTDB_BENCH_DATABASE_URL is set): skipped"
+            ),
         }
     }
     eprintln!("populating {} users x 20 messages ...", args.users);

@@ -719,14 +719,15 @@ pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> 
 }
 
 /// Opens a dedicated connection (not pooled) to the database `config` points at, for
-/// the functions of this module.
+/// the functions of this module: with several hosts, to the first that satisfies
+/// `target_session_attrs` (a migration must reach the primary, never a standby listed
+/// first).
 ///
 /// # Errors
 /// As [`Database::connect`](crate::Database::connect).
 pub async fn connect_to(config: &crate::Config) -> Result<PgConnection> {
-    connect(&config.connect_options()?)
-        .await
-        .map_err(|e| config.explain(e))
+    let options = crate::db::hosts::Hosts::chosen_options(config).await?;
+    connect(&options).await.map_err(|e| config.explain(e))
 }
 
 #[derive(sqlx::FromRow)]

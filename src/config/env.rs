@@ -658,7 +658,11 @@ mod tests {
             ),
             ("DATABASE_URL", "mysql://u:p@h/db", "unsupported scheme"),
             ("DATABASE_REPLICA_URL", "mysql://u:p@h/db", "unsupported scheme"),
-            ("DATABASE_REPLICA_URL", "postgres://u@h:99999/db", "DATABASE_REPLICA_URL"),
+            (
+                "DATABASE_REPLICA_URL",
+                "postgres://u@h:99999/db",
+                "DATABASE_REPLICA_URL",
+            ),
             ("DB_REPLICA_MAX_LAG", "soon", "seconds"),
             ("DB_REPLICA_MAX_LAG", "100000", "86400"),
             ("DB_REPLICA_WAIT", "-1", "seconds"),
@@ -681,7 +685,10 @@ mod tests {
         assert_eq!(c.replicas.wait, Duration::from_millis(50));
         let c = from(&[
             ("DATABASE_URL", "postgres://bot:pw@primary:5432/chat"),
-            ("DATABASE_REPLICA_URL", "postgres://reader:secret-r@r1:5433,r2/chat"),
+            (
+                "DATABASE_REPLICA_URL",
+                "postgres://reader:secret-r@r1:5433,r2/chat",
+            ),
             ("DB_REPLICA_MAX_LAG", "0.5"),
             ("DB_REPLICA_WAIT", "0"),
             ("DB_POOL_SIZE", "7"),
@@ -692,7 +699,10 @@ mod tests {
             replica.hosts(),
             &[("r1".to_string(), 5433), ("r2".to_string(), 5432)]
         );
-        assert_eq!(replica.pool.size, 7, "the replicas' pools are sized like the primary's");
+        assert_eq!(
+            replica.pool.size, 7,
+            "the replicas' pools are sized like the primary's"
+        );
         assert!(replica.replica().is_none());
         assert_eq!(c.replicas.max_lag, Duration::from_millis(500));
         assert_eq!(c.replicas.wait, Duration::ZERO);

@@ -114,6 +114,24 @@ impl Hosts {
         })))
     }
 
+    /// The connect options of the host `config` names now, for a dedicated connection
+    /// (the migrator, `check`): its one host with `any`; else the first host, in order,
+    /// that satisfies `target_session_attrs`, probed within the pool timeout.
+    ///
+    /// # Errors
+    /// As [`resolve`](Self::resolve).
+    pub(crate) async fn chosen_options(config: &Config) -> Result<PgConnectOptions> {
+        match Self::from_config(config)? {
+            None => config.connect_options(),
+            Some(hosts) => {
+                hosts
+                    .resolve(tokio::time::Instant::now() + config.pool.timeout)
+                    .await?;
+                Ok(hosts.current_options())
+            }
+        }
+    }
+
     /// The connect options of the host new connections go to.
     pub(crate) fn current_options(&self) -> PgConnectOptions {
         let i = self.current.load(Ordering::Acquire);

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationStatus, Migrations};
 
 mod counters;
-mod hosts;
+// The migrator's dedicated connections choose their host here too (it needs only config).
+pub(crate) mod hosts;
 mod lease;
 mod replicas;
 

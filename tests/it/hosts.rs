@@ -108,6 +108,39 @@ async fn a_standby_first_in_the_list_read_write_goes_to_the_primary() {
 }
 
 #[tokio::test]
+async fn the_migrators_own_connection_goes_to_the_primary_when_a_standby_is_listed_first() {
+    // `botdb migrate`, `rollback`, `current`, `history` and `check` use this connection.
+    let (pg, standby) = pair(Replication::Asynchronous).await;
+    let config = list(
+        &pg,
+        &[standby.port(), pg.port()],
+        "read-write",
+        Duration::from_secs(10),
+    );
+    let mut conn = botdb::migrate::connect_to(&config).await.unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!in_recovery, "the migrator's connection reached the standby");
+    // And the whole upgrade path runs there (already at head: nothing to do, no error).
+    let migrations = botdb::migrate::Migrations::from_config(&config).await.unwrap();
+    botdb::takeover::migrate_with(&mut conn, &migrations, None, &config.migrate)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    // `any` keeps libpq's meaning: the first host that answers, the standby here.
+    let any = list(&pg, &[standby.port(), pg.port()], "any", Duration::from_secs(10));
+    let mut conn = botdb::migrate::connect_to(&any).await.unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(in_recovery);
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
 async fn read_only_standby_and_prefer_standby_reach_the_standby() {
     let (pg, standby) = pair(Replication::Asynchronous).await;
     let timeout = Duration::from_secs(10);
