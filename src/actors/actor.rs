@@ -241,7 +241,7 @@ impl<M: DbRequest> Request<M> {
     fn run_alone(self, env: &Env) -> Work {
         let Request { msg, caller } = self;
         // Its writes are recorded for its user's reads on replicas.
-        let db = env.db.acting_for(&[caller.user]);
+        let db = acting_for::<M>(&env.db, &[caller.user]);
         #[cfg(feature = "fault-injection")]
         let prelude = {
             let (db, user, faults) = (db.clone(), caller.user, env.faults.clone());
@@ -263,6 +263,18 @@ impl<M: DbRequest> Request<M> {
         let attempt: Attempt<M::Output> = Rc::new(move || Box::pin(msg.clone().run(db.clone())));
         alone(caller, prelude, attempt, env.retry.clone(), panicked::<M>)
     }
+}
+
+/// The handle an `M` request (or batch) of `users` runs with: its writes are recorded
+/// for those users and the tables `M` may write, for their reads on replicas.
+fn acting_for<M: DbRequest>(db: &Database, users: &[i64]) -> Database {
+    if !db.has_replicas() {
+        return db.clone();
+    }
+    let tables: Vec<&'static str> = std::iter::once(M::Table::NAME)
+        .chain(M::ALSO_WRITES.iter().copied())
+        .collect();
+    db.acting_for(users, &tables)
 }
 
 /// One try of a request that runs alone: a fresh future each time it is called.
@@ -407,7 +419,7 @@ impl<M: DbRequest> PendingBatch for Batch<M> {
             #[cfg(feature = "fault-injection")]
             let poisoned = env.faults.take_batch_panic(callers.iter().map(|c| c.user));
             let users: Vec<i64> = callers.iter().map(|c| c.user).collect();
-            let db = env.db.acting_for(&users);
+            let db = acting_for::<M>(&env.db, &users);
             let run = async move {
                 #[cfg(feature = "fault-injection")]
                 if poisoned {

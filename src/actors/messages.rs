@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::actors::batch;
 use crate::actors::once;
-use crate::actors::request::{BatchRunner, DbRequest, Messages, user_request};
+use crate::actors::request::{BatchRunner, DbRequest, Messages, Settings, Table, user_request};
 use crate::db::Database;
 use crate::error::Result;
 use crate::model::{
@@ -309,6 +309,16 @@ impl DbRequest for TurnOf {
     }
 }
 
+/// The tables a history or context read reads: `messages`, and `user_settings` when
+/// the user's own limit applies.
+fn reads(with_settings: bool) -> &'static [&'static str] {
+    if with_settings {
+        &[Messages::NAME, Settings::NAME]
+    } else {
+        &[Messages::NAME]
+    }
+}
+
 /// A dialogue's live history, newest first: at most `limit` messages (the user's
 /// `max_history_messages` when `None`) and at most `DB_MAX_HISTORY_BYTES` of content.
 #[derive(Clone, Debug, ActixMessage)]
@@ -332,10 +342,14 @@ impl DbRequest for GetHistory {
     async fn run(self, db: Database) -> Result<Vec<Message>> {
         let dialogue = Dialogue::new(self.user_id, self.chat_id);
         let max_bytes = db.limits().max_history_bytes;
-        db.read_replica(&[self.user_id], async |c| match self.limit {
-            Some(limit) => repo::messages::history_within(c, dialogue, limit, max_bytes).await,
-            None => repo::messages::history_per_settings(c, dialogue, max_bytes).await,
-        })
+        db.read_replica(
+            &[self.user_id],
+            reads(self.limit.is_none()),
+            async |c| match self.limit {
+                Some(limit) => repo::messages::history_within(c, dialogue, limit, max_bytes).await,
+                None => repo::messages::history_per_settings(c, dialogue, max_bytes).await,
+            },
+        )
         .await
     }
 
@@ -356,8 +370,9 @@ impl DbRequest for GetHistory {
                     async |wanted: &[&(Dialogue, Option<i32>)]| {
                         let wanted: Vec<(Dialogue, Option<i32>)> = wanted.iter().map(|w| **w).collect();
                         let users: Vec<i64> = wanted.iter().map(|(d, _)| d.user_id).collect();
+                        let tables = reads(wanted.iter().any(|(_, limit)| limit.is_none()));
                         let found = db
-                            .read_replica(&users, async |c| {
+                            .read_replica(&users, tables, async |c| {
                                 repo::messages::history_many(c, &wanted, max_bytes).await
                             })
                             .await?;
@@ -422,8 +437,9 @@ impl DbRequest for GetContext {
     async fn run(self, db: Database) -> Result<Vec<Message>> {
         let wanted = self.prepare(db.limits())?;
         let max_bytes = db.limits().max_history_bytes;
+        let tables = reads(self.max_messages.is_none());
         let mut found = db
-            .read_replica(&[self.user_id], async |c| {
+            .read_replica(&[self.user_id], tables, async |c| {
                 repo::messages::context_many(c, &[wanted], max_bytes).await
             })
             .await?;
@@ -441,8 +457,9 @@ impl DbRequest for GetContext {
                     async |wanted: &[&(Dialogue, Budget)]| {
                         let wanted: Vec<(Dialogue, Budget)> = wanted.iter().map(|w| **w).collect();
                         let users: Vec<i64> = wanted.iter().map(|(d, _)| d.user_id).collect();
+                        let tables = reads(wanted.iter().any(|(_, budget)| budget.max_messages.is_none()));
                         let found = db
-                            .read_replica(&users, async |c| {
+                            .read_replica(&users, tables, async |c| {
                                 repo::messages::context_many(c, &wanted, limits.max_history_bytes).await
                             })
                             .await?;

@@ -34,6 +34,11 @@ pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Clone + Sen
     type Table: Table;
     /// The request's name, in spans and stats.
     const NAME: &'static str;
+    /// Tables it may write besides its own (`EnsureUser` creates settings): with
+    /// replicas (`DATABASE_REPLICA_URL`), a committed write's WAL position is recorded
+    /// for its user and each of these tables, and a later read of them by that user
+    /// waits for a replica to have it ([`Database::acting_for`]).
+    const ALSO_WRITES: &'static [&'static str] = &[];
 
     /// The user this request belongs to: requests of one user run one at a time, in
     /// the order they arrived.
@@ -115,7 +120,13 @@ macro_rules! user_request {
             }
 
             async fn run(self, db: crate::Database) -> crate::Result<$output> {
-                crate::actors::request::user_call!($run, db, self.user_id, async |c| $repo(c, self.user_id).await)
+                crate::actors::request::user_call!(
+                    $run,
+                    db,
+                    self.user_id,
+                    <$table as crate::actors::Table>::NAME,
+                    async |c| $repo(c, self.user_id).await
+                )
             }
 
             $(
@@ -127,12 +138,13 @@ macro_rules! user_request {
     };
 }
 
-/// `db.read_replica(&[user], body)` for `read_replica`, `db.$run(body)` otherwise.
+/// `db.read_replica(&[user], &[table], body)` for `read_replica`, `db.$run(body)`
+/// otherwise.
 macro_rules! user_call {
-    (read_replica, $db:ident, $user:expr, $body:expr) => {
-        $db.read_replica(&[$user], $body).await
+    (read_replica, $db:ident, $user:expr, $table:expr, $body:expr) => {
+        $db.read_replica(&[$user], &[$table], $body).await
     };
-    ($run:ident, $db:ident, $user:expr, $body:expr) => {
+    ($run:ident, $db:ident, $user:expr, $table:expr, $body:expr) => {
         $db.$run($body).await
     };
 }

@@ -5,7 +5,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::actors::batch::{self, Ran};
 use crate::actors::once;
-use crate::actors::request::{DbRequest, Settings, user_request};
+use crate::actors::request::{DbRequest, Settings, Table, user_request};
 use crate::db::Database;
 use crate::error::Result;
 use crate::model::{RequestKey, SettingsPatch, UserSettings, check_history_limit, check_user_id};
@@ -27,7 +27,9 @@ fn get_batch(
             async |ids: &[&i64]| {
                 let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
                 let mut found = db
-                    .read_replica(&ids, async |c| repo::settings::get_many(c, &ids).await)
+                    .read_replica(&ids, &[Settings::NAME], async |c| {
+                        repo::settings::get_many(c, &ids).await
+                    })
                     .await?;
                 Ok(ids.iter().map(|id| Some(found.remove(id))).collect())
             },

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::actors::batch::{self, Ran};
 use crate::actors::once;
-use crate::actors::request::{BatchRunner, DbRequest, Users, user_request};
+use crate::actors::request::{BatchRunner, DbRequest, Messages, Settings, Table, Users, user_request};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::model::{DEFAULT_MAX_HISTORY, Erasure, RequestKey, User, UserSettings, check_user_id};
@@ -80,6 +80,7 @@ impl DbRequest for RegisterUser {
     type Output = Registered;
     type Table = Users;
     const NAME: &'static str = "RegisterUser";
+    const ALSO_WRITES: &'static [&'static str] = &[Settings::NAME];
     fn user_id(&self) -> i64 {
         self.user_id
     }
@@ -114,6 +115,7 @@ impl DbRequest for EnsureUser {
     type Output = Registered;
     type Table = Users;
     const NAME: &'static str = "EnsureUser";
+    const ALSO_WRITES: &'static [&'static str] = &[Settings::NAME];
     fn user_id(&self) -> i64 {
         self.user_id
     }
@@ -200,6 +202,7 @@ impl DbRequest for EraseUser {
     type Output = Erasure;
     type Table = Users;
     const NAME: &'static str = "EraseUser";
+    const ALSO_WRITES: &'static [&'static str] = &[Settings::NAME, Messages::NAME];
     fn user_id(&self) -> i64 {
         self.user_id
     }

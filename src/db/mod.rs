@@ -25,6 +25,12 @@ use lease::{Lease, Parking};
 pub use replicas::ReplicaReads;
 use replicas::Replicas;
 
+/// Whose writes a handle makes, to which tables.
+struct Acting {
+    users: Box<[i64]>,
+    tables: Box<[&'static str]>,
+}
+
 /// A handle on botdb's connection pool. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct Database {
@@ -47,9 +53,9 @@ pub struct Database {
     hosts: Option<Arc<HostsLink>>,
     /// The replicas reads may go to (`DATABASE_REPLICA_URL`).
     replicas: Option<Arc<Replicas>>,
-    /// The users this handle works for ([`acting_for`](Self::acting_for)): its
-    /// committed writes are recorded for their reads on replicas.
-    acting_for: Option<Arc<[i64]>>,
+    /// The users and tables this handle writes for ([`acting_for`](Self::acting_for)):
+    /// its committed writes are recorded for their reads on replicas.
+    acting_for: Option<Arc<Acting>>,
 }
 
 impl fmt::Debug for Database {
@@ -160,16 +166,21 @@ impl Database {
         Ok(self)
     }
 
-    /// A handle on the same pool that works for `users`: once a write through it
-    /// ([`session`](Self::session), [`autocommit`](Self::autocommit)) has committed,
-    /// the primary's WAL position is recorded for them, so that their reads through
-    /// [`read_replica`](Self::read_replica) see it. The actors give every request such
-    /// a handle for its user (a batch, for all of its users). Without replicas it is
-    /// the same handle, at no cost.
-    pub fn acting_for(&self, users: &[i64]) -> Database {
+    /// A handle on the same pool that writes for `users` to `tables`: once a write
+    /// through it ([`session`](Self::session), [`autocommit`](Self::autocommit)) has
+    /// committed, the primary's WAL position is recorded for each user and table, so
+    /// that their reads of those tables through [`read_replica`](Self::read_replica)
+    /// see it. The actors give every request such a handle for its user (a batch, for
+    /// all of its users) and the tables it may write (its own, and
+    /// [`DbRequest::ALSO_WRITES`](crate::actors::DbRequest::ALSO_WRITES)). Without
+    /// replicas it is the same handle, at no cost.
+    pub fn acting_for(&self, users: &[i64], tables: &[&'static str]) -> Database {
         let mut db = self.clone();
         if self.replicas.is_some() {
-            db.acting_for = Some(Arc::from(users));
+            db.acting_for = Some(Arc::new(Acting {
+                users: users.into(),
+                tables: tables.into(),
+            }));
         }
         db
     }
@@ -185,17 +196,17 @@ impl Database {
         self.replicas.as_ref().map(|r| r.reads()).unwrap_or_default()
     }
 
-    /// How many users' last write positions are held for read-your-writes (users
-    /// written recently, or not yet replayed by every replica).
-    pub fn replica_tracked_users(&self) -> usize {
-        self.replicas.as_ref().map_or(0, |r| r.tracked_users())
+    /// How many (user, table) write positions are held for read-your-writes (written
+    /// recently, or not yet replayed by every replica).
+    pub fn replica_tracked(&self) -> usize {
+        self.replicas.as_ref().map_or(0, |r| r.tracked())
     }
 
     /// Records the primary's WAL position for the users this handle works for, after a
     /// commit on `conn`; `false` when the connection failed to answer (the commit
     /// stands: their reads go to the primary until their next write).
     async fn note_write(&self, conn: &mut PgConnection) -> bool {
-        let (Some(replicas), Some(users)) = (&self.replicas, &self.acting_for) else {
+        let (Some(replicas), Some(acting)) = (&self.replicas, &self.acting_for) else {
             return true;
         };
         match sqlx::query_scalar::<_, i64>(replicas::POSITION_SQL)
@@ -203,12 +214,12 @@ impl Database {
             .await
         {
             Ok(lsn) => {
-                replicas.record(users, u64::try_from(lsn).ok());
+                replicas.record(&acting.users, &acting.tables, u64::try_from(lsn).ok());
                 true
             }
             Err(e) => {
                 tracing::debug!(error = %e, "the WAL position after a commit could not be read");
-                replicas.record(users, None);
+                replicas.record(&acting.users, &acting.tables, None);
                 false
             }
         }
@@ -392,8 +403,9 @@ impl Database {
     }
 
     /// Runs read-only `body` like [`read`](Self::read), on a replica when one has
-    /// replayed the last write recorded for `users` (waiting up to `DB_REPLICA_WAIT`
-    /// for it) and lags at most `DB_REPLICA_MAX_LAG`; otherwise, or when the replica
+    /// replayed the last write recorded for `users` to any of `tables` (the tables
+    /// `body` reads; waiting up to `DB_REPLICA_WAIT` for it) and lags at most
+    /// `DB_REPLICA_MAX_LAG`; otherwise, or when the replica
     /// fails while reading, on the primary. A user reading through botdb's actors
     /// after a write through them always sees that write. Without replicas it is
     /// [`read`](Self::read). `body` may run twice (on a replica, then on the primary),
@@ -401,12 +413,12 @@ impl Database {
     ///
     /// # Errors
     /// As [`read`](Self::read).
-    pub async fn read_replica<T, F>(&self, users: &[i64], body: F) -> Result<T>
+    pub async fn read_replica<T, F>(&self, users: &[i64], tables: &[&'static str], body: F) -> Result<T>
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
     {
         if let Some(replicas) = &self.replicas
-            && let Some(value) = replicas.read(users, &body).await?
+            && let Some(value) = replicas.read(users, tables, &body).await?
         {
             return Ok(value);
         }

@@ -1,10 +1,12 @@
 //! Replica reads with read-your-writes (`DATABASE_REPLICA_URL`).
 //!
-//! A write made on behalf of users ([`Database::acting_for`](super::Database::acting_for),
-//! which the actors use for every request) records, once committed, the primary's WAL
-//! insert position: an LSN at or past the end of its commit record. A read on behalf of
-//! users goes to a replica only when the replica's replay position has reached the
-//! highest LSN recorded for them (waiting up to `DB_REPLICA_WAIT` for it), the replica
+//! A write made on behalf of users to some tables
+//! ([`Database::acting_for`](super::Database::acting_for), which the actors use for
+//! every request) records, once committed, the primary's WAL insert position for each
+//! (user, table): an LSN at or past the end of its commit record. A read on behalf of
+//! users of some tables goes to a replica only when the replica's replay position has
+//! reached the highest LSN recorded for them there (waiting up to `DB_REPLICA_WAIT` for
+//! it), the replica
 //! is still in recovery and lags at most `DB_REPLICA_MAX_LAG`; otherwise it reads from
 //! the primary. A user this process has not written for needs the *floor*: the
 //! primary's position when the pool opened (or when the first write was recorded),
@@ -34,6 +36,10 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// The most a read waits for a connection to a replica before using the primary.
 const ACQUIRE_AT_MOST: Duration = Duration::from_millis(250);
+
+/// Asks of a replica that is behind made one after the other, before sleeping between
+/// asks.
+const IMMEDIATE_ASKS: u32 = 3;
 
 /// "Not known": reads that need it go to the primary.
 const UNKNOWN: u64 = u64::MAX;
@@ -87,9 +93,9 @@ pub struct ReplicaReads {
     pub down: u64,
 }
 
-/// Per-user write positions.
+/// Write positions per user and table.
 struct Written {
-    by_user: HashMap<i64, u64>,
+    by_user: HashMap<(i64, &'static str), u64>,
     /// Covers every write not in `by_user`.
     floor: u64,
 }
@@ -152,14 +158,16 @@ impl Replicas {
         }))
     }
 
-    /// Records that `users`' writes committed at or before `position` (`None`: a
-    /// position that could not be read, so their reads go to the primary until their
-    /// next recorded write).
-    pub(super) fn record(&self, users: &[i64], position: Option<u64>) {
+    /// Records that `users`' writes to `tables` committed at or before `position`
+    /// (`None`: a position that could not be read, so their reads of those tables go to
+    /// the primary until their next recorded write).
+    pub(super) fn record(&self, users: &[i64], tables: &[&'static str], position: Option<u64>) {
         let mut written = lock(&self.written);
         let Some(lsn) = position else {
             for user in users {
-                written.by_user.insert(*user, UNKNOWN);
+                for table in tables {
+                    written.by_user.insert((*user, table), UNKNOWN);
+                }
             }
             return;
         };
@@ -167,9 +175,11 @@ impl Replicas {
             written.floor = lsn;
         }
         for user in users {
-            let at = written.by_user.entry(*user).or_insert(lsn);
-            if *at == UNKNOWN || *at < lsn {
-                *at = lsn;
+            for table in tables {
+                let at = written.by_user.entry((*user, table)).or_insert(lsn);
+                if *at == UNKNOWN || *at < lsn {
+                    *at = lsn;
+                }
             }
         }
     }
@@ -182,14 +192,19 @@ impl Replicas {
         }
     }
 
-    /// The position a replica must have replayed for a read on behalf of `users`.
-    fn needed(&self, users: &[i64]) -> u64 {
+    /// The position a replica must have replayed for a read of `tables` on behalf of
+    /// `users`.
+    fn needed(&self, users: &[i64], tables: &[&'static str]) -> u64 {
         let written = lock(&self.written);
-        users
-            .iter()
-            .map(|u| written.by_user.get(u).copied().unwrap_or(written.floor))
-            .max()
-            .unwrap_or(written.floor)
+        let mut needed = written.floor;
+        for user in users {
+            for table in tables {
+                if let Some(at) = written.by_user.get(&(*user, *table)) {
+                    needed = needed.max(*at);
+                }
+            }
+        }
+        needed
     }
 
     /// Raises the floor to what every reachable standby has replayed and forgets the
@@ -224,18 +239,23 @@ impl Replicas {
         }
     }
 
-    /// Users whose positions are held (those written recently, or not yet replayed).
-    pub(super) fn tracked_users(&self) -> usize {
+    /// (user, table) positions held (written recently, or not yet replayed).
+    pub(super) fn tracked(&self) -> usize {
         lock(&self.written).by_user.len()
     }
 
-    /// Runs `body` on a replica that has what `users` wrote; `Ok(None)` when none can
-    /// (the caller reads from the primary).
-    pub(super) async fn read<T, F>(&self, users: &[i64], body: &F) -> Result<Option<T>>
+    /// Runs `body` on a replica that has what `users` wrote to `tables`; `Ok(None)`
+    /// when none can (the caller reads from the primary).
+    pub(super) async fn read<T, F>(
+        &self,
+        users: &[i64],
+        tables: &[&'static str],
+        body: &F,
+    ) -> Result<Option<T>>
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
     {
-        let needed = self.needed(users);
+        let needed = self.needed(users, tables);
         let n = self.servers.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let mut why = Skip::Down;
@@ -300,6 +320,9 @@ impl Replicas {
         if !(trusted && seen.replay >= needed) {
             let deadline = Instant::now() + self.wait;
             let mut pause = Duration::from_millis(1);
+            // A replica usually replays a commit within a round trip or two: ask again at
+            // once a few times (each ask is one), then sleep between asks.
+            let mut asks = 0u32;
             loop {
                 let state = match server.observe(&mut conn).await {
                     Ok(state) => state,
@@ -316,6 +339,13 @@ impl Replicas {
                 }
                 if state.replay >= needed {
                     break;
+                }
+                asks += 1;
+                if asks <= IMMEDIATE_ASKS {
+                    if Instant::now() >= deadline {
+                        return Err(Ok(Skip::Behind));
+                    }
+                    continue;
                 }
                 if Instant::now() + pause > deadline {
                     return Err(Ok(Skip::Behind));

@@ -201,6 +201,23 @@ async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
         "every read of the other user went to the replica: {during:?}"
     );
 
+    // Positions are kept per table: a bot turn's `EnsureUser` (users, settings) does not
+    // hold up its context read (messages only, with an explicit limit), while a settings
+    // read after it waits for the replica or goes to the primary.
+    let before = db.replica_reads();
+    h.send(EnsureUser { user_id: other }).await.unwrap();
+    assert_eq!(context(&h, other).await.len(), 2);
+    assert!(h.send(GetSettings { user_id: other }).await.unwrap().is_some());
+    let after_ensure = delta(db.replica_reads(), before);
+    assert_eq!(
+        after_ensure.on_replica, 1,
+        "the context read went to the replica: {after_ensure:?}"
+    );
+    assert_eq!(
+        after_ensure.behind, 1,
+        "the settings read did not: {after_ensure:?}"
+    );
+
     // Replay resumed: once caught up, the writer's reads are the replica's again.
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&mut on_standby)
@@ -211,11 +228,7 @@ async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
     assert_eq!(history(&h, writer).await.len(), 2 * (rounds + 1));
     assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
     // Users whose writes every replica replayed are forgotten (the floor covers them).
-    assert!(
-        db.replica_tracked_users() <= 1,
-        "tracked: {}",
-        db.replica_tracked_users()
-    );
+    assert!(db.replica_tracked() <= 1, "tracked: {}", db.replica_tracked());
     let _ = on_standby.close().await;
     h.shutdown().await;
 }
