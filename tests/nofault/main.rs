@@ -12,10 +12,14 @@ mod helpers;
 mod actors;
 #[path = "../it/batching.rs"]
 mod batching;
+#[path = "../it/failover.rs"]
+mod failover;
 #[path = "../it/http_hardening.rs"]
 mod http_hardening;
 #[path = "../it/own_tables.rs"]
 mod own_tables;
+#[path = "../it/replicas.rs"]
+mod replicas;
 #[path = "../it/scenarios.rs"]
 mod scenarios;
 #[path = "../it/serve.rs"]
