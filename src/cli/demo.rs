@@ -520,11 +520,14 @@ pub async fn run(
     let elapsed = started.elapsed();
     progress.finish_and_clear();
     // A failover started by the last turns: done before the drain and the verification.
-    if let Some(failover) = &failover {
-        failover.finish().await?;
-    }
+    let failed_over = match &failover {
+        Some(failover) => failover.finish().await,
+        None => Ok(()),
+    };
     let interrupted = stop.load(Ordering::Relaxed);
+    // Drained whatever the failover did.
     let report = handle.shutdown().await;
+    failed_over?;
     // Every worker is done: the state is ours alone now.
     let Shared {
         turn_latency,
@@ -569,7 +572,10 @@ pub async fn run(
     }
     if let Some(failover) = &failover {
         println!("{}", failover.summary());
-        println!("redelivered after failover: {}", failover.redelivered.get());
+        println!(
+            "redelivered after failover: {} (deliveries of updates answered 503, as Telegram redelivers)",
+            failover.redelivered.get()
+        );
     }
     println!("shutdown:     {report}");
     let verified = verify(config, &logs, args.users, run_started).await?;

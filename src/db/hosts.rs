@@ -14,7 +14,7 @@
 //! closed instead of reused, and every connection opened before that moment is
 //! checked again before the pool hands it out (`before_acquire`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub(crate) struct Hosts {
     attrs: TargetSessionAttrs,
     /// The host the pool's connect options point at.
     current: AtomicUsize,
+    /// How many times new connections moved to another host.
+    moves: AtomicU64,
     /// The pool, to point its connect options at another host. Set once the pool is
     /// built; cleared when the last `Database` handle goes (see [`HostsLink`]), so the
     /// pool (whose hook holds this) and this do not keep each other alive.
@@ -106,6 +108,7 @@ impl Hosts {
             names: config.hosts().iter().map(|(h, p)| format!("{h}:{p}")).collect(),
             attrs: config.target_session_attrs(),
             current: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
             pool: Mutex::new(None),
             suspect_since: Mutex::new(None),
             probe_timeout: config.pool.timeout,
@@ -130,6 +133,12 @@ impl Hosts {
                 Ok(hosts.current_options())
             }
         }
+    }
+
+    /// How many times new connections moved to another host (a failover, or the first
+    /// host coming back): WAL positions read before a move belong to another server.
+    pub(crate) fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
     }
 
     /// The connect options of the host new connections go to.
@@ -159,6 +168,7 @@ impl Hosts {
             pool.set_connect_options(options.clone());
         }
         if before != i {
+            self.moves.fetch_add(1, Ordering::AcqRel);
             tracing::info!(
                 host = %self.names.get(i).map_or("?", String::as_str),
                 target_session_attrs = %self.attrs,

@@ -157,13 +157,25 @@ impl Database {
     /// With replicas: the primary's WAL position now, below which every write this
     /// process did not record lies (see `replicas`).
     async fn with_floor(self) -> Result<Self> {
-        if let Some(replicas) = &self.replicas {
-            let lsn: i64 = sqlx::query_scalar(replicas::POSITION_SQL)
-                .fetch_one(&self.pool)
-                .await?;
-            replicas.set_floor(u64::try_from(lsn).unwrap_or(0));
-        }
+        self.raise_floor().await;
         Ok(self)
+    }
+
+    /// With replicas: raises the floor to the primary's WAL position now. When the
+    /// server cannot tell (no `pg_current_wal_insert_lsn()`), the floor stays unknown
+    /// and reads go to the primary until a write records one.
+    async fn raise_floor(&self) {
+        if let Some(replicas) = &self.replicas {
+            match sqlx::query_scalar::<_, i64>(replicas::POSITION_SQL)
+                .fetch_one(&self.pool)
+                .await
+            {
+                Ok(lsn) => replicas.set_floor(u64::try_from(lsn).unwrap_or(0)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the primary's WAL position cannot be read: replica reads wait for a write")
+                }
+            }
+        }
     }
 
     /// A handle on the same pool that writes for `users` to `tables`: once a write
@@ -202,6 +214,23 @@ impl Database {
         self.replicas.as_ref().map_or(0, |r| r.tracked())
     }
 
+    /// A write whose outcome is unknown may have committed: its users' reads of its
+    /// tables go to the primary until their next recorded write.
+    fn note_unknown(&self, err: &Error) {
+        if let (Some(replicas), Some(acting), true) =
+            (&self.replicas, &self.acting_for, err.is_outcome_unknown())
+        {
+            replicas.record(&acting.users, &acting.tables, None);
+        }
+    }
+
+    /// With several hosts: forgets the recorded positions when the primary moved.
+    fn follow_primary(&self, replicas: &Replicas) {
+        if let Some(link) = &self.hosts {
+            replicas.follow_primary(link.hosts().moves());
+        }
+    }
+
     /// Records the primary's WAL position for the users this handle works for, after a
     /// commit on `conn`; `false` when the connection failed to answer (the commit
     /// stands: their reads go to the primary until their next write).
@@ -209,6 +238,7 @@ impl Database {
         let (Some(replicas), Some(acting)) = (&self.replicas, &self.acting_for) else {
             return true;
         };
+        self.follow_primary(replicas);
         match sqlx::query_scalar::<_, i64>(replicas::POSITION_SQL)
             .fetch_one(conn)
             .await
@@ -341,6 +371,7 @@ impl Database {
                 Err(e) => {
                     let err = Error::from(e).after_send();
                     self.after_failure(&mut conn, &err);
+                    self.note_unknown(&err);
                     return Err(err);
                 }
             },
@@ -417,8 +448,15 @@ impl Database {
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T> + Clone,
     {
+        if self.is_closed() {
+            // ShuttingDown, as every other read after close.
+            return self.read(body).await;
+        }
         if let Some(replicas) = &self.replicas
-            && let Some(value) = replicas.read(users, tables, &body).await?
+            && let Some(value) = {
+                self.follow_primary(replicas);
+                replicas.read(users, tables, &body).await?
+            }
         {
             return Ok(value);
         }
@@ -443,7 +481,11 @@ impl Database {
             }
             Err(e) => {
                 self.after_failure(&mut conn, &e);
-                Err(failed(e))
+                let e = failed(e);
+                if writes {
+                    self.note_unknown(&e);
+                }
+                Err(e)
             }
         }
     }
@@ -457,6 +499,9 @@ impl Database {
     pub async fn close(&self) {
         self.parking.close();
         self.pool.close().await;
+        if let Some(replicas) = &self.replicas {
+            replicas.close().await;
+        }
         tracing::debug!(server = %self.server, "database pool closed");
     }
 
@@ -531,6 +576,9 @@ impl Database {
             .map(|done| done.applied);
         // Closing the connection also releases the advisory lock if `upgrade` failed.
         let _ = conn.close().await;
+        // A read that needs only the floor must not reach a replica without the new
+        // schema (or a data migration's rows).
+        self.raise_floor().await;
         result
     }
 }

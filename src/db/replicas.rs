@@ -14,9 +14,12 @@
 //! replicas replay, and the users whose writes every replica has replayed are forgotten,
 //! so the map holds only the users written in the last moments.
 //!
-//! A replica that cannot be reached is skipped for [`DOWN_FOR`]; a read that fails on a
-//! replica because its connection broke or recovery cancelled it is read again on the
-//! primary (reads commit nothing: nothing is doubted).
+//! A replica is used only while its WAL receiver streams (a standby whose primary is
+//! gone looks idle, lag 0, while it is frozen). A replica that cannot be reached is
+//! skipped for [`DOWN_FOR`]; a read that fails on a replica because its connection
+//! broke, recovery cancelled it or it timed out is read again on the primary (reads
+//! commit nothing: nothing is doubted). When the primary changes (a failover), every
+//! position is forgotten: positions of one server say nothing about another's WAL.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,21 +40,31 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 /// The most a read waits for a connection to a replica before using the primary.
 const ACQUIRE_AT_MOST: Duration = Duration::from_millis(250);
 
+/// The most a replica may take to say where it is before it counts as down.
+const OBSERVE_AT_MOST: Duration = Duration::from_secs(1);
+
 /// Asks of a replica that is behind made one after the other, before sleeping between
 /// asks.
 const IMMEDIATE_ASKS: u32 = 3;
 
+/// The most (user, table) positions held: past it the floor rises to the highest of
+/// them and they are forgotten (stricter for everyone, never wrong).
+const MAX_TRACKED: usize = 100_000;
+
 /// "Not known": reads that need it go to the primary.
 const UNKNOWN: u64 = u64::MAX;
 
-/// SQLSTATE 40001: on a standby, a query cancelled by a conflict with recovery.
-const CANCELLED_BY_RECOVERY: &str = "40001";
-
-/// What a replica said about itself: in recovery, replayed up to, lag in seconds
-/// (`None`: cannot tell, as when it replayed nothing yet while WAL is waiting).
+/// What a replica said about itself: in recovery, replayed up to, lag in seconds.
+/// The lag is `None` (cannot tell: the replica is not used) when no WAL receiver is
+/// streaming (its primary is gone, or it cannot follow a promoted one's timeline: it
+/// would look idle, lag 0, while frozen), or when it replayed nothing yet while WAL is
+/// waiting. A role without `pg_read_all_stats` sees the receiver's row but not its
+/// status: then a running receiver counts as streaming.
 const STATE_SQL: &str = "SELECT pg_is_in_recovery(), \
      COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
-     CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0::float8 \
+     CASE WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status IS NULL OR status = 'streaming') \
+               THEN NULL \
+          WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0::float8 \
           ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END";
 
 /// The primary's WAL insert position after a commit: at or past the commit's record.
@@ -65,6 +78,9 @@ pub(crate) struct Replicas {
     written: Mutex<Written>,
     /// The server a read tries first, turning round.
     next: AtomicUsize,
+    /// The primary's host moves seen (several hosts): on a new one, every position is
+    /// forgotten.
+    primary_moves: AtomicU64,
     counts: Counts,
 }
 
@@ -154,6 +170,7 @@ impl Replicas {
                 floor: UNKNOWN,
             }),
             next: AtomicUsize::new(0),
+            primary_moves: AtomicU64::new(0),
             counts: Counts::default(),
         }))
     }
@@ -182,9 +199,34 @@ impl Replicas {
                 }
             }
         }
+        if written.by_user.len() > MAX_TRACKED {
+            // No replica keeps up (or none is reachable): every known position is
+            // covered by the highest; only the unknown ones must stay.
+            let highest = written
+                .by_user
+                .values()
+                .copied()
+                .filter(|at| *at != UNKNOWN)
+                .max()
+                .unwrap_or(lsn);
+            written.floor = written.floor.max(highest);
+            written.by_user.retain(|_, at| *at == UNKNOWN);
+        }
     }
 
-    /// Sets the floor: every write committed before the pool opened is at or before it.
+    /// Follows the primary's host moves (`moves`, from the host list): on a move, every
+    /// position is forgotten (they are another server's WAL) and, until the next
+    /// recorded write, reads go to the primary.
+    pub(super) fn follow_primary(&self, moves: u64) {
+        if self.primary_moves.swap(moves, Ordering::AcqRel) != moves {
+            let mut written = lock(&self.written);
+            written.by_user.clear();
+            written.floor = UNKNOWN;
+        }
+    }
+
+    /// Raises the floor: every write committed so far is at or before `lsn` (the pool
+    /// opened, or migrations ran).
     pub(super) fn set_floor(&self, lsn: u64) {
         let mut written = lock(&self.written);
         if written.floor == UNKNOWN || written.floor < lsn {
@@ -214,7 +256,7 @@ impl Replicas {
             .servers
             .iter()
             .map(|s| *lock(&s.state))
-            .filter(|s| s.standby && s.down_until.is_none())
+            .filter(|s| self.acceptable(s) && s.down_until.is_none())
             .map(|s| s.replay)
             .min();
         let mut written = lock(&self.written);
@@ -236,6 +278,13 @@ impl Replicas {
             behind: c.behind.load(Ordering::Relaxed),
             lagging: c.lagging.load(Ordering::Relaxed),
             down: c.down.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every replica's pool.
+    pub(super) async fn close(&self) {
+        for server in &self.servers {
+            server.pool.close().await;
         }
     }
 
@@ -310,6 +359,8 @@ impl Replicas {
         }
         let mut conn = match server.pool.acquire().await {
             Ok(conn) => conn,
+            // Every connection to it is busy: not down, just not now.
+            Err(sqlx::Error::PoolTimedOut) => return Err(Ok(Skip::Down)),
             Err(e) => {
                 tracing::debug!(error = %e, "a replica cannot be reached; reading from the primary");
                 server.mark_down();
@@ -324,7 +375,13 @@ impl Replicas {
             // once a few times (each ask is one), then sleep between asks.
             let mut asks = 0u32;
             loop {
-                let state = match server.observe(&mut conn).await {
+                let observed = tokio::time::timeout(OBSERVE_AT_MOST, server.observe(&mut conn)).await;
+                let state = match observed.unwrap_or_else(|_| {
+                    Err(Error::Unavailable {
+                        reason: format!("a replica did not answer within {OBSERVE_AT_MOST:?}"),
+                        source: None,
+                    })
+                }) {
                     Ok(state) => state,
                     Err(e) => {
                         tracing::debug!(error = %e, "a replica failed to report its state; reading from the primary");
@@ -362,8 +419,12 @@ impl Replicas {
                 drop(conn.detach());
                 Err(Ok(Skip::Down))
             }
-            Err(e) if e.sqlstate().as_deref() == Some(CANCELLED_BY_RECOVERY) => {
-                tracing::debug!(error = %e, "recovery cancelled a read on a replica; reading from the primary");
+            // Recovery cancelled it (SQLSTATE 40001, or a deadlock with the startup
+            // process), or it ran past the replica's statement timeout: the primary may
+            // well answer. The connection may have been terminated: not reused.
+            Err(e @ (Error::Conflict(_) | Error::Timeout { .. })) => {
+                tracing::debug!(error = %e, "a read on a replica was cancelled; reading from the primary");
+                drop(conn.detach());
                 Err(Ok(Skip::Lagging))
             }
             Err(e) => Err(Err(e)),

@@ -231,6 +231,13 @@ async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
     assert!(db.replica_tracked() <= 1, "tracked: {}", db.replica_tracked());
     let _ = on_standby.close().await;
     h.shutdown().await;
+    // Closed is closed, replicas too.
+    let after = db
+        .read_replica(&[other], &["messages"], async |c| {
+            botdb::repo::messages::history(&mut *c, other, 10).await
+        })
+        .await;
+    assert!(matches!(after, Err(botdb::Error::ShuttingDown)), "{after:?}");
 }
 
 #[actix_rt::test]
@@ -269,6 +276,75 @@ async fn a_replica_lagging_more_than_the_limit_is_skipped() {
             "a paused replica was never skipped for its lag"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = on_standby.close().await;
+    h.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_replica_that_stopped_streaming_is_skipped_though_it_looks_idle() {
+    // A standby whose primary is gone (or that cannot follow a promoted one) has
+    // received exactly what it replayed: by PostgreSQL's usual measure its lag is 0,
+    // while it is frozen. botdb uses a replica only while its WAL receiver streams.
+    let (pg, standby) = pair().await;
+    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let reader = 4_001;
+    h.send(EnsureUser { user_id: reader }).await.unwrap();
+    turn(&h, reader, "hello").await;
+    caught_up(&pg, &standby).await;
+    let before = db.replica_reads();
+    assert_eq!(history(&h, reader).await.len(), 2);
+    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+
+    // The standby stops streaming: no primary to follow.
+    let mut on_standby = connect(&standby).await;
+    sqlx::query("ALTER SYSTEM SET primary_conninfo = ''")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let streaming: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)")
+            .fetch_one(&mut on_standby)
+            .await
+            .unwrap();
+        if !streaming {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the WAL receiver did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle: bool =
+        sqlx::query_scalar("SELECT pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()")
+            .fetch_one(&mut on_standby)
+            .await
+            .unwrap();
+    assert!(
+        idle,
+        "the frozen standby looks idle: everything received is replayed"
+    );
+    // The reader wrote nothing since: the replica has its writes, but is not used.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = db.replica_reads();
+        assert_eq!(history(&h, reader).await.len(), 2);
+        let reads = delta(db.replica_reads(), before);
+        if reads.lagging == 1 {
+            break;
+        }
+        // Its state is trusted for 250 ms: a read meanwhile may still use it.
+        assert!(
+            Instant::now() < deadline,
+            "a replica that stopped streaming was still used: {reads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = on_standby.close().await;
     h.shutdown().await;
