@@ -17,6 +17,10 @@ use sqlx::Connection;
 
 /// A migrated primary (database `bot`) and its asynchronous standby.
 async fn pair() -> (EmbeddedPostgres, EmbeddedPostgres) {
+    pair_with(Replication::Asynchronous).await
+}
+
+async fn pair_with(mode: Replication) -> (EmbeddedPostgres, EmbeddedPostgres) {
     let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
         .await
         .unwrap()
@@ -25,7 +29,7 @@ async fn pair() -> (EmbeddedPostgres, EmbeddedPostgres) {
     let db = Database::connect(&pg.config("bot")).await.unwrap();
     db.migrate().await.unwrap();
     db.close().await;
-    let standby = pg.start_standby(Replication::Asynchronous).await.unwrap();
+    let standby = pg.start_standby(mode).await.unwrap();
     (pg, standby)
 }
 
@@ -397,5 +401,59 @@ async fn with_a_replica_down_reads_fall_back_to_the_primary_and_a_live_one_is_us
         reads.down >= 1,
         "a replica that cannot be reached is counted as down: {reads:?}"
     );
+    h.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn after_a_failover_positions_of_the_old_primary_are_forgotten_and_the_promoted_replica_not_read() {
+    let (pg, standby) = pair_with(Replication::Synchronous).await;
+    // Writes to whichever of the two takes them; reads may go to the standby.
+    let config = Config::builder()
+        .url(format!(
+            "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/bot?target_session_attrs=read-write",
+            pg.password().expose_secret(),
+            pg.port(),
+            standby.port()
+        ))
+        .replica_url(standby.url("bot").expose_secret().to_string())
+        .replica_max_lag(Duration::from_secs(600))
+        .pool_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let db = Database::connect(&config).await.unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let (before_failover, after_failover) = (5_001, 5_002);
+    h.send(EnsureUser {
+        user_id: before_failover,
+    })
+    .await
+    .unwrap();
+    turn(&h, before_failover, "on the first primary").await;
+    // EnsureUser: users and user_settings; the turn: messages.
+    assert_eq!(db.replica_tracked(), 3);
+
+    pg.stop(StopMode::Immediate).unwrap();
+    standby.promote().unwrap();
+    // The pool finds the promoted standby (requests in flight may fail, typed, meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h
+        .send(EnsureUser {
+            user_id: after_failover,
+        })
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no write reached the promoted standby");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    turn(&h, after_failover, "on the promoted standby").await;
+    // The old primary's positions are gone: only what was written on the new one.
+    assert_eq!(db.replica_tracked(), 3, "positions of the old primary were kept");
+    // The replica is the primary now (not in recovery): reads go to the primary, and see it all.
+    let before = db.replica_reads();
+    assert_eq!(history(&h, before_failover).await.len(), 2);
+    assert_eq!(history(&h, after_failover).await.len(), 2);
+    let reads = delta(db.replica_reads(), before);
+    assert_eq!(reads.on_replica, 0, "{reads:?}");
     h.shutdown().await;
 }
