@@ -2,11 +2,14 @@
 //!
 //! One turn = upsert the user, get their settings, append their message (200 chars),
 //! read the last 20 live messages, append the reply (400 chars): the workload of
-//! `benches/workload/turn.pgbench`, on 10,000 users with 20 messages each
-//! (`populate.sql`). Workers use disjoint users. Every mode runs in this one process,
+//! `benches/workload/turn.pgbench`, on `--users` users (10,000 by default) with 20
+//! messages each (`populate.sql`, run for chunks of users on two connections; see
+//! `--keep-data` to build a large set once and reuse it). Workers use disjoint users. Every mode runs in this one process,
 //! interleaved (round 1: every concurrency x every mode, then round 2, ...), and each
 //! cell reports its best round, so ratios compare like with like on a noisy machine.
-//! The data is reset between cells (`reset.sql`).
+//! The data is reset between cells (`reset.sql`: what the cell wrote, found through the
+//! users it touched). After the cells, the plan of botdb's history read for random
+//! users is printed (`EXPLAIN (ANALYZE, BUFFERS)`: scan type, buffers per read).
 //!
 //! Modes:
 //! - `actors`: botdb's actors, five requests per turn (`UpsertUser`, `GetSettings`,
@@ -35,7 +38,9 @@
 //!   `turn_tx.pgbench`, run as a child process when `pgbench` is on PATH.
 //!
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
-//! A scratch database is created, populated and dropped.
+//! A scratch database is created, populated and dropped; with `--keep-data`, a named
+//! database on `BOTDB_BENCH_DATABASE_URL`'s server is reused when it holds the data set
+//! asked for (built otherwise) and kept.
 
 use botdb::model::PRIVATE_CHAT;
 use std::path::{Path, PathBuf};
@@ -57,9 +62,18 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 #[derive(Debug, Parser)]
 #[command(about = "botdb bot-turn load benchmark")]
 struct Args {
-    /// Users in the data set.
+    /// Users in the data set (each with 20 messages and a settings row).
     #[arg(long, default_value_t = 10_000)]
     users: i64,
+    /// Keep the data set in a database of this name (default
+    /// `botdb_bench_data_<users>`) on `BOTDB_BENCH_DATABASE_URL`'s server: reused when it
+    /// holds exactly `--users` users x 20 messages, built (again) otherwise, never
+    /// dropped. The cells' writes are undone before the run ends.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
+    keep_data: Option<String>,
+    /// History reads explained after the run (random populated users).
+    #[arg(long, default_value_t = 50)]
+    explain: usize,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -221,37 +235,313 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (pg.config("postgres"), url, Some(pg))
         }
     };
-    let name = format!("botdb_bench_{}", uuid::Uuid::new_v4().simple());
+    anyhow::ensure!(args.users >= 1, "--users must be at least 1");
+    let keep = match &args.keep_data {
+        None => None,
+        Some(_) if _cluster.is_some() => {
+            anyhow::bail!("--keep-data needs a server that outlives the run: set BOTDB_BENCH_DATABASE_URL")
+        }
+        Some(n) if n.is_empty() => Some(format!("botdb_bench_data_{}", args.users)),
+        Some(n) => Some(n.clone()),
+    };
     let mut conn = admin.connect_options()?.connect().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
+    let name = match &keep {
+        Some(name) => {
+            // A database name cannot be a bound parameter: only plain identifiers.
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name.len() <= 63
+                    && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "--keep-data: {name:?} is not a plain database name ([a-z_][a-z0-9_]*)"
+            );
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(name)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            name.clone()
+        }
+        None => {
+            let name = format!("botdb_bench_{}", uuid::Uuid::new_v4().simple());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await?;
+            name
+        }
+    };
     let mut url = url::Url::parse(&url)?;
     url.set_path(&name);
-    let result = bench(&args, &admin.with_database(&name), &url, _cluster.as_ref()).await;
+    let mut result = bench(
+        &args,
+        &admin.with_database(&name),
+        &url,
+        _cluster.as_ref(),
+        keep.is_some(),
+    )
+    .await;
+    if matches!(&result, Err(e) if e.is::<Rebuild>()) {
+        // A kept database that does not hold the data set asked for (another size, or
+        // a build or run that was interrupted): built again from scratch.
+        eprintln!(
+            "{name} does not hold {} users x 20 messages: building it again",
+            args.users
+        );
+        for sql in [
+            format!("DROP DATABASE {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+        }
+        result = bench(&args, &admin.with_database(&name), &url, _cluster.as_ref(), true).await;
+    }
     if let Err(e) = &result {
         eprintln!("benchmark failed: {e:#}");
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-        .execute(&mut conn)
-        .await?;
+    if keep.is_none() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await?;
+    }
     let _ = conn.close().await;
     result
 }
 
-/// Runs every `;`-terminated statement of `script` on its own (VACUUM refuses to run in
-/// the implicit transaction of a multi-statement query).
-async fn run_script(pool: &PgPool, script: &'static str) -> anyhow::Result<()> {
-    for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let sql: String = statement
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if !sql.trim().is_empty() {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+/// A kept database holds something else than the data set asked for.
+#[derive(Debug)]
+struct Rebuild;
+
+impl std::fmt::Display for Rebuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the kept database holds another data set")
+    }
+}
+
+impl std::error::Error for Rebuild {}
+
+/// Users per chunk of the populate (x 20 messages per statement).
+const CHUNK_USERS: i64 = 25_000;
+
+/// What marks a kept database as complete (set once its build finished).
+fn data_set_comment(users: i64) -> String {
+    format!("botdb bench data set: {users} users x 20 messages, complete")
+}
+
+/// The data set's bounds, for the reset: the largest populated `seq`.
+struct DataSet {
+    max_seq: i64,
+}
+
+/// Builds `users` users x 20 messages (or, with `keep`, finds them already built):
+/// chunks of `populate.sql` on two connections, with the secondary indexes and the
+/// primary key of `messages` built once at the end rather than maintained row by row,
+/// triggers (the content-length trigger, the foreign-key checks) off where the role may
+/// (the rows are made consistent), then `VACUUM (ANALYZE)` so that the visibility map is
+/// set and the planner knows the sizes.
+async fn populate(config: &Config, users: i64, keep: bool) -> anyhow::Result<DataSet> {
+    let setup = Instant::now();
+    // Connections of its own (no statement timeout: on 1,000,000 users a count, an
+    // index or a VACUUM takes minutes).
+    let opts = config.connect_options()?;
+    let mut admin = opts.clone().connect().await?;
+    sqlx::raw_sql("SET statement_timeout = 0")
+        .execute(&mut admin)
+        .await?;
+    if keep {
+        let (comment, n_users, n_settings, n_messages, max_id): (Option<String>, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT shobj_description((SELECT oid FROM pg_database WHERE datname = current_database()), 'pg_database'), \
+                        (SELECT count(*) FROM users), (SELECT count(*) FROM user_settings), \
+                        (SELECT count(*) FROM messages), (SELECT COALESCE(max(id), 0) FROM users)",
+            )
+            .fetch_one(&mut admin)
+            .await?;
+        if comment.as_deref() == Some(data_set_comment(users).as_str())
+            && n_users == users
+            && n_settings == users
+            && n_messages == users * 20
+            && max_id == users
+        {
+            eprintln!(
+                "reusing the data set: {users} users x 20 messages (checked in {:.1} s)",
+                setup.elapsed().as_secs_f64()
+            );
+            return Ok(DataSet { max_seq: users * 20 });
+        }
+        if n_users + n_messages > 0 {
+            return Err(Rebuild.into());
         }
     }
+    eprintln!("populating {users} users x 20 messages ...");
+    // Two loaders.
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut c = opts.clone().connect().await?;
+        sqlx::raw_sql(
+            "SET statement_timeout = 0; SET maintenance_work_mem = '512MB'; SET synchronous_commit = off; \
+                       SET max_parallel_maintenance_workers = 0",
+        )
+        .execute(&mut c)
+        .await?;
+        // Triggers off (superuser only): the rows are consistent by construction.
+        if sqlx::raw_sql("SET session_replication_role = replica")
+            .execute(&mut c)
+            .await
+            .is_err()
+        {
+            eprintln!("(not a superuser: the populate runs with triggers, slower)");
+        }
+        conns.push(c);
+    }
+    // The indexes of messages, built at the end (one pass, sorted) instead of row by row.
+    let indexes: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname::text \
+           FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.contype = 'p' \
+          WHERE i.indrelid = 'messages'::regclass AND (NOT i.indisunique OR i.indisprimary)",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    sqlx::raw_sql("ALTER TABLE messages ALTER COLUMN seq RESTART WITH 1")
+        .execute(&mut admin)
+        .await?;
+    for (index, _, constraint) in &indexes {
+        let sql = match constraint {
+            Some(c) => format!("ALTER TABLE messages DROP CONSTRAINT {c}"),
+            None => format!("DROP INDEX {index}"),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await?;
+    }
+    let statements: Vec<String> = sql_statements(include_str!("workload/populate.sql"));
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let loaders = conns.into_iter().map(|mut c| {
+        let (next, statements) = (next.clone(), statements.clone());
+        async move {
+            loop {
+                let lo = next.fetch_add(CHUNK_USERS, std::sync::atomic::Ordering::Relaxed);
+                if lo > users {
+                    return anyhow::Ok(c);
+                }
+                let hi = (lo + CHUNK_USERS - 1).min(users);
+                for sql in &statements {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(lo)
+                        .bind(hi)
+                        .execute(&mut c)
+                        .await?;
+                }
+            }
+        }
+    });
+    let conns = futures::future::try_join_all(loaders).await?;
+    let loaded = setup.elapsed().as_secs_f64();
+    // The indexes, two at a time; a primary key as a unique index, then attached.
+    let jobs = Arc::new(std::sync::Mutex::new(indexes));
+    let builders = conns.into_iter().map(|mut c| {
+        let jobs = jobs.clone();
+        async move {
+            loop {
+                let job = jobs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                let Some((index, def, constraint)) = job else {
+                    return anyhow::Ok(c);
+                };
+                match constraint {
+                    Some(con) => {
+                        let cols = def
+                            .split_once(" USING btree ")
+                            .map(|(_, cols)| cols.to_string())
+                            .ok_or_else(|| anyhow::anyhow!("unexpected index definition {def}"))?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "CREATE UNIQUE INDEX {index} ON messages USING btree {cols}"
+                        )))
+                        .execute(&mut c)
+                        .await?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "ALTER TABLE messages ADD CONSTRAINT {con} PRIMARY KEY USING INDEX {index}"
+                        )))
+                        .execute(&mut c)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(def)).execute(&mut c).await?;
+                    }
+                }
+            }
+        }
+    });
+    let conns = futures::future::try_join_all(builders).await?;
+    let indexed = setup.elapsed().as_secs_f64();
+    for c in conns {
+        let _ = c.close().await;
+    }
+    for table in ["messages", "users", "user_settings"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}")))
+            .execute(&mut admin)
+            .await?;
+    }
+    if keep {
+        let name: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut admin)
+            .await?;
+        let comment = data_set_comment(users);
+        // COMMENT takes no parameters: the text is ours (digits and words), quoted.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "COMMENT ON DATABASE \"{name}\" IS '{}'",
+            comment.replace('\'', "''")
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
+    let _ = admin.close().await;
+    // The identity restarted at 1 for the build: the data set's seqs are 1 to 20 x users.
+    let max_seq = users * 20;
+    eprintln!(
+        "populated {users} users x 20 messages in {:.1} s (rows {loaded:.1} s, indexes {:.1} s, vacuum {:.1} s)",
+        setup.elapsed().as_secs_f64(),
+        indexed - loaded,
+        setup.elapsed().as_secs_f64() - indexed,
+    );
+    Ok(DataSet { max_seq })
+}
+
+/// The `;`-terminated statements of `script`, comment lines left out.
+fn sql_statements(script: &str) -> Vec<String> {
+    script
+        .split(';')
+        .map(|statement| {
+            statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|s| !s.trim().is_empty())
+        .collect()
+}
+
+/// Undoes what the cells since `since` wrote (`reset.sql`); `since` becomes now.
+async fn reset(
+    pool: &PgPool,
+    since: &mut chrono::DateTime<chrono::Utc>,
+    data: &DataSet,
+) -> anyhow::Result<()> {
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    for sql in sql_statements(include_str!("workload/reset.sql")) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        if sql.contains("$1") {
+            q = q.bind(*since).bind(data.max_seq);
+        }
+        q.execute(pool).await?;
+    }
+    *since = now;
     Ok(())
 }
 
@@ -267,6 +557,7 @@ async fn bench(
     config: &Config,
     url: &url::Url,
     cluster: Option<&EmbeddedPostgres>,
+    keep: bool,
 ) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     db.migrate().await?;
@@ -296,10 +587,9 @@ async fn bench(
             ),
         }
     }
-    eprintln!("populating {} users x 20 messages ...", args.users);
-    let setup = Instant::now();
-    run_script(db.pool(), include_str!("workload/populate.sql")).await?;
-    eprintln!("populated in {:.1} s", setup.elapsed().as_secs_f64());
+    let data = populate(config, args.users, keep).await?;
+    let mut since: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(db.pool()).await?;
     // The plain sqlx pool: the same size as botdb's, sqlx's default options
     // (test_before_acquire: a ping on every checkout).
     let raw = PgPoolOptions::new()
@@ -345,19 +635,19 @@ async fn bench(
     for round in 1..=args.rounds {
         for &c in &args.concurrency {
             for &mode in &modes {
-                run_script(&target.raw, include_str!("workload/reset.sql")).await?;
-                sqlx::query("DELETE FROM request_keys")
-                    .execute(&target.raw)
-                    .await?;
+                reset(&target.raw, &mut since, &data).await?;
                 let duration = Duration::from_secs_f64(args.seconds);
+                let io = Io::read(&target.raw).await?;
                 let s = match mode {
                     Mode::Pgbench | Mode::PgbenchTx => pgbench(&target, mode, c, duration).await?,
                     _ => measure(&target, mode, c, duration).await,
                 };
+                let io = Io::read(&target.raw).await?.since(&io, s.turns);
                 eprintln!(
                     "round {round} {:<10} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  errors {}",
                     s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.client_cpu_us_per_turn, s.errors
                 );
+                eprintln!("        {io}");
                 match best.iter_mut().find(|b| b.mode == s.mode && b.concurrency == c) {
                     Some(b) if b.turns_per_sec >= s.turns_per_sec => {}
                     Some(b) => *b = s,
@@ -367,6 +657,9 @@ async fn bench(
         }
     }
     print_table(&best, &args.concurrency, &modes);
+    // Leave the data set as it was built (a kept one is reused as is).
+    reset(&target.raw, &mut since, &data).await?;
+    explain_history(&target.raw, args.users, args.explain).await?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&best)?)?;
         eprintln!("wrote {}", path.display());
@@ -788,4 +1081,124 @@ async fn session_turn(t: &Target, uid: i64) -> botdb::Result<()> {
         Ok(())
     })
     .await
+}
+
+/// What a cell cost the server beyond time: WAL written (exact: the insert position),
+/// and shared buffers hit and read in the database (approximate: backends report their
+/// counts about once a second).
+struct Io {
+    lsn: i64,
+    hit: i64,
+    read: i64,
+}
+
+struct IoPerTurn {
+    wal_bytes: f64,
+    hit: f64,
+    read: f64,
+}
+
+impl Io {
+    async fn read(pool: &PgPool) -> anyhow::Result<Io> {
+        let (lsn, hit, read): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0')::int8, blks_hit, blks_read \
+               FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Io { lsn, hit, read })
+    }
+
+    fn since(&self, before: &Io, turns: u64) -> IoPerTurn {
+        let per = |a: i64, b: i64| (a - b) as f64 / turns.max(1) as f64;
+        IoPerTurn {
+            wal_bytes: per(self.lsn, before.lsn),
+            hit: per(self.hit, before.hit),
+            read: per(self.read, before.read),
+        }
+    }
+}
+
+impl std::fmt::Display for IoPerTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "per turn: WAL {:.0} bytes, shared buffers hit {:.1} read {:.1} (approx.)",
+            self.wal_bytes, self.hit, self.read
+        )
+    }
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of botdb's history reads (`repo::messages::HISTORY_SQL`,
+/// one dialogue, the user's own limit; `HISTORY_MANY_SQL`, a batch of 16) for random
+/// populated users: how `messages` is scanned, and the buffers one history costs.
+async fn explain_history(pool: &PgPool, users: i64, samples: usize) -> anyhow::Result<()> {
+    if samples == 0 {
+        return Ok(());
+    }
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let max_bytes = botdb::Limits::default().max_history_bytes as i64;
+    let default_limit = i64::from(botdb::model::DEFAULT_MAX_HISTORY);
+    for batch in [1usize, 16] {
+        let (mut hit, mut read, mut ms, mut rows) = (0.0, 0.0, 0.0, 0.0);
+        let mut scan = String::new();
+        for _ in 0..samples {
+            let ids: Vec<i64> = (0..batch).map(|_| 1 + rng.below(users as u64) as i64).collect();
+            let q = if batch == 1 {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+                    repo::messages::HISTORY_SQL
+                )))
+                .bind(ids[0])
+                .bind(PRIVATE_CHAT)
+                .bind(None::<i64>)
+            } else {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+                    repo::messages::HISTORY_MANY_SQL
+                )))
+                .bind(ids.clone())
+                .bind(vec![PRIVATE_CHAT; batch])
+                .bind(vec![None::<i64>; batch])
+            };
+            let plan: serde_json::Value = q.bind(default_limit).bind(max_bytes).fetch_one(pool).await?;
+            let top = &plan[0]["Plan"];
+            hit += top["Shared Hit Blocks"].as_f64().unwrap_or(0.0) / batch as f64;
+            read += top["Shared Read Blocks"].as_f64().unwrap_or(0.0) / batch as f64;
+            rows += top["Actual Rows"].as_f64().unwrap_or(0.0) / batch as f64;
+            ms += plan[0]["Execution Time"].as_f64().unwrap_or(0.0);
+            if scan.is_empty() {
+                scan = messages_scan(top).unwrap_or_else(|| "no scan of messages found".into());
+            }
+        }
+        let n = samples as f64;
+        eprintln!(
+            "history read ({}) at {users} users: {scan}; per history: {:.1} rows, shared buffers hit {:.1} read {:.1}; {:.3} ms per statement (mean of {samples})",
+            if batch == 1 {
+                "HISTORY_SQL, one user"
+            } else {
+                "HISTORY_MANY_SQL, 16 users"
+            },
+            rows / n,
+            hit / n,
+            read / n,
+            ms / n,
+        );
+    }
+    Ok(())
+}
+
+/// The node that reads `messages` in a JSON plan: its type, index and heap fetches.
+fn messages_scan(node: &serde_json::Value) -> Option<String> {
+    if node["Relation Name"].as_str() == Some("messages") {
+        let mut s = node["Node Type"].as_str().unwrap_or("?").to_string();
+        if let Some(index) = node["Index Name"].as_str() {
+            s += &format!(" using {index}");
+        }
+        if let Some(fetches) = node["Heap Fetches"].as_f64() {
+            s += &format!(" (heap fetches {fetches})");
+        }
+        return Some(s);
+    }
+    node["Plans"].as_array()?.iter().find_map(messages_scan)
 }

@@ -95,18 +95,11 @@ pub async fn history_per_settings<'e>(
     read_history(ex, dialogue, None, max_bytes).await
 }
 
-/// One dialogue's history: the first `limit` rows of the partial index
-/// `ix_messages_dialogue_live`, cut where their running size passes `max_bytes`.
-/// `octet_length` reads a TOASTed value's size without fetching it, so rows past the
-/// byte bound are never detoasted.
-async fn read_history<'e>(
-    ex: impl PgExecutor<'e>,
-    dialogue: Dialogue,
-    limit: Option<i32>,
-    max_bytes: usize,
-) -> Result<Vec<Message>> {
-    Ok(sqlx::query_as::<_, Message>(
-        "SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq FROM ( \
+/// The statement every single-dialogue history read runs ([`history`],
+/// [`history_within`], [`history_per_settings`]): `$1` user id, `$2` chat id, `$3` limit
+/// (NULL: the user's `max_history_messages`), `$4` the limit without a settings row,
+/// `$5` the byte bound. Public so that benchmarks can `EXPLAIN` exactly what botdb runs.
+pub const HISTORY_SQL: &str = "SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq FROM ( \
              SELECT m.*, \
                     sum(octet_length(m.content)) OVER w AS running_bytes, \
                     row_number() OVER w AS n \
@@ -117,9 +110,20 @@ async fn read_history<'e>(
               LIMIT COALESCE($3, (SELECT s.max_history_messages FROM user_settings s WHERE s.user_id = $1), $4) \
          ) h \
          WHERE h.running_bytes <= $5 OR h.n = 1 \
-         ORDER BY h.created_at DESC, h.seq DESC",
-    )
-    .bind(dialogue.user_id)
+         ORDER BY h.created_at DESC, h.seq DESC";
+
+/// One dialogue's history: the first `limit` rows of the partial index
+/// `ix_messages_dialogue_live`, cut where their running size passes `max_bytes`.
+/// `octet_length` reads a TOASTed value's size without fetching it, so rows past the
+/// byte bound are never detoasted.
+async fn read_history<'e>(
+    ex: impl PgExecutor<'e>,
+    dialogue: Dialogue,
+    limit: Option<i32>,
+    max_bytes: usize,
+) -> Result<Vec<Message>> {
+    Ok(sqlx::query_as::<_, Message>(HISTORY_SQL)
+        .bind(dialogue.user_id)
         .bind(dialogue.chat_id)
         .bind(limit.map(i64::from))
         .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
@@ -293,23 +297,11 @@ struct Ranked {
     message: Message,
 }
 
-/// The live history of several dialogues in ONE query: for each `(dialogue, limit)`,
-/// its messages newest first, at most `limit` (`None`: the user's
-/// `max_history_messages`) and at most `max_bytes` of content per dialogue. Ids and
-/// limits must already be checked.
-///
-/// # Errors
-/// Database errors.
-pub async fn history_many<'e>(
-    ex: impl PgExecutor<'e>,
-    requests: &[(Dialogue, Option<i32>)],
-    max_bytes: usize,
-) -> Result<Vec<Vec<Message>>> {
-    let users: Vec<i64> = requests.iter().map(|r| r.0.user_id).collect();
-    let chats: Vec<i64> = requests.iter().map(|r| r.0.chat_id).collect();
-    let limits: Vec<Option<i64>> = requests.iter().map(|r| r.1.map(i64::from)).collect();
-    let rows: Vec<Ranked> = sqlx::query_as(
-        "SELECT q.ord, m.id, m.user_id, m.chat_id, m.role, m.content, m.content_length, \
+/// The statement of [`history_many`] (what a batch of `GetHistory` requests runs): `$1`
+/// user ids, `$2` chat ids, `$3` limits (NULL: the user's `max_history_messages`), `$4`
+/// the limit without a settings row, `$5` the byte bound per dialogue. Public so that
+/// benchmarks can `EXPLAIN` exactly what botdb runs.
+pub const HISTORY_MANY_SQL: &str = "SELECT q.ord, m.id, m.user_id, m.chat_id, m.role, m.content, m.content_length, \
                 m.created_at, m.deleted_at, m.seq \
            FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) WITH ORDINALITY AS q(user_id, chat_id, lim, ord) \
            CROSS JOIN LATERAL ( \
@@ -326,15 +318,31 @@ pub async fn history_many<'e>(
                 ) h \
                 WHERE h.running_bytes <= $5 OR h.n = 1 \
            ) m \
-          ORDER BY q.ord, m.created_at DESC, m.seq DESC",
-    )
-    .bind(&users)
-    .bind(&chats)
-    .bind(&limits)
-    .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
-    .bind(bytes_param(max_bytes))
-    .fetch_all(ex)
-    .await?;
+          ORDER BY q.ord, m.created_at DESC, m.seq DESC";
+
+/// The live history of several dialogues in ONE query: for each `(dialogue, limit)`,
+/// its messages newest first, at most `limit` (`None`: the user's
+/// `max_history_messages`) and at most `max_bytes` of content per dialogue. Ids and
+/// limits must already be checked.
+///
+/// # Errors
+/// Database errors.
+pub async fn history_many<'e>(
+    ex: impl PgExecutor<'e>,
+    requests: &[(Dialogue, Option<i32>)],
+    max_bytes: usize,
+) -> Result<Vec<Vec<Message>>> {
+    let users: Vec<i64> = requests.iter().map(|r| r.0.user_id).collect();
+    let chats: Vec<i64> = requests.iter().map(|r| r.0.chat_id).collect();
+    let limits: Vec<Option<i64>> = requests.iter().map(|r| r.1.map(i64::from)).collect();
+    let rows: Vec<Ranked> = sqlx::query_as(HISTORY_MANY_SQL)
+        .bind(&users)
+        .bind(&chats)
+        .bind(&limits)
+        .bind(i64::from(crate::model::DEFAULT_MAX_HISTORY))
+        .bind(bytes_param(max_bytes))
+        .fetch_all(ex)
+        .await?;
     let mut out: Vec<Vec<Message>> = requests.iter().map(|_| Vec::new()).collect();
     for row in rows {
         if let Some(slot) = usize::try_from(row.ord - 1).ok().and_then(|i| out.get_mut(i)) {
