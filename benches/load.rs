@@ -35,12 +35,18 @@
 //!   with sqlx's default options, each statement its own transaction;
 //! - `raw-tx`: the same in one transaction per turn;
 //! - `pgbench`, `pgbench-tx`: pgbench itself (`-M prepared`) on `turn.pgbench` /
-//!   `turn_tx.pgbench`, run as a child process when `pgbench` is on PATH.
+//!   `turn_tx.pgbench`, run as a child process when `pgbench` is on PATH;
+//! - `http` (not run by default): the bot end to end, `botdb serve` on the same database
+//!   driven over keep-alive HTTP with Telegram updates (`load_http.rs`); printed beside
+//!   `batched`, with the server's CPU per turn and memory (`--memory-users`).
 //!
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
 //! A scratch database is created, populated and dropped; with `--keep-data`, a named
 //! database on `BOTDB_BENCH_DATABASE_URL`'s server is reused when it holds the data set
 //! asked for (built otherwise) and kept.
+
+#[path = "load_http.rs"]
+mod http;
 
 use botdb::model::PRIVATE_CHAT;
 use std::path::{Path, PathBuf};
@@ -93,6 +99,10 @@ struct Args {
     /// system thread; more puts the workers on a tokio pool of that many threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Mode `http`: afterwards, this many users never seen before send one turn each
+    /// (100 connections), and `serve`'s resident memory is read (0: skip).
+    #[arg(long, default_value_t = 0)]
+    memory_users: i64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -114,9 +124,10 @@ enum Mode {
     RawTx,
     Pgbench,
     PgbenchTx,
+    Http,
 }
 
-const MODES: [Mode; 11] = [
+const MODES: [Mode; 12] = [
     Mode::Actors,
     Mode::Batched,
     Mode::Keyed,
@@ -128,6 +139,7 @@ const MODES: [Mode; 11] = [
     Mode::RawTx,
     Mode::Pgbench,
     Mode::PgbenchTx,
+    Mode::Http,
 ];
 
 impl Mode {
@@ -144,6 +156,7 @@ impl Mode {
             Mode::RawTx => "raw-tx",
             Mode::Pgbench => "pgbench",
             Mode::PgbenchTx => "pgbench-tx",
+            Mode::Http => "http",
         }
     }
 }
@@ -177,6 +190,11 @@ struct Sample {
     /// The client's CPU time (user + system) per turn, in microseconds: on a shared
     /// machine it is taken from PostgreSQL. For pgbench, its own CPU.
     client_cpu_us_per_turn: f64,
+    /// Mode `http`: `botdb serve`'s CPU time per turn (µs) and largest resident memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_us_per_turn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_rss_max_kib: Option<u64>,
 }
 
 /// What every worker of every mode needs.
@@ -631,6 +649,11 @@ async fn bench(
     if modes.len() < args.modes.len() {
         eprintln!("pgbench is not on PATH: its modes are skipped");
     }
+    let served = if modes.contains(&Mode::Http) {
+        Some(http::Served::start(url, config).await?)
+    } else {
+        None
+    };
     let mut best: Vec<Sample> = Vec::new();
     for round in 1..=args.rounds {
         for &c in &args.concurrency {
@@ -640,6 +663,10 @@ async fn bench(
                 let io = Io::read(&target.raw).await?;
                 let s = match mode {
                     Mode::Pgbench | Mode::PgbenchTx => pgbench(&target, mode, c, duration).await?,
+                    Mode::Http => match &served {
+                        Some(served) => http::measure(served, target.users, c, duration).await?,
+                        None => anyhow::bail!("mode http without a server"),
+                    },
                     _ => measure(&target, mode, c, duration).await,
                 };
                 let io = Io::read(&target.raw).await?.since(&io, s.turns);
@@ -657,6 +684,13 @@ async fn bench(
         }
     }
     print_table(&best, &args.concurrency, &modes);
+    if let Some(served) = served {
+        http::print_vs(&best, &args.concurrency);
+        if args.memory_users > 0 {
+            http::memory(&served, args.memory_users, &best).await?;
+        }
+        served.stop().await?;
+    }
     // Leave the data set as it was built (a kept one is reused as is).
     reset(&target.raw, &mut since, &data).await?;
     explain_history(&target.raw, args.users, args.explain).await?;
@@ -750,6 +784,8 @@ fn sample(
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         client_cpu_us_per_turn: cpu.as_secs_f64() * 1e6 / hist.len().max(1) as f64,
+        server_cpu_us_per_turn: None,
+        server_rss_max_kib: None,
     }
 }
 
@@ -914,7 +950,7 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
                     .is_ok()
             }
             Mode::Direct => five_requests(target, &target.db, uid, None).await.is_ok(),
-            Mode::Pgbench | Mode::PgbenchTx => false,
+            Mode::Pgbench | Mode::PgbenchTx | Mode::Http => false,
         };
         if ok {
             let _ = hist.record(start.elapsed().as_micros() as u64);
