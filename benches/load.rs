@@ -83,9 +83,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Interleaved rounds; each cell reports its best. (The data reset between cells,
-    /// with its CHECKPOINT, takes about as long as a cell: one round keeps the default
-    /// run under two minutes.)
+    /// Interleaved rounds; each cell reports its best. (One round keeps the default run
+    /// near a minute: each cell is followed by a reset of what it wrote and a
+    /// CHECKPOINT.)
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Concurrency levels (workers), comma-separated.
