@@ -334,3 +334,60 @@ async fn the_reference_mode_pings_every_checkout_and_holds_nothing() {
     terminate(&t, pid).await;
     assert_ne!(autocommit_pid(&t.db).await.expect("pinged at checkout"), pid);
 }
+
+/// Every TCP connection botdb opens to the server has `TCP_NODELAY`: without it, a
+/// statement sent in more than one write (a batch larger than one TLS record) waits for
+/// the server's delayed ACK, 20-40 ms (sqlx 0.9.0 dropped it; `vendor/sqlx-core` puts it
+/// back). Linux: the sockets are found in /proc/self/fd.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn every_connection_to_the_server_has_tcp_nodelay() {
+    use nix::sys::socket::{SockaddrStorage, getpeername, getsockopt, sockopt};
+    use std::os::fd::BorrowedFd;
+
+    let t = TestDb::with(|b| b.pool_size(3).max_overflow(0)).await;
+    let port = t.db.pool().connect_options().get_port();
+    // Three pooled connections, held, and one of the migrator's own.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(t.db.pool().acquire().await.unwrap());
+    }
+    let own = botdb::migrate::connect_to(&t.config).await.unwrap();
+    let (mut checked, mut without) = (0, Vec::new());
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_socket =
+            std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is this process's and stays open for the two calls
+        // (the connections are held; another test's socket closing meanwhile only makes
+        // a call fail, which is skipped).
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let Ok(peer) = getpeername::<SockaddrStorage>(raw) else {
+            continue;
+        };
+        let peer_port = peer
+            .as_sockaddr_in()
+            .map(|a| a.port())
+            .or_else(|| peer.as_sockaddr_in6().map(|a| a.port()));
+        if peer_port != Some(port) {
+            continue;
+        }
+        match getsockopt(&fd, sockopt::TcpNoDelay) {
+            Ok(true) => checked += 1,
+            Ok(false) => without.push(raw),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        checked >= 4,
+        "found {checked} connections to port {port} with TCP_NODELAY"
+    );
+    assert!(without.is_empty(), "connections without TCP_NODELAY: {without:?}");
+    drop(own);
+    drop(held);
+}
