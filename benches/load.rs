@@ -763,6 +763,22 @@ fn cpu_times() -> (Duration, Duration) {
     (total(UsageWho::RUSAGE_SELF), total(UsageWho::RUSAGE_CHILDREN))
 }
 
+/// The workers' latency histograms merged, and their errors summed (a worker that
+/// panicked counts nothing).
+async fn merged<E>(
+    workers: Vec<impl Future<Output = Result<(Histogram<u64>, u64), E>>>,
+) -> (Histogram<u64>, u64) {
+    let mut hist = histogram();
+    let mut errors = 0;
+    for w in workers {
+        if let Ok((h, e)) = w.await {
+            let _ = hist.add(&h);
+            errors += e;
+        }
+    }
+    (hist, errors)
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds")
 }
@@ -799,14 +815,7 @@ async fn measure(target: &Arc<Target>, mode: Mode, concurrency: usize, duration:
             spawn(async move { worker(&target, mode, k, concurrency, deadline).await })
         })
         .collect();
-    let mut hist = histogram();
-    let mut errors = 0;
-    for w in workers {
-        if let Ok((h, e)) = w.await {
-            let _ = hist.add(&h);
-            errors += e;
-        }
-    }
+    let (hist, errors) = merged(workers).await;
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_after, _) = cpu_times();
     sample(mode, concurrency, &hist, errors, elapsed, cpu_after - cpu_before)

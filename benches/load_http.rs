@@ -39,7 +39,7 @@ use botdb::Config;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{Mode, Rng, Sample, cpu_times, histogram, sample};
+use super::{Mode, Rng, Sample, cpu_times, histogram, merged, sample};
 
 /// Update ids, increasing across the whole run (every worker draws from it).
 static UPDATE_IDS: AtomicI64 = AtomicI64::new(1);
@@ -293,14 +293,7 @@ pub async fn measure(
             })
         })
         .collect();
-    let mut hist = histogram();
-    let mut errors = 0;
-    for w in workers {
-        if let Ok((h, e)) = w.await {
-            let _ = hist.add(&h);
-            errors += e;
-        }
-    }
+    let (hist, errors) = merged(workers).await;
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_after, _) = cpu_times();
     let server_cpu = served.cpu()?.saturating_sub(server_before);

@@ -452,13 +452,11 @@ impl Database {
             // ShuttingDown, as every other read after close.
             return self.read(body).await;
         }
-        if let Some(replicas) = &self.replicas
-            && let Some(value) = {
-                self.follow_primary(replicas);
-                replicas.read(users, tables, &body).await?
+        if let Some(replicas) = &self.replicas {
+            self.follow_primary(replicas);
+            if let Some(value) = replicas.read(users, tables, &body).await? {
+                return Ok(value);
             }
-        {
-            return Ok(value);
         }
         self.read(body).await
     }

@@ -354,7 +354,8 @@ impl Replicas {
         if seen.down_until.is_some_and(|t| t > now) {
             return Err(Ok(Skip::Down));
         }
-        if seen.seen_at.is_some_and(|t| now - t < FRESH_FOR) && !self.acceptable(&seen) {
+        let fresh = seen.seen_at.is_some_and(|t| now - t < FRESH_FOR);
+        if fresh && !self.acceptable(&seen) {
             return Err(Ok(Skip::Lagging));
         }
         let mut conn = match server.pool.acquire().await {
@@ -367,48 +368,14 @@ impl Replicas {
                 return Err(Ok(Skip::Down));
             }
         };
-        let trusted = seen.seen_at.is_some_and(|t| now - t < FRESH_FOR) && self.acceptable(&seen);
-        if !(trusted && seen.replay >= needed) {
-            let deadline = Instant::now() + self.wait;
-            let mut pause = Duration::from_millis(1);
-            // A replica usually replays a commit within a round trip or two: ask again at
-            // once a few times (each ask is one), then sleep between asks.
-            let mut asks = 0u32;
-            loop {
-                let observed = tokio::time::timeout(OBSERVE_AT_MOST, server.observe(&mut conn)).await;
-                let state = match observed.unwrap_or_else(|_| {
-                    Err(Error::Unavailable {
-                        reason: format!("a replica did not answer within {OBSERVE_AT_MOST:?}"),
-                        source: None,
-                    })
-                }) {
-                    Ok(state) => state,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a replica failed to report its state; reading from the primary");
-                        server.mark_down();
-                        drop(conn.detach());
-                        return Err(Ok(Skip::Down));
-                    }
-                };
-                self.prune();
-                if !self.acceptable(&state) {
-                    return Err(Ok(Skip::Lagging));
+        if !(fresh && self.acceptable(&seen) && seen.replay >= needed) {
+            match self.wait_for(server, &mut conn, needed).await {
+                Ok(()) => {}
+                Err(Skip::Down) => {
+                    drop(conn.detach());
+                    return Err(Ok(Skip::Down));
                 }
-                if state.replay >= needed {
-                    break;
-                }
-                asks += 1;
-                if asks <= IMMEDIATE_ASKS {
-                    if Instant::now() >= deadline {
-                        return Err(Ok(Skip::Behind));
-                    }
-                    continue;
-                }
-                if Instant::now() + pause > deadline {
-                    return Err(Ok(Skip::Behind));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(10));
+                Err(skip) => return Err(Ok(skip)),
             }
         }
         match body.clone()(&mut conn).await {
@@ -431,6 +398,49 @@ impl Replicas {
         }
     }
 
+    /// Asks the replica on `conn` where it is until it has replayed `needed`: at once a
+    /// few times (a replica usually replays a commit within a round trip or two), then
+    /// sleeping 1 to 10 ms between asks, within `DB_REPLICA_WAIT`.
+    async fn wait_for(
+        &self,
+        server: &Server,
+        conn: &mut PgConnection,
+        needed: u64,
+    ) -> std::result::Result<(), Skip> {
+        let deadline = Instant::now() + self.wait;
+        let mut pause = Duration::from_millis(1);
+        for asks in 1u32.. {
+            let state = match server.observe(conn).await {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a replica failed to report its state; reading from the primary");
+                    server.mark_down();
+                    return Err(Skip::Down);
+                }
+            };
+            self.prune();
+            if !self.acceptable(&state) {
+                return Err(Skip::Lagging);
+            }
+            if state.replay >= needed {
+                return Ok(());
+            }
+            let now_or_later = if asks <= IMMEDIATE_ASKS {
+                Duration::ZERO
+            } else {
+                pause
+            };
+            if Instant::now() + now_or_later >= deadline {
+                return Err(Skip::Behind);
+            }
+            if !now_or_later.is_zero() {
+                tokio::time::sleep(now_or_later).await;
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+        }
+        Err(Skip::Behind)
+    }
+
     /// A standby within the lag limit.
     fn acceptable(&self, state: &State) -> bool {
         state.standby && state.lag.is_some_and(|lag| lag <= self.max_lag)
@@ -438,10 +448,14 @@ impl Replicas {
 }
 
 impl Server {
-    /// Asks the replica where it is, and keeps the answer.
+    /// Asks the replica where it is (within [`OBSERVE_AT_MOST`]), and keeps the answer.
     async fn observe(&self, conn: &mut PgConnection) -> Result<State> {
+        let asked = tokio::time::timeout(OBSERVE_AT_MOST, sqlx::query_as(STATE_SQL).fetch_one(&mut *conn));
         let (standby, replay, lag): (bool, i64, Option<f64>) =
-            sqlx::query_as(STATE_SQL).fetch_one(&mut *conn).await?;
+            asked.await.map_err(|_| Error::Unavailable {
+                reason: format!("a replica did not answer within {OBSERVE_AT_MOST:?}"),
+                source: None,
+            })??;
         let state = State {
             standby,
             replay: u64::try_from(replay).unwrap_or(0),

@@ -52,14 +52,17 @@ async fn in_recovery_everywhere(db: &Database) -> Vec<bool> {
     }
     let mut out = Vec::new();
     for conn in &mut conns {
-        out.push(
-            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-                .fetch_one(&mut **conn)
-                .await
-                .unwrap(),
-        );
+        out.push(in_recovery(conn).await);
     }
     out
+}
+
+/// `pg_is_in_recovery()` on `conn`: a standby's.
+async fn in_recovery(conn: &mut sqlx::PgConnection) -> bool {
+    sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
 
 /// A port nothing listens on.
@@ -118,11 +121,10 @@ async fn the_migrators_own_connection_goes_to_the_primary_when_a_standby_is_list
         Duration::from_secs(10),
     );
     let mut conn = botdb::migrate::connect_to(&config).await.unwrap();
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(!in_recovery, "the migrator's connection reached the standby");
+    assert!(
+        !in_recovery(&mut conn).await,
+        "the migrator's connection reached the standby"
+    );
     // And the whole upgrade path runs there (already at head: nothing to do, no error).
     let migrations = botdb::migrate::Migrations::from_config(&config).await.unwrap();
     botdb::takeover::migrate_with(&mut conn, &migrations, None, &config.migrate)
@@ -132,11 +134,7 @@ async fn the_migrators_own_connection_goes_to_the_primary_when_a_standby_is_list
     // `any` keeps libpq's meaning: the first host that answers, the standby here.
     let any = list(&pg, &[standby.port(), pg.port()], "any", Duration::from_secs(10));
     let mut conn = botdb::migrate::connect_to(&any).await.unwrap();
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(in_recovery);
+    assert!(in_recovery(&mut conn).await);
     let _ = conn.close().await;
 }
 

@@ -116,6 +116,44 @@ async fn context(h: &DbHandle, user_id: i64) -> Vec<String> {
     .collect()
 }
 
+/// Actors over the primary with `standby` as replica (lag limit `max_lag`), and
+/// `reader`'s first turn, replayed there and read from there.
+async fn reading_from_the_replica(
+    pg: &EmbeddedPostgres,
+    standby: &EmbeddedPostgres,
+    max_lag: Duration,
+    reader: i64,
+) -> (Database, DbHandle) {
+    let db = Database::connect(&config(pg, &[standby.port()], max_lag))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    h.send(EnsureUser { user_id: reader }).await.unwrap();
+    turn(&h, reader, "hello").await;
+    caught_up(pg, standby).await;
+    let before = db.replica_reads();
+    assert_eq!(history(&h, reader).await.len(), 2);
+    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+    (db, h)
+}
+
+/// Reads `reader`'s history (its first turn) until one read is sent to the primary for
+/// the replica's lag (bounded: 30 s; a replica's state is trusted for 250 ms, so reads
+/// meanwhile may still use it).
+async fn until_skipped_for_lag(db: &Database, h: &DbHandle, reader: i64, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = db.replica_reads();
+        assert_eq!(history(h, reader).await.len(), 2);
+        let reads = delta(db.replica_reads(), before);
+        if reads.lagging == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{never}: {reads:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn delta(after: ReplicaReads, before: ReplicaReads) -> ReplicaReads {
     ReplicaReads {
         on_replica: after.on_replica - before.on_replica,
@@ -247,17 +285,8 @@ async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
 #[actix_rt::test]
 async fn a_replica_lagging_more_than_the_limit_is_skipped() {
     let (pg, standby) = pair().await;
-    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_millis(200)))
-        .await
-        .unwrap();
-    let h = DbSystem::start(db.clone(), Default::default());
     let reader = 2_001;
-    h.send(EnsureUser { user_id: reader }).await.unwrap();
-    turn(&h, reader, "hello").await;
-    caught_up(&pg, &standby).await;
-    let before = db.replica_reads();
-    assert_eq!(history(&h, reader).await.len(), 2);
-    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+    let (db, h) = reading_from_the_replica(&pg, &standby, Duration::from_millis(200), reader).await;
 
     // Paused with WAL waiting (another user writes): the lag grows past 200 ms.
     let mut on_standby = connect(&standby).await;
@@ -267,20 +296,8 @@ async fn a_replica_lagging_more_than_the_limit_is_skipped() {
         .unwrap();
     h.send(EnsureUser { user_id: 2_002 }).await.unwrap();
     turn(&h, 2_002, "keeps the primary moving").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // The reader wrote nothing since: only the lag can send its read to the primary.
-        let before = db.replica_reads();
-        assert_eq!(history(&h, reader).await.len(), 2);
-        if delta(db.replica_reads(), before).lagging == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a paused replica was never skipped for its lag"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The reader wrote nothing since: only the lag can send its read to the primary.
+    until_skipped_for_lag(&db, &h, reader, "a paused replica was never skipped for its lag").await;
     let _ = on_standby.close().await;
     h.shutdown().await;
 }
@@ -291,17 +308,8 @@ async fn a_replica_that_stopped_streaming_is_skipped_though_it_looks_idle() {
     // received exactly what it replayed: by PostgreSQL's usual measure its lag is 0,
     // while it is frozen. botdb uses a replica only while its WAL receiver streams.
     let (pg, standby) = pair().await;
-    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_secs(600)))
-        .await
-        .unwrap();
-    let h = DbSystem::start(db.clone(), Default::default());
     let reader = 4_001;
-    h.send(EnsureUser { user_id: reader }).await.unwrap();
-    turn(&h, reader, "hello").await;
-    caught_up(&pg, &standby).await;
-    let before = db.replica_reads();
-    assert_eq!(history(&h, reader).await.len(), 2);
-    assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
+    let (db, h) = reading_from_the_replica(&pg, &standby, Duration::from_secs(600), reader).await;
 
     // The standby stops streaming: no primary to follow.
     let mut on_standby = connect(&standby).await;
@@ -335,21 +343,7 @@ async fn a_replica_that_stopped_streaming_is_skipped_though_it_looks_idle() {
         "the frozen standby looks idle: everything received is replayed"
     );
     // The reader wrote nothing since: the replica has its writes, but is not used.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let before = db.replica_reads();
-        assert_eq!(history(&h, reader).await.len(), 2);
-        let reads = delta(db.replica_reads(), before);
-        if reads.lagging == 1 {
-            break;
-        }
-        // Its state is trusted for 250 ms: a read meanwhile may still use it.
-        assert!(
-            Instant::now() < deadline,
-            "a replica that stopped streaming was still used: {reads:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_skipped_for_lag(&db, &h, reader, "a replica that stopped streaming was still used").await;
     let _ = on_standby.close().await;
     h.shutdown().await;
 }
