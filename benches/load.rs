@@ -124,10 +124,11 @@ enum Mode {
     RawTx,
     Pgbench,
     PgbenchTx,
+    Bot,
     Http,
 }
 
-const MODES: [Mode; 12] = [
+const MODES: [Mode; 13] = [
     Mode::Actors,
     Mode::Batched,
     Mode::Keyed,
@@ -139,6 +140,7 @@ const MODES: [Mode; 12] = [
     Mode::RawTx,
     Mode::Pgbench,
     Mode::PgbenchTx,
+    Mode::Bot,
     Mode::Http,
 ];
 
@@ -156,6 +158,7 @@ impl Mode {
             Mode::RawTx => "raw-tx",
             Mode::Pgbench => "pgbench",
             Mode::PgbenchTx => "pgbench-tx",
+            Mode::Bot => "bot",
             Mode::Http => "http",
         }
     }
@@ -195,6 +198,13 @@ struct Sample {
     server_cpu_us_per_turn: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_rss_max_kib: Option<u64>,
+    /// The whole machine's busy CPU time per turn (µs, every process: PostgreSQL, the
+    /// bench, `serve`) and its idle share (%) over the cell, from `/proc/stat`: a cell
+    /// whose machine is not idle is limited by CPU, one with idle cores by waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_cpu_us_per_turn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_idle_pct: Option<f64>,
 }
 
 /// What every worker of every mode needs.
@@ -210,6 +220,10 @@ struct Target {
     reply_text: Arc<str>,
     /// For pgbench: where and as whom to connect.
     pg: Option<PgbenchTarget>,
+    /// Mode `bot`: the bot `serve` runs (echo model), over `batched`, in this process.
+    bot: botdb::bot::Bot,
+    /// The text of a `bot` or `http` update (200 characters).
+    update_text: Arc<str>,
 }
 
 struct PgbenchTarget {
@@ -621,6 +635,7 @@ async fn bench(
         database: url.path().trim_start_matches('/').to_string(),
         password: url.password().map(str::to_string),
     });
+    let batched = DbSystem::start(db.clone(), config.actors);
     let target = Arc::new(Target {
         per_message: DbSystem::start(
             db.clone(),
@@ -629,7 +644,9 @@ async fn bench(
                 ..config.actors
             },
         ),
-        batched: DbSystem::start(db.clone(), config.actors),
+        bot: botdb::bot::Bot::new(batched.clone(), Arc::new(botdb::bot::EchoModel)),
+        update_text: http::text().into(),
+        batched,
         replica,
         raw,
         db,
@@ -661,7 +678,8 @@ async fn bench(
                 reset(&target.raw, &mut since, &data).await?;
                 let duration = Duration::from_secs_f64(args.seconds);
                 let io = Io::read(&target.raw).await?;
-                let s = match mode {
+                let machine = MachineCpu::read();
+                let mut s = match mode {
                     Mode::Pgbench | Mode::PgbenchTx => pgbench(&target, mode, c, duration).await?,
                     Mode::Http => match &served {
                         Some(served) => http::measure(served, target.users, c, duration).await?,
@@ -669,10 +687,22 @@ async fn bench(
                     },
                     _ => measure(&target, mode, c, duration).await,
                 };
+                if let (Some(before), Some(after)) = (machine, MachineCpu::read()) {
+                    let (busy_us, idle_pct) = after.since(&before);
+                    s.machine_cpu_us_per_turn = Some(busy_us / s.turns.max(1) as f64);
+                    s.machine_idle_pct = Some(idle_pct);
+                }
                 let io = Io::read(&target.raw).await?.since(&io, s.turns);
                 eprintln!(
-                    "round {round} {:<10} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  errors {}",
-                    s.mode, s.turns_per_sec, s.p50_ms, s.p99_ms, s.client_cpu_us_per_turn, s.errors
+                    "round {round} {:<10} C={c:<3} {:>8.0} turns/s  p50 {:>6.2} ms  p99 {:>7.2} ms  client cpu {:>5.0} us/turn  machine cpu {:>5.0} us/turn, idle {:>3.0}%  errors {}",
+                    s.mode,
+                    s.turns_per_sec,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.client_cpu_us_per_turn,
+                    s.machine_cpu_us_per_turn.unwrap_or(f64::NAN),
+                    s.machine_idle_pct.unwrap_or(f64::NAN),
+                    s.errors
                 );
                 eprintln!("        {io}");
                 match best.iter_mut().find(|b| b.mode == s.mode && b.concurrency == c) {
@@ -723,8 +753,10 @@ async fn bench(
 fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
     let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
     println!();
-    println!("| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | vs raw | vs pgbench |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | machine CPU µs/turn | machine idle | vs raw | vs pgbench |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in concurrency {
         for &m in modes {
             if let Some(s) = get(m, c) {
@@ -733,18 +765,62 @@ fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
                         format!("{:.2}x", s.turns_per_sec / r.turns_per_sec)
                     })
                 };
+                let or_dash =
+                    |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"));
                 println!(
-                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
+                    "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {} |",
                     s.mode,
                     s.turns_per_sec,
                     s.p50_ms,
                     s.p99_ms,
                     s.client_cpu_us_per_turn,
+                    or_dash(s.machine_cpu_us_per_turn, ""),
+                    or_dash(s.machine_idle_pct, " %"),
                     ratio(Mode::Raw),
                     ratio(Mode::Pgbench)
                 );
             }
         }
+    }
+}
+
+/// The whole machine's CPU time, busy and idle, summed over its cores (`/proc/stat`'s
+/// `cpu` line, in clock ticks); `None` where there is no `/proc/stat`.
+#[derive(Clone, Copy)]
+struct MachineCpu {
+    busy: u64,
+    idle: u64,
+}
+
+impl MachineCpu {
+    fn read() -> Option<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8) // user nice system idle iowait irq softirq steal (guest is in user)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some(MachineCpu {
+            busy: ticks.iter().sum::<u64>() - idle,
+            idle,
+        })
+    }
+
+    /// Busy CPU time since `before` in µs, and the idle share in %.
+    fn since(&self, before: &MachineCpu) -> (f64, f64) {
+        let tick_us = 1e6
+            / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .map_or(100.0, |t| t as f64);
+        let busy = self.busy.saturating_sub(before.busy) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        (busy * tick_us, 100.0 * idle / (busy + idle).max(1.0))
     }
 }
 
@@ -802,6 +878,8 @@ fn sample(
         client_cpu_us_per_turn: cpu.as_secs_f64() * 1e6 / hist.len().max(1) as f64,
         server_cpu_us_per_turn: None,
         server_rss_max_kib: None,
+        machine_cpu_us_per_turn: None,
+        machine_idle_pct: None,
     }
 }
 
@@ -959,6 +1037,7 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
                     .is_ok()
             }
             Mode::Direct => five_requests(target, &target.db, uid, None).await.is_ok(),
+            Mode::Bot => bot_turn(target, uid).await,
             Mode::Pgbench | Mode::PgbenchTx | Mode::Http => false,
         };
         if ok {
@@ -968,6 +1047,16 @@ async fn worker(target: &Target, mode: Mode, k: usize, c: usize, deadline: Insta
         }
     }
     (hist, errors)
+}
+
+/// The bot's text turn in this process: the update `http` sends, parsed and handled by
+/// `Bot::handle` (what `serve`'s webhook does, without HTTP); `true` for a reply.
+async fn bot_turn(t: &Target, uid: i64) -> bool {
+    let update_id = http::UPDATE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Ok(update) = serde_json::from_slice(&http::update(update_id, uid, &t.update_text)) else {
+        return false;
+    };
+    matches!(t.bot.handle(update).await, Ok(botdb::bot::Outcome::Reply(_)))
 }
 
 /// The pgbench script's five statements, verbatim, on executor `$ex` (re-evaluated for

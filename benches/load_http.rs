@@ -41,8 +41,9 @@ use tokio::process::{Child, Command};
 
 use super::{Mode, Rng, Sample, cpu_times, histogram, merged, sample};
 
-/// Update ids, increasing across the whole run (every worker draws from it).
-static UPDATE_IDS: AtomicI64 = AtomicI64::new(1);
+/// Update ids, increasing across the whole run (every worker, of `http` and `bot`, draws
+/// from it).
+pub static UPDATE_IDS: AtomicI64 = AtomicI64::new(1);
 
 /// The `botdb` binary to run.
 fn binary() -> PathBuf {
@@ -199,7 +200,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// The user's text: 200 characters of words.
-fn text() -> String {
+pub fn text() -> String {
     let words = "how would you plan a three day trip to the mountains with two children \
                  and a dog when the forecast says rain on the second day and we can only \
                  drive four hours at most ";
@@ -207,7 +208,7 @@ fn text() -> String {
 }
 
 /// A Telegram text update, as Telegram sends it.
-fn update(update_id: i64, user_id: i64, text: &str) -> Vec<u8> {
+pub fn update(update_id: i64, user_id: i64, text: &str) -> Vec<u8> {
     let value = serde_json::json!({
         "update_id": update_id,
         "message": {
@@ -311,21 +312,28 @@ pub async fn measure(
     Ok(s)
 }
 
-/// `http` beside `batched` (the actors-only path, in process) at each concurrency.
+/// `http` beside `batched` (the actors-only path, in process) and `bot` (the same turn
+/// as `http`, in process) at each concurrency.
 pub fn print_vs(best: &[Sample], concurrency: &[usize]) {
     let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
     println!();
     println!(
-        "| C | http turns/s | batched turns/s | http/batched | http p50 / p99 ms | batched p50 / p99 ms | server CPU µs/turn (http) | client CPU µs/turn (http) | in-process CPU µs/turn (batched) | server max RSS MiB | http errors |"
+        "| C | http turns/s | bot turns/s | http/bot | batched turns/s | http/batched | http p50 / p99 ms | batched p50 / p99 ms | server CPU µs/turn (http) | client CPU µs/turn (http) | in-process CPU µs/turn (batched) | machine CPU µs/turn http / batched | server max RSS MiB | http errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in concurrency {
         let Some(h) = get(Mode::Http, c) else { continue };
         let b = get(Mode::Batched, c);
+        let in_process = get(Mode::Bot, c);
         let or_dash = |f: &dyn Fn(&Sample) -> String| b.map_or("-".to_string(), f);
         println!(
-            "| {c} | {:.0} | {} | {} | {:.2} / {:.2} | {} | {:.0} | {:.0} | {} | {:.1} | {} |",
+            "| {c} | {:.0} | {} | {} | {} | {} | {:.2} / {:.2} | {} | {:.0} | {:.0} | {} | {} | {:.1} | {} |",
             h.turns_per_sec,
+            in_process.map_or("-".to_string(), |p| format!("{:.0}", p.turns_per_sec)),
+            in_process.map_or("-".to_string(), |p| format!(
+                "{:.2}x",
+                h.turns_per_sec / p.turns_per_sec
+            )),
             or_dash(&|b| format!("{:.0}", b.turns_per_sec)),
             or_dash(&|b| format!("{:.2}x", h.turns_per_sec / b.turns_per_sec)),
             h.p50_ms,
@@ -334,6 +342,13 @@ pub fn print_vs(best: &[Sample], concurrency: &[usize]) {
             h.server_cpu_us_per_turn.unwrap_or(0.0),
             h.client_cpu_us_per_turn,
             or_dash(&|b| format!("{:.0}", b.client_cpu_us_per_turn)),
+            format!(
+                "{} / {}",
+                h.machine_cpu_us_per_turn
+                    .map_or("-".to_string(), |v| format!("{v:.0}")),
+                b.and_then(|b| b.machine_cpu_us_per_turn)
+                    .map_or("-".to_string(), |v| format!("{v:.0}"))
+            ),
             h.server_rss_max_kib.unwrap_or(0) as f64 / 1024.0,
             h.errors,
         );
