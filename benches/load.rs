@@ -36,9 +36,18 @@
 //! - `raw-tx`: the same in one transaction per turn;
 //! - `pgbench`, `pgbench-tx`: pgbench itself (`-M prepared`) on `turn.pgbench` /
 //!   `turn_tx.pgbench`, run as a child process when `pgbench` is on PATH;
+//! - `bot` (not run by default): the webhook's turn in this process: the Telegram update
+//!   `http` sends, parsed and handled by `Bot::handle` (echo model) over the `batched`
+//!   actors: `BeginTurn`, then `AppendTurn` with the update's key; what `http` costs
+//!   without HTTP;
 //! - `http` (not run by default): the bot end to end, `botdb serve` on the same database
 //!   driven over keep-alive HTTP with Telegram updates (`load_http.rs`); printed beside
-//!   `batched`, with the server's CPU per turn and memory (`--memory-users`).
+//!   `bot` and `batched`, with the server's CPU per turn and memory (`--memory-users`).
+//!
+//! Every cell also reports the whole machine's busy CPU per turn (PostgreSQL, the
+//! bench, `serve`: `/proc/stat`) and its idle share: a cell whose machine is idle
+//! waited (commits, locks); one whose machine is busy is CPU-bound, and then CPU per
+//! turn is its cost.
 //!
 //! The server is `BOTDB_BENCH_DATABASE_URL` if set, else a throwaway local cluster.
 //! A scratch database is created, populated and dropped; with `--keep-data`, a named
