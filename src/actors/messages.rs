@@ -273,7 +273,7 @@ async fn append_turn(db: &Database, (user, reply, key, outcome): PreparedTurn) -
 }
 
 /// The turn a recorded outcome names.
-async fn replay_turn(tx: &mut sqlx::PgConnection, recorded: &Value) -> Result<Turn> {
+pub(crate) async fn replay_turn(tx: &mut sqlx::PgConnection, recorded: &Value) -> Result<Turn> {
     match <[Message; 2]>::try_from(once::messages(tx, recorded).await?) {
         Ok([user, reply]) => Ok(Turn { user, reply }),
         Err(_) => Err(once::mismatch(recorded)),

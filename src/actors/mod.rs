@@ -19,7 +19,7 @@
 //!
 //! | actor | requests |
 //! |---|---|
-//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`EraseUser`] |
+//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`BeginTurn`], [`EraseUser`] |
 //! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
@@ -36,6 +36,7 @@ mod request;
 mod settings;
 mod stats;
 mod system;
+mod turns;
 mod users;
 
 pub use actor::{Answer, DbActor};
@@ -49,6 +50,7 @@ pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users}
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
+pub use turns::{BeginTurn, Begun};
 pub use users::{
     CreateUser, EnsureUser, EraseUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser,
 };

@@ -21,11 +21,11 @@ pub mod telegram;
 use std::sync::Arc;
 
 use crate::actors::{
-    AppendTurn, ClearHistory, DbHandle, EnsureUser, EraseUser, GetContext, SetSystemPrompt, TurnOf,
+    AppendTurn, BeginTurn, Begun, ClearHistory, DbHandle, EnsureUser, EraseUser, GetContext, SetSystemPrompt,
     UpdateSettings,
 };
 use crate::error::Error;
-use crate::model::{Dialogue, MAX_HISTORY_RANGE, RequestKey, Role, UserSettings, check_user_id};
+use crate::model::{Dialogue, MAX_HISTORY_RANGE, Message, RequestKey, Role, UserSettings, check_user_id};
 
 pub use command::Command;
 pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
@@ -159,23 +159,31 @@ impl Bot {
                         .into(),
                 );
             }
-            // A copy of an update whose turn is stored: the same answer, no model call,
-            // and (if the user was erased since) no registration.
-            Command::Text(_) => {
-                let done = self
-                    .db
-                    .send(TurnOf {
-                        user_id,
-                        key: key.clone(),
-                    })
-                    .await?;
-                if let Some(done) = done {
-                    return reply(done.reply.content);
-                }
-            }
             _ => {}
         }
-        let registered = self.db.send(EnsureUser { user_id }).await?;
+        let (registered, context) = match &command {
+            // One request: a copy of an update whose turn is stored gets the same
+            // answer, no model call, and (if the user was erased since) no registration;
+            // else the user is made sure of and (without replicas, which serve it
+            // otherwise) the context for the new message read, in one transaction.
+            Command::Text(text) => {
+                let begun = self
+                    .db
+                    .send(BeginTurn {
+                        user_id,
+                        chat_id: dialogue.chat_id,
+                        key: key.clone(),
+                        context_for: (!self.db.database().has_replicas())
+                            .then(|| i64::try_from(text.chars().count()).unwrap_or(i64::MAX)),
+                    })
+                    .await?;
+                match begun {
+                    Begun::Stored(done) => return reply(done.reply.content),
+                    Begun::New { registered, context } => (registered, context),
+                }
+            }
+            _ => (self.db.send(EnsureUser { user_id }).await?, None),
+        };
         match command {
             Command::Forget(_) => reply(HELP.into()),
             Command::Start if registered.created => reply(format!("Welcome! You are registered.\n\n{HELP}")),
@@ -235,14 +243,15 @@ impl Bot {
                 }
             }
             Command::Text(text) => {
-                self.turn(dialogue, chat_id, &registered.settings, text, key)
+                self.turn(dialogue, chat_id, &registered.settings, text, key, context)
                     .await
             }
         }
     }
 
     /// A dialogue turn: history + the new message to the model; both messages stored in
-    /// one transaction once the model answered.
+    /// one transaction once the model answered. `context`: the history `BeginTurn` read
+    /// (newest first), or `None` to read it here.
     async fn turn(
         &self,
         dialogue: Dialogue,
@@ -250,6 +259,7 @@ impl Bot {
         settings: &UserSettings,
         text: String,
         key: RequestKey,
+        context: Option<Vec<Message>>,
     ) -> Result<Outcome, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
@@ -265,27 +275,28 @@ impl Bot {
         let earlier = i64::from(settings.max_history_messages) - 1;
         let budget = i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX);
         let chars_left = budget - i64::try_from(text.chars().count()).unwrap_or(i64::MAX);
-        let mut context: Vec<ChatMessage> = if earlier > 0 && chars_left > 0 {
-            let newest_first = self
-                .db
-                .send(GetContext {
-                    user_id,
-                    chat_id: dialogue.chat_id,
-                    max_chars: Some(chars_left),
-                    max_messages: Some(earlier),
-                })
-                .await?;
-            newest_first
-                .into_iter()
-                .rev()
-                .map(|m| ChatMessage {
-                    role: m.role,
-                    content: m.content,
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let newest_first = match context {
+            Some(read) => read,
+            None if earlier > 0 && chars_left > 0 => {
+                self.db
+                    .send(GetContext {
+                        user_id,
+                        chat_id: dialogue.chat_id,
+                        max_chars: Some(chars_left),
+                        max_messages: Some(earlier),
+                    })
+                    .await?
+            }
+            None => Vec::new(),
         };
+        let mut context: Vec<ChatMessage> = newest_first
+            .into_iter()
+            .rev()
+            .map(|m| ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
+            .collect();
         context.push(ChatMessage {
             role: Role::User,
             content: text.clone(),

@@ -85,6 +85,48 @@ pub async fn outcome_of<'e>(
             .bind(key.key())
             .fetch_optional(ex)
             .await?;
+    judge(recorded, key, user_id)
+}
+
+/// Which of `keys` are recorded, in ONE statement: for each `(key, user_id)`, what
+/// [`outcome_of`] would answer, in input order.
+///
+/// # Errors
+/// Database errors (the per-key errors of [`outcome_of`] are in the vector).
+pub async fn outcomes_of_many<'e>(
+    ex: impl PgExecutor<'e>,
+    keys: &[(&RequestKey, i64)],
+) -> Result<Vec<Result<Option<Value>>>> {
+    let scopes: Vec<&str> = keys.iter().map(|(k, _)| k.scope()).collect();
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.key()).collect();
+    // One primary-key probe per key (the LIMIT keeps the subquery from being flattened
+    // into a join, which a table growing faster than its statistics would get as a
+    // sequential scan).
+    let rows: Vec<(i64, i64, Value)> = sqlx::query_as(
+        "SELECT w.i, r.user_id, r.outcome \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(scope, key, i) \
+         CROSS JOIN LATERAL (SELECT k.user_id, k.outcome FROM request_keys k \
+                             WHERE k.scope = w.scope AND k.key = w.key LIMIT 1) r",
+    )
+    .bind(&scopes)
+    .bind(&names)
+    .fetch_all(ex)
+    .await?;
+    let mut recorded: Vec<Option<(i64, Value)>> = vec![None; keys.len()];
+    for (i, owner, outcome) in rows {
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| recorded.get_mut(i)) {
+            *slot = Some((owner, outcome));
+        }
+    }
+    Ok(recorded
+        .into_iter()
+        .zip(keys)
+        .map(|(found, (key, user_id))| judge(found, key, *user_id))
+        .collect())
+}
+
+/// What a key's recorded row, if any, means for a request of `user_id`.
+fn judge(recorded: Option<(i64, Value)>, key: &RequestKey, user_id: i64) -> Result<Option<Value>> {
     match recorded {
         Some((ERASED, _)) => Err(Error::not_found(ERASED_ENTITY, user_id)),
         Some((owner, _)) if owner != user_id => Err(Error::Conflict(format!(

@@ -59,3 +59,4 @@ mod standby;
 mod takeover;
 #[cfg(feature = "cli")]
 mod tls;
+mod turns;

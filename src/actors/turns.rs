@@ -1,0 +1,222 @@
+//! [`BeginTurn`]: what a bot needs before it calls the model, in one request and one
+//! transaction (the update's stored turn, or the user made sure of and their context).
+
+use actix::Message as ActixMessage;
+use serde::Serialize;
+
+use crate::actors::batch;
+use crate::actors::messages::{Turn, replay_turn};
+use crate::actors::request::{BatchRunner, DbRequest, Settings, Table, Users};
+use crate::actors::users::Registered;
+use crate::config::Limits;
+use crate::db::Database;
+use crate::error::Result;
+use crate::model::{Budget, DEFAULT_MAX_HISTORY, Dialogue, Message, RequestKey, UserSettings};
+use crate::repo;
+
+/// What a turn starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Begun {
+    /// A turn is already stored under the key (a copy of the update): its two messages.
+    /// Nothing was done: the user was not registered (nor again), no context was read.
+    Stored(Turn),
+    /// The first time: the user and their settings (created if absent), and the context
+    /// for the new message when one was asked for.
+    New {
+        /// The user and settings, as [`EnsureUser`](crate::actors::EnsureUser) answers.
+        registered: Registered,
+        /// The dialogue's newest live messages, newest first, that fit beside the new
+        /// message (see [`BeginTurn::context_for`]); `None` when none was asked for.
+        context: Option<Vec<Message>>,
+    },
+}
+
+/// Start a bot's turn: [`TurnOf`](crate::actors::TurnOf), then
+/// [`EnsureUser`](crate::actors::EnsureUser), then
+/// [`GetContext`](crate::actors::GetContext), as ONE request in ONE transaction on the
+/// primary (the `users` actor, serialised with the user's other user requests).
+/// Batched: the requests of many users ready together run as one transaction of four
+/// statements (keys, users, settings, contexts), where the three requests took three
+/// round trips through the actors and a statement of their own for the key.
+///
+/// A key already recorded answers [`Begun::Stored`] and changes nothing (a copy of an
+/// erased user's update is [`NotFound`](crate::Error::NotFound), entity
+/// [`ERASED_ENTITY`](crate::repo::keys::ERASED_ENTITY), as `TurnOf`). The key is not
+/// claimed here: [`AppendTurn`](crate::actors::AppendTurn) with the same key stores
+/// the turn once, whichever copy gets there first.
+#[derive(Clone, Debug, ActixMessage)]
+#[rtype(result = "crate::Result<Begun>")]
+pub struct BeginTurn {
+    /// The user.
+    pub user_id: i64,
+    /// The chat: [`PRIVATE_CHAT`](crate::model::PRIVATE_CHAT) (or the user's own id) for the private chat.
+    pub chat_id: i64,
+    /// The update's key, under which `AppendTurn` stores the turn.
+    pub key: RequestKey,
+    /// Read the context for a new message of this many characters: the dialogue's
+    /// newest live messages within the configured budget (`DB_CONTEXT_MAX_CHARS`) less
+    /// these characters, and within the user's `max_history_messages` less one (the new
+    /// message takes a place); none when either leaves no room. `None`: no context is
+    /// read (read it with `GetContext`, which a replica can serve).
+    pub context_for: Option<i64>,
+}
+
+impl BeginTurn {
+    fn prepare(&self) -> Result<(Dialogue, RequestKey, Option<i64>)> {
+        let dialogue = Dialogue::new(self.user_id, self.chat_id).checked()?;
+        Ok((dialogue, self.key.clone(), self.context_for))
+    }
+}
+
+/// The budget of the context beside a new message of `new_chars` characters, or `None`
+/// when it leaves no room.
+fn budget_for(limits: &Limits, settings: &UserSettings, new_chars: i64) -> Result<Option<Budget>> {
+    let configured = i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX);
+    let chars = configured.saturating_sub(new_chars.max(0));
+    let earlier = i64::from(settings.max_history_messages) - 1;
+    if chars <= 0 || earlier <= 0 {
+        return Ok(None);
+    }
+    Budget::new(chars, Some(earlier)).map(Some)
+}
+
+impl DbRequest for BeginTurn {
+    type Output = Begun;
+    type Table = Users;
+    const NAME: &'static str = "BeginTurn";
+    const ALSO_WRITES: &'static [&'static str] = &[Settings::NAME];
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    async fn run(self, db: Database) -> Result<Begun> {
+        let (dialogue, key, context_for) = self.prepare()?;
+        let limits = *db.limits();
+        db.session(async |tx| {
+            if let Some(recorded) = repo::keys::outcome_of(&mut *tx, &key, dialogue.user_id).await? {
+                return replay_turn(tx, &recorded).await.map(Begun::Stored);
+            }
+            let user = repo::users::upsert(&mut *tx, dialogue.user_id).await?;
+            let (settings, created) =
+                repo::settings::insert_if_absent(tx, dialogue.user_id, DEFAULT_MAX_HISTORY, None).await?;
+            let context = match context_for {
+                None => None,
+                Some(chars) => Some(match budget_for(&limits, &settings, chars)? {
+                    None => Vec::new(),
+                    Some(budget) => repo::messages::context_many(
+                        &mut *tx,
+                        &[(dialogue, budget)],
+                        limits.max_history_bytes,
+                    )
+                    .await?
+                    .pop()
+                    .unwrap_or_default(),
+                }),
+            };
+            Ok(Begun::New {
+                registered: Registered {
+                    user,
+                    settings,
+                    created,
+                },
+                context,
+            })
+        })
+        .await
+    }
+
+    /// Many turns begun in one transaction: the keys in one statement; users whose key
+    /// is recorded (copies, rare) or whose row another transaction holds go on alone;
+    /// the rest are registered (three statements, as `EnsureUser`'s batch) and their
+    /// contexts read in one query.
+    fn batch_runner() -> Option<BatchRunner<Self>> {
+        Some(|requests, db| {
+            Box::pin(async move {
+                let limits = *db.limits();
+                let prepared = requests.iter().map(BeginTurn::prepare).collect();
+                batch::run(
+                    prepared,
+                    async |wanted: &[&(Dialogue, RequestKey, Option<i64>)]| {
+                        db.session(async |tx| {
+                            let keys: Vec<(&RequestKey, i64)> =
+                                wanted.iter().map(|(d, key, _)| (key, d.user_id)).collect();
+                            let recorded = repo::keys::outcomes_of_many(&mut *tx, &keys).await?;
+                            // A recorded key (or one that is an error) goes on alone.
+                            let fresh: Vec<i64> = wanted
+                                .iter()
+                                .zip(&recorded)
+                                .filter(|(_, r)| matches!(r, Ok(None)))
+                                .map(|(w, _)| w.0.user_id)
+                                .collect();
+                            let users = repo::users::upsert_many(&mut *tx, &fresh).await?;
+                            let free: Vec<i64> = users.iter().flatten().map(|u| u.id).collect();
+                            let created =
+                                repo::settings::insert_defaults_many(&mut *tx, &free, DEFAULT_MAX_HISTORY)
+                                    .await?;
+                            let mut settings = repo::settings::get_many(&mut *tx, &free).await?;
+                            let mut users: std::collections::HashMap<i64, _> =
+                                users.into_iter().flatten().map(|u| (u.id, u)).collect();
+                            // Those to answer together, in input order: their registration,
+                            // and the context's budget when one was asked for.
+                            let mut begun = Vec::with_capacity(wanted.len());
+                            let mut reads = Vec::new();
+                            for ((dialogue, _, context_for), recorded) in wanted.iter().zip(&recorded) {
+                                let ready = match (recorded, users.remove(&dialogue.user_id)) {
+                                    (Ok(None), Some(user)) => settings.remove(&user.id).map(|settings| {
+                                        let created = created.contains(&user.id);
+                                        Registered {
+                                            user,
+                                            settings,
+                                            created,
+                                        }
+                                    }),
+                                    _ => None,
+                                };
+                                let budget = match (&ready, context_for) {
+                                    (Some(r), Some(chars)) => Some(budget_for(&limits, &r.settings, *chars)?),
+                                    _ => None,
+                                };
+                                if let Some(Some(budget)) = budget {
+                                    reads.push((*dialogue, budget));
+                                }
+                                begun.push((ready, budget));
+                            }
+                            let mut found = if reads.is_empty() {
+                                Vec::new()
+                            } else {
+                                repo::messages::context_many(&mut *tx, &reads, limits.max_history_bytes)
+                                    .await?
+                            }
+                            .into_iter();
+                            Ok(begun
+                                .into_iter()
+                                .map(|(ready, budget)| {
+                                    let context = match budget {
+                                        None => None,
+                                        Some(None) => Some(Vec::new()),
+                                        Some(Some(_)) => Some(found.next().unwrap_or_default()),
+                                    };
+                                    ready.map(|registered| Begun::New { registered, context })
+                                })
+                                .collect())
+                        })
+                        .await
+                    },
+                    {
+                        let db = db.clone();
+                        move |(dialogue, key, context_for): &(Dialogue, RequestKey, Option<i64>)| {
+                            let request = BeginTurn {
+                                user_id: dialogue.user_id,
+                                chat_id: dialogue.chat_id,
+                                key: key.clone(),
+                                context_for: *context_for,
+                            };
+                            Box::pin(request.run(db.clone()))
+                        }
+                    },
+                )
+                .await
+            })
+        })
+    }
+}
