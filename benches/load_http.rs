@@ -327,7 +327,7 @@ pub fn print_vs(best: &[Sample], concurrency: &[usize]) {
         let in_process = get(Mode::Bot, c);
         let or_dash = |f: &dyn Fn(&Sample) -> String| b.map_or("-".to_string(), f);
         println!(
-            "| {c} | {:.0} | {} | {} | {} | {} | {:.2} / {:.2} | {} | {:.0} | {:.0} | {} | {} | {:.1} | {} |",
+            "| {c} | {:.0} | {} | {} | {} | {} | {:.2} / {:.2} | {} | {:.0} | {:.0} | {} | {} / {} | {:.1} | {} |",
             h.turns_per_sec,
             in_process.map_or("-".to_string(), |p| format!("{:.0}", p.turns_per_sec)),
             in_process.map_or("-".to_string(), |p| format!(
@@ -342,13 +342,10 @@ pub fn print_vs(best: &[Sample], concurrency: &[usize]) {
             h.server_cpu_us_per_turn.unwrap_or(0.0),
             h.client_cpu_us_per_turn,
             or_dash(&|b| format!("{:.0}", b.client_cpu_us_per_turn)),
-            format!(
-                "{} / {}",
-                h.machine_cpu_us_per_turn
-                    .map_or("-".to_string(), |v| format!("{v:.0}")),
-                b.and_then(|b| b.machine_cpu_us_per_turn)
-                    .map_or("-".to_string(), |v| format!("{v:.0}"))
-            ),
+            h.machine_cpu_us_per_turn
+                .map_or("-".to_string(), |v| format!("{v:.0}")),
+            b.and_then(|b| b.machine_cpu_us_per_turn)
+                .map_or("-".to_string(), |v| format!("{v:.0}")),
             h.server_rss_max_kib.unwrap_or(0) as f64 / 1024.0,
             h.errors,
         );
