@@ -9,9 +9,9 @@
 //! connection: as Telegram's `max_connections` connections, each carrying one update at
 //! a time), as disjoint users of the populated range, with increasing `update_id`s and a
 //! 200-character text. A turn is a 200 answer whose body was read; anything else counts
-//! as an error. What the server does per update is the bot's text turn: `TurnOf`,
-//! `EnsureUser`, `GetContext`, then `AppendTurn` (both messages and the update's key in
-//! one statement) through the batched actors.
+//! as an error. What the server does per update is the bot's text turn: `BeginTurn` (the
+//! update's key, the user, the context, in one transaction), then `AppendTurn` (both
+//! messages and the update's key in one statement) through the batched actors.
 //!
 //! Per cell, besides turns/s and latencies: the server's CPU per turn (utime + stime of
 //! the `serve` process, all threads, from `/proc/<pid>/stat` before and after the cell)
