@@ -35,9 +35,10 @@ pub enum Begun {
 /// [`EnsureUser`](crate::actors::EnsureUser), then
 /// [`GetContext`](crate::actors::GetContext), as ONE request in ONE transaction on the
 /// primary (the `users` actor, serialised with the user's other user requests).
-/// Batched: the requests of many users ready together run as one transaction of four
-/// statements (keys, users, settings, contexts), where the three requests took three
-/// round trips through the actors and a statement of their own for the key.
+/// Batched: the requests of many users ready together run as one transaction of five
+/// statements (keys, users, default settings, settings, contexts), where the three
+/// requests took three round trips through the actors and a statement of their own for
+/// the key.
 ///
 /// A key already recorded answers [`Begun::Stored`] and changes nothing (a copy of an
 /// erased user's update is [`NotFound`](crate::Error::NotFound), entity
@@ -126,9 +127,9 @@ impl DbRequest for BeginTurn {
     }
 
     /// Many turns begun in one transaction: the keys in one statement; users whose key
-    /// is recorded (copies, rare) or whose row another transaction holds go on alone;
-    /// the rest are registered (three statements, as `EnsureUser`'s batch) and their
-    /// contexts read in one query.
+    /// is recorded (copies, rare), whose row another transaction holds, or whose budget
+    /// is refused go on alone; the rest are registered (three statements, as
+    /// `EnsureUser`'s batch) and their contexts read in one query.
     fn batch_runner() -> Option<BatchRunner<Self>> {
         Some(|requests, db| {
             Box::pin(async move {
@@ -161,19 +162,28 @@ impl DbRequest for BeginTurn {
                             let mut begun = Vec::with_capacity(wanted.len());
                             let mut reads = Vec::new();
                             for ((dialogue, _, context_for), recorded) in wanted.iter().zip(&recorded) {
-                                let ready = match (recorded, users.remove(&dialogue.user_id)) {
-                                    (Ok(None), Some(user)) => settings.remove(&user.id).map(|settings| {
-                                        let created = created.contains(&user.id);
-                                        Registered {
-                                            user,
-                                            settings,
-                                            created,
-                                        }
-                                    }),
+                                let user = match recorded {
+                                    Ok(None) => users.remove(&dialogue.user_id),
                                     _ => None,
                                 };
+                                let mut ready = user.and_then(|user| {
+                                    settings.remove(&user.id).map(|settings| Registered {
+                                        created: created.contains(&user.id),
+                                        user,
+                                        settings,
+                                    })
+                                });
                                 let budget = match (&ready, context_for) {
-                                    (Some(r), Some(chars)) => Some(budget_for(&limits, &r.settings, *chars)?),
+                                    (Some(r), Some(chars)) => {
+                                        match budget_for(&limits, &r.settings, *chars) {
+                                            Ok(budget) => Some(budget),
+                                            // Its own error, alone; the others go on.
+                                            Err(_) => {
+                                                ready = None;
+                                                None
+                                            }
+                                        }
+                                    }
                                     _ => None,
                                 };
                                 if let Some(Some(budget)) = budget {

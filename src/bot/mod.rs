@@ -165,15 +165,22 @@ impl Bot {
             // One request: a copy of an update whose turn is stored gets the same
             // answer, no model call, and (if the user was erased since) no registration;
             // else the user is made sure of and (without replicas, which serve it
-            // otherwise) the context for the new message read, in one transaction.
+            // otherwise) the context for the new message read, in one transaction (not
+            // for a message that cannot be stored: the turn refuses it).
             Command::Text(text) => {
+                let storable = self
+                    .db
+                    .database()
+                    .limits()
+                    .message_in(dialogue, Role::User, text.as_str())
+                    .is_ok();
                 let begun = self
                     .db
                     .send(BeginTurn {
                         user_id,
                         chat_id: dialogue.chat_id,
                         key: key.clone(),
-                        context_for: (!self.db.database().has_replicas())
+                        context_for: (storable && !self.db.database().has_replicas())
                             .then(|| i64::try_from(text.chars().count()).unwrap_or(i64::MAX)),
                     })
                     .await?;

@@ -271,6 +271,26 @@ async fn a_reader_never_misses_its_own_write_while_the_replica_is_paused() {
     assert_eq!(delta(db.replica_reads(), before).on_replica, 1);
     // Users whose writes every replica replayed are forgotten (the floor covers them).
     assert!(db.replica_tracked() <= 1, "tracked: {}", db.replica_tracked());
+
+    // The bot's turn with replicas: `BeginTurn` reads no context on the primary, the
+    // turn's `GetContext` is a routed read (the replica's or, behind, the primary's).
+    let bot = botdb::bot::Bot::new(h.clone(), std::sync::Arc::new(botdb::bot::EchoModel));
+    let update = serde_json::from_value(serde_json::json!({
+        "update_id": 9_001,
+        "message": {"from": {"id": other}, "chat": {"id": other}, "text": "again"}
+    }))
+    .unwrap();
+    let before = db.replica_reads();
+    let Ok(botdb::bot::Outcome::Reply(reply)) = bot.handle(update).await else {
+        panic!("no reply")
+    };
+    assert!(reply.text.contains("context: 3 messages"), "{}", reply.text);
+    let routed = delta(db.replica_reads(), before);
+    assert_eq!(
+        routed.on_replica + routed.behind + routed.lagging + routed.down,
+        1,
+        "the bot's context read was routed: {routed:?}"
+    );
     let _ = on_standby.close().await;
     h.shutdown().await;
     // Closed is closed, replicas too.

@@ -127,7 +127,17 @@ async fn turns_begun_together_run_as_one_batch_and_each_gets_its_own_context() {
     // their context is what fits in 50.
     let budget = t.db.limits().context_max_chars as i64;
     let size = |u: i64| if u == 3 { budget - 50 } else { 200 };
+    let splits = |s: botdb::actors::SystemStats| {
+        let users = s.actors.iter().find(|a| a.actor == "users").cloned().unwrap();
+        (users.batches, users.batch_splits)
+    };
+    let (batches, split) = splits(h.stats().await.unwrap());
     let begun = join_all((1..=25).map(|u| h.send(begin(u, u * 100 + 99, Some(size(u)))))).await;
+    // Answered by the batch itself: none run alone (a batch that failed as a whole, its
+    // key lookup say, would split every one of them).
+    let (batches_after, split_after) = splits(h.stats().await.unwrap());
+    assert!(batches_after > batches, "begun together");
+    assert_eq!(split_after, split, "none ran alone");
     for (u, begun) in (1..=25).zip(begun) {
         let (registered, context) = new(begun.unwrap());
         assert_eq!(registered.user.id, u);
@@ -146,9 +156,6 @@ async fn turns_begun_together_run_as_one_batch_and_each_gets_its_own_context() {
         };
         assert_eq!(context, Some(expected), "user {u}");
     }
-    let users = h.stats().await.unwrap();
-    let users = users.actors.iter().find(|a| a.actor == "users").unwrap();
-    assert!(users.largest_batch > 1, "begun together: {users:?}");
     // Without a size, no context is read.
     let (_, context) = new(h.send(begin(5, 599, None)).await.unwrap());
     assert_eq!(context, None);
@@ -156,6 +163,46 @@ async fn turns_begun_together_run_as_one_batch_and_each_gets_its_own_context() {
     let (_, context) = new(h.send(begin(5, 598, Some(budget))).await.unwrap());
     assert_eq!(context, Some(Vec::new()));
     h.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_keys_of_a_batch_are_judged_each_in_order() {
+    let t = TestDb::new().await;
+    let mut c = t.conn().await;
+    for user_id in [1, 2] {
+        repo::users::upsert(&mut c, user_id).await.unwrap();
+    }
+    let outcome = serde_json::json!({"messages": []});
+    assert_eq!(
+        repo::keys::claim(&mut c, &key(10), 1, &outcome).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        repo::keys::claim(&mut c, &key(11), 2, &outcome).await.unwrap(),
+        None
+    );
+    // An erased user's key: owned by nobody.
+    sqlx::query("UPDATE request_keys SET user_id = $1 WHERE key = $2")
+        .bind(repo::keys::ERASED)
+        .bind(key(11).key())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (k10, k11, k12) = (key(10), key(11), key(12));
+    let judged =
+        repo::keys::outcomes_of_many(&mut c, &[(&k12, 1), (&k10, 1), (&k11, 2), (&k10, 2), (&k12, 2)])
+            .await
+            .unwrap();
+    assert_eq!(judged.len(), 5);
+    assert!(matches!(judged[0], Ok(None)), "{:?}", judged[0]);
+    assert_eq!(judged[1].as_ref().unwrap(), &Some(outcome));
+    assert!(
+        matches!(&judged[2], Err(Error::NotFound { entity, .. }) if *entity == repo::keys::ERASED_ENTITY),
+        "{:?}",
+        judged[2]
+    );
+    assert!(matches!(judged[3], Err(Error::Conflict(_))), "{:?}", judged[3]);
+    assert!(matches!(judged[4], Ok(None)), "{:?}", judged[4]);
 }
 
 #[actix_rt::test]
@@ -179,9 +226,15 @@ async fn a_recorded_key_answers_its_turn_and_registers_nobody_once_erased() {
     assert_eq!(new(begun.next().unwrap()).1.unwrap().len(), 2, "user 42's turn");
     assert!(new(begun.next().unwrap()).0.created, "user 43 is new");
     assert_eq!(h.send(begin(41, 1, None)).await.unwrap(), Begun::Stored(stored));
-    // A key is never answered to another user.
+    // A key is never answered to another user, alone or beside others.
     let e = h.send(begin(42, 1, Some(10))).await.unwrap_err();
     assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    let mut begun = join_all([h.send(begin(42, 1, Some(10))), h.send(begin(45, 6, Some(10)))])
+        .await
+        .into_iter();
+    let conflict = begun.next().unwrap();
+    assert!(matches!(conflict, Err(Error::Conflict(_))), "{conflict:?}");
+    assert!(new(begun.next().unwrap().unwrap()).0.created);
     // Once the user is erased, a copy of their update is NotFound and registers nobody,
     // alone or beside others.
     h.send(EraseUser {

@@ -24,6 +24,8 @@ mod replicas;
 mod scenarios;
 #[path = "../it/serve.rs"]
 mod serve;
+#[path = "../it/turns.rs"]
+mod turns;
 
 #[test]
 fn this_build_of_botdb_has_no_fault_injection() {
