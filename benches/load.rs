@@ -759,8 +759,13 @@ async fn bench(
     Ok(())
 }
 
+/// The best sample of mode `m` at concurrency `c`.
+fn cell(best: &[Sample], m: Mode, c: usize) -> Option<&Sample> {
+    best.iter().find(|s| s.mode == m.name() && s.concurrency == c)
+}
+
 fn print_table(best: &[Sample], concurrency: &[usize], modes: &[Mode]) {
-    let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
+    let get = |m: Mode, c: usize| cell(best, m, c);
     println!();
     println!(
         "| mode | C | turns/s | p50 ms | p99 ms | client CPU µs/turn | machine CPU µs/turn | machine idle | vs raw | vs pgbench |"

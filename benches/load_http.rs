@@ -39,7 +39,7 @@ use botdb::Config;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{Mode, Rng, Sample, cpu_times, histogram, merged, sample};
+use super::{Mode, Rng, Sample, cell, cpu_times, histogram, merged, sample};
 
 /// Update ids, increasing across the whole run (every worker, of `http` and `bot`, draws
 /// from it).
@@ -315,7 +315,7 @@ pub async fn measure(
 /// `http` beside `batched` (the actors-only path, in process) and `bot` (the same turn
 /// as `http`, in process) at each concurrency.
 pub fn print_vs(best: &[Sample], concurrency: &[usize]) {
-    let get = |m: Mode, c: usize| best.iter().find(|s| s.mode == m.name() && s.concurrency == c);
+    let get = |m: Mode, c: usize| cell(best, m, c);
     println!();
     println!(
         "| C | http turns/s | bot turns/s | http/bot | batched turns/s | http/batched | http p50 / p99 ms | batched p50 / p99 ms | server CPU µs/turn (http) | client CPU µs/turn (http) | in-process CPU µs/turn (batched) | machine CPU µs/turn http / batched | server max RSS MiB | http errors |"

@@ -50,6 +50,7 @@ pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users}
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
+pub(crate) use turns::budget_for;
 pub use turns::{BeginTurn, Begun};
 pub use users::{
     CreateUser, EnsureUser, EraseUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser,

@@ -7,11 +7,11 @@ use serde::Serialize;
 use crate::actors::batch;
 use crate::actors::messages::{Turn, replay_turn};
 use crate::actors::request::{BatchRunner, DbRequest, Settings, Table, Users};
-use crate::actors::users::Registered;
+use crate::actors::users::{Registered, ensure, ensure_many};
 use crate::config::Limits;
 use crate::db::Database;
 use crate::error::Result;
-use crate::model::{Budget, DEFAULT_MAX_HISTORY, Dialogue, Message, RequestKey, UserSettings};
+use crate::model::{Budget, Dialogue, Message, RequestKey, UserSettings};
 use crate::repo;
 
 /// What a turn starts from.
@@ -69,9 +69,10 @@ impl BeginTurn {
     }
 }
 
-/// The budget of the context beside a new message of `new_chars` characters, or `None`
-/// when it leaves no room.
-fn budget_for(limits: &Limits, settings: &UserSettings, new_chars: i64) -> Result<Option<Budget>> {
+/// The budget of the context beside a new message of `new_chars` characters (the
+/// configured characters less the message's, the user's limit less one), or `None`
+/// when it leaves no room. The bot's rule, whichever request reads the context.
+pub(crate) fn budget_for(limits: &Limits, settings: &UserSettings, new_chars: i64) -> Result<Option<Budget>> {
     let configured = i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX);
     let chars = configured.saturating_sub(new_chars.max(0));
     let earlier = i64::from(settings.max_history_messages) - 1;
@@ -97,12 +98,10 @@ impl DbRequest for BeginTurn {
             if let Some(recorded) = repo::keys::outcome_of(&mut *tx, &key, dialogue.user_id).await? {
                 return replay_turn(tx, &recorded).await.map(Begun::Stored);
             }
-            let user = repo::users::upsert(&mut *tx, dialogue.user_id).await?;
-            let (settings, created) =
-                repo::settings::insert_if_absent(tx, dialogue.user_id, DEFAULT_MAX_HISTORY, None).await?;
+            let registered = ensure(tx, dialogue.user_id).await?;
             let context = match context_for {
                 None => None,
-                Some(chars) => Some(match budget_for(&limits, &settings, chars)? {
+                Some(chars) => Some(match budget_for(&limits, &registered.settings, chars)? {
                     None => Vec::new(),
                     Some(budget) => repo::messages::context_many(
                         &mut *tx,
@@ -114,14 +113,7 @@ impl DbRequest for BeginTurn {
                     .unwrap_or_default(),
                 }),
             };
-            Ok(Begun::New {
-                registered: Registered {
-                    user,
-                    settings,
-                    created,
-                },
-                context,
-            })
+            Ok(Begun::New { registered, context })
         })
         .await
     }
@@ -149,30 +141,17 @@ impl DbRequest for BeginTurn {
                                 .filter(|(_, r)| matches!(r, Ok(None)))
                                 .map(|(w, _)| w.0.user_id)
                                 .collect();
-                            let users = repo::users::upsert_many(&mut *tx, &fresh).await?;
-                            let free: Vec<i64> = users.iter().flatten().map(|u| u.id).collect();
-                            let created =
-                                repo::settings::insert_defaults_many(&mut *tx, &free, DEFAULT_MAX_HISTORY)
-                                    .await?;
-                            let mut settings = repo::settings::get_many(&mut *tx, &free).await?;
-                            let mut users: std::collections::HashMap<i64, _> =
-                                users.into_iter().flatten().map(|u| (u.id, u)).collect();
+                            let mut registered = ensure_many(tx, &fresh).await?.into_iter();
                             // Those to answer together, in input order: their registration,
                             // and the context's budget when one was asked for.
                             let mut begun = Vec::with_capacity(wanted.len());
                             let mut reads = Vec::new();
                             for ((dialogue, _, context_for), recorded) in wanted.iter().zip(&recorded) {
-                                let user = match recorded {
-                                    Ok(None) => users.remove(&dialogue.user_id),
+                                // `fresh` is the inputs whose key is unrecorded, in order.
+                                let mut ready = match recorded {
+                                    Ok(None) => registered.next().flatten(),
                                     _ => None,
                                 };
-                                let mut ready = user.and_then(|user| {
-                                    settings.remove(&user.id).map(|settings| Registered {
-                                        created: created.contains(&user.id),
-                                        user,
-                                        settings,
-                                    })
-                                });
                                 let budget = match (&ready, context_for) {
                                     (Some(r), Some(chars)) => {
                                         match budget_for(&limits, &r.settings, *chars) {

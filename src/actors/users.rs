@@ -120,17 +120,7 @@ impl DbRequest for EnsureUser {
         self.user_id
     }
     async fn run(self, db: Database) -> Result<Registered> {
-        db.session(async |tx| {
-            let user = repo::users::upsert(&mut *tx, self.user_id).await?;
-            let (settings, created) =
-                repo::settings::insert_if_absent(tx, self.user_id, DEFAULT_MAX_HISTORY, None).await?;
-            Ok(Registered {
-                user,
-                settings,
-                created,
-            })
-        })
-        .await
+        db.session(async |tx| ensure(tx, self.user_id).await).await
     }
 
     /// Many users made sure of in one transaction (three statements for all).
@@ -142,29 +132,7 @@ impl DbRequest for EnsureUser {
                     prepared,
                     async |ids: &[&i64]| {
                         let ids: Vec<i64> = ids.iter().map(|id| **id).collect();
-                        db.session(async |tx| {
-                            // Users whose row another transaction holds are left out
-                            // (`None`): they go on alone, the others do not wait.
-                            let users = repo::users::upsert_many(&mut *tx, &ids).await?;
-                            let free: Vec<i64> = users.iter().flatten().map(|u| u.id).collect();
-                            let created =
-                                repo::settings::insert_defaults_many(&mut *tx, &free, DEFAULT_MAX_HISTORY)
-                                    .await?;
-                            let mut settings = repo::settings::get_many(&mut *tx, &free).await?;
-                            Ok(users
-                                .into_iter()
-                                .map(|user| {
-                                    let user = user?;
-                                    let created = created.contains(&user.id);
-                                    settings.remove(&user.id).map(|settings| Registered {
-                                        user,
-                                        settings,
-                                        created,
-                                    })
-                                })
-                                .collect())
-                        })
-                        .await
+                        db.session(async |tx| ensure_many(tx, &ids).await).await
                     },
                     {
                         let db = db.clone();
@@ -175,6 +143,41 @@ impl DbRequest for EnsureUser {
             })
         })
     }
+}
+
+/// `EnsureUser`'s work inside the caller's transaction: the user upserted, default
+/// settings if they had none.
+pub(crate) async fn ensure(tx: &mut sqlx::PgConnection, user_id: i64) -> Result<Registered> {
+    let user = repo::users::upsert(&mut *tx, user_id).await?;
+    let (settings, created) =
+        repo::settings::insert_if_absent(tx, user_id, DEFAULT_MAX_HISTORY, None).await?;
+    Ok(Registered {
+        user,
+        settings,
+        created,
+    })
+}
+
+/// [`ensure`] for many users in three statements, answers in the order of `ids`. Users
+/// whose row another transaction holds are left out (`None`): they go on alone, the
+/// others do not wait.
+pub(crate) async fn ensure_many(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<Vec<Option<Registered>>> {
+    let users = repo::users::upsert_many(&mut *tx, ids).await?;
+    let free: Vec<i64> = users.iter().flatten().map(|u| u.id).collect();
+    let created = repo::settings::insert_defaults_many(&mut *tx, &free, DEFAULT_MAX_HISTORY).await?;
+    let mut settings = repo::settings::get_many(&mut *tx, &free).await?;
+    Ok(users
+        .into_iter()
+        .map(|user| {
+            let user = user?;
+            let created = created.contains(&user.id);
+            settings.remove(&user.id).map(|settings| Registered {
+                user,
+                settings,
+                created,
+            })
+        })
+        .collect())
 }
 
 /// Erase a user for good (GDPR Art. 17): their messages (live and soft-deleted, every

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::actors::{
     AppendTurn, BeginTurn, Begun, ClearHistory, DbHandle, EnsureUser, EraseUser, GetContext, SetSystemPrompt,
-    UpdateSettings,
+    UpdateSettings, budget_for,
 };
 use crate::error::Error;
 use crate::model::{Dialogue, MAX_HISTORY_RANGE, Message, RequestKey, Role, UserSettings, check_user_id};
@@ -161,27 +161,29 @@ impl Bot {
             }
             _ => {}
         }
+        // A text that cannot be stored is refused once its user is registered (as any
+        // command registers them), and no context is read for it.
+        let refused = match &command {
+            Command::Text(text) => match self.db.database().limits().message_in(dialogue, Role::User, text) {
+                Err(Error::InvalidInput { reason, .. }) => Some(reason),
+                _ => None,
+            },
+            _ => None,
+        };
         let (registered, context) = match &command {
             // One request: a copy of an update whose turn is stored gets the same
             // answer, no model call, and (if the user was erased since) no registration;
             // else the user is made sure of and (without replicas, which serve it
-            // otherwise) the context for the new message read, in one transaction (not
-            // for a message that cannot be stored: the turn refuses it).
+            // otherwise) the context for the new message read, in one transaction.
             Command::Text(text) => {
-                let storable = self
-                    .db
-                    .database()
-                    .limits()
-                    .message_in(dialogue, Role::User, text.as_str())
-                    .is_ok();
                 let begun = self
                     .db
                     .send(BeginTurn {
                         user_id,
                         chat_id: dialogue.chat_id,
                         key: key.clone(),
-                        context_for: (storable && !self.db.database().has_replicas())
-                            .then(|| i64::try_from(text.chars().count()).unwrap_or(i64::MAX)),
+                        context_for: (refused.is_none() && !self.db.database().has_replicas())
+                            .then(|| chars(text)),
                     })
                     .await?;
                 match begun {
@@ -249,16 +251,19 @@ impl Bot {
                     Err(e) => Err(e.into()),
                 }
             }
-            Command::Text(text) => {
-                self.turn(dialogue, chat_id, &registered.settings, text, key, context)
-                    .await
-            }
+            Command::Text(text) => match refused {
+                Some(reason) => reply(format!("Sorry, I cannot store that message: {reason}.")),
+                None => {
+                    self.turn(dialogue, chat_id, &registered.settings, text, key, context)
+                        .await
+                }
+            },
         }
     }
 
-    /// A dialogue turn: history + the new message to the model; both messages stored in
-    /// one transaction once the model answered. `context`: the history `BeginTurn` read
-    /// (newest first), or `None` to read it here.
+    /// A dialogue turn (`text` is storable): history + the new message to the model; both
+    /// messages stored in one transaction once the model answered. `context`: the
+    /// history `BeginTurn` read (newest first), or `None` to read it here.
     async fn turn(
         &self,
         dialogue: Dialogue,
@@ -270,31 +275,22 @@ impl Bot {
     ) -> Result<Outcome, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
-        if let Err(Error::InvalidInput { reason, .. }) =
-            limits.message_in(dialogue, Role::User, text.as_str())
-        {
-            return Ok(Outcome::Reply(SendMessage::new(
-                chat_id,
-                format!("Sorry, I cannot store that message: {reason}."),
-            )));
-        }
         // The new message takes its share of both budgets; the history gets the rest.
-        let earlier = i64::from(settings.max_history_messages) - 1;
-        let budget = i64::try_from(limits.context_max_chars).unwrap_or(i64::MAX);
-        let chars_left = budget - i64::try_from(text.chars().count()).unwrap_or(i64::MAX);
         let newest_first = match context {
             Some(read) => read,
-            None if earlier > 0 && chars_left > 0 => {
-                self.db
-                    .send(GetContext {
-                        user_id,
-                        chat_id: dialogue.chat_id,
-                        max_chars: Some(chars_left),
-                        max_messages: Some(earlier),
-                    })
-                    .await?
-            }
-            None => Vec::new(),
+            None => match budget_for(&limits, settings, chars(&text))? {
+                Some(budget) => {
+                    self.db
+                        .send(GetContext {
+                            user_id,
+                            chat_id: dialogue.chat_id,
+                            max_chars: Some(budget.max_chars),
+                            max_messages: budget.max_messages.map(i64::from),
+                        })
+                        .await?
+                }
+                None => Vec::new(),
+            },
         };
         let mut context: Vec<ChatMessage> = newest_first
             .into_iter()
@@ -393,6 +389,11 @@ impl Bot {
         }
         Ok(out)
     }
+}
+
+/// A text's length in characters, as the context budget counts it.
+fn chars(text: &str) -> i64 {
+    i64::try_from(text.chars().count()).unwrap_or(i64::MAX)
 }
 
 fn describe(s: &UserSettings) -> String {
