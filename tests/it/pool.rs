@@ -337,8 +337,8 @@ async fn the_reference_mode_pings_every_checkout_and_holds_nothing() {
 
 /// Every TCP connection botdb opens to the server has `TCP_NODELAY`: without it, a
 /// statement sent in more than one write (a batch larger than one TLS record) waits for
-/// the server's delayed ACK, 20-40 ms (sqlx 0.9.0 dropped it; `vendor/sqlx-core` puts it
-/// back). Linux: the sockets are found in /proc/self/fd.
+/// the server's delayed ACK, 20-40 ms (sqlx 0.9.0 dropped it; 0.9.1, which botdb
+/// requires, sets it again). Linux: the sockets are found in /proc/self/fd.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn every_connection_to_the_server_has_tcp_nodelay() {
