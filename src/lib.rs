@@ -131,9 +131,10 @@
 //!   ([`actors::TableHandle`]: one table, checked at compile time),
 //!   [`actors::Shutdown`] drains them.
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
-//! - [`bot`]: the chat bot over the actors (commands, turns of two requests:
-//!   [`actors::BeginTurn`] then [`actors::AppendTurn`]; the [`bot::Model`] trait and its
-//!   local [`bot::EchoModel`], Telegram's Update and sendMessage).
+//! - [`bot`]: the chat bot over the actors (every update once under its key: turns of
+//!   two requests, [`actors::BeginTurn`] then [`actors::AppendTurn`]; commands begun by
+//!   [`actors::BeginCommand`]; the [`bot::Model`] trait and its local
+//!   [`bot::EchoModel`], Telegram's Update and sendMessage).
 //! - `server` (feature `server`): `botdb serve` on actix-web: the webhook (secret token before the body,
 //!   body bounded in size and time), `/healthz` (cached) and `/metrics` (optionally on
 //!   an admin address behind a token), connection limits, and the ordered shutdown

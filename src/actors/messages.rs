@@ -124,8 +124,12 @@ async fn append_once(db: &Database, msg: NewMessage, key: Option<RequestKey>) ->
         async |tx| repo::messages::append(tx, &msg).await,
         |m| once::messages_outcome([m]),
         async |tx, recorded| {
-            let mut found = once::messages(tx, &recorded).await?;
-            found.pop().ok_or_else(|| once::mismatch(&recorded))
+            let found = once::messages(tx, &recorded)
+                .await?
+                .pop()
+                .ok_or_else(|| once::mismatch(&recorded))?;
+            once::same_dialogue(Dialogue::new(found.user_id, found.chat_id), msg.dialogue())?;
+            Ok(found)
         },
     )
     .await
@@ -267,17 +271,29 @@ async fn append_turn(db: &Database, (user, reply, key, outcome): PreparedTurn) -
             })
         },
         |turn| once::messages_outcome([&turn.user, &turn.reply]),
-        async |tx, recorded| replay_turn(tx, &recorded).await,
+        async |tx, recorded| replay_turn(tx, &recorded, user.dialogue()).await,
     )
     .await
 }
 
-/// The turn a recorded outcome names.
-pub(crate) async fn replay_turn(tx: &mut sqlx::PgConnection, recorded: &Value) -> Result<Turn> {
+/// The turn a recorded outcome names, whatever its dialogue.
+async fn recorded_turn(tx: &mut sqlx::PgConnection, recorded: &Value) -> Result<Turn> {
     match <[Message; 2]>::try_from(once::messages(tx, recorded).await?) {
         Ok([user, reply]) => Ok(Turn { user, reply }),
         Err(_) => Err(once::mismatch(recorded)),
     }
+}
+
+/// The turn a recorded outcome names, to answer a copy in `dialogue`: a turn of another
+/// dialogue is [`Conflict`](crate::Error::Conflict), never replayed into this chat.
+pub(crate) async fn replay_turn(
+    tx: &mut sqlx::PgConnection,
+    recorded: &Value,
+    dialogue: Dialogue,
+) -> Result<Turn> {
+    let turn = recorded_turn(tx, recorded).await?;
+    once::same_dialogue(Dialogue::new(turn.user.user_id, turn.user.chat_id), dialogue)?;
+    Ok(turn)
 }
 
 /// The turn stored under `key`, if a request with that key already stored one: a bot
@@ -301,7 +317,7 @@ impl DbRequest for TurnOf {
     async fn run(self, db: Database) -> Result<Option<Turn>> {
         db.read(
             async |c| match repo::keys::outcome_of(&mut *c, &self.key, self.user_id).await? {
-                Some(recorded) => replay_turn(c, &recorded).await.map(Some),
+                Some(recorded) => recorded_turn(c, &recorded).await.map(Some),
                 None => Ok(None),
             },
         )
@@ -512,17 +528,32 @@ impl DbRequest for ClearHistory {
                 .autocommit(async |c| repo::messages::clear_history(c, dialogue).await)
                 .await;
         }
+        // The outcome records the chat: a copy is answered only in the dialogue of the
+        // first.
         once::once(
             &db,
             self.key.as_ref(),
             self.user_id,
             async |tx| repo::messages::clear_history(tx, dialogue).await,
-            |hidden| serde_json::json!({ "cleared": hidden }),
+            |hidden| serde_json::json!({ "cleared": hidden, "chat": dialogue.chat_id }),
             async |_, recorded| {
-                recorded
+                let hidden = recorded
                     .get("cleared")
                     .and_then(Value::as_u64)
-                    .ok_or_else(|| once::mismatch(&recorded))
+                    .ok_or_else(|| once::mismatch(&recorded))?;
+                // Recorded before the chat was (botdb 0.1 up to migration 0007): as asked.
+                let chat = recorded
+                    .get("chat")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(dialogue.chat_id);
+                once::same_dialogue(
+                    Dialogue {
+                        chat_id: chat,
+                        ..dialogue
+                    },
+                    dialogue,
+                )?;
+                Ok(hidden)
             },
         )
         .await

@@ -19,13 +19,14 @@
 //!
 //! | actor | requests |
 //! |---|---|
-//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`BeginTurn`], [`EraseUser`] |
+//! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`BeginTurn`], [`BeginCommand`], [`EraseUser`] |
 //! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
 
 mod actor;
 mod batch;
+mod commands;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gate;
@@ -41,6 +42,7 @@ mod users;
 
 pub use actor::{Answer, DbActor};
 pub use batch::run as run_batch;
+pub use commands::BeginCommand;
 pub use gate::GateCounts;
 pub use handle::{DbHandle, DbSystem, DbSystemBuilder, TableHandle};
 pub use messages::{

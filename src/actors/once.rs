@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 
 use crate::db::Database;
 use crate::error::{Error, Result};
-use crate::model::{Message, RequestKey};
+use crate::model::{Dialogue, Message, RequestKey};
 use crate::repo;
 
 /// Runs `work` once under `key` (or plainly, as one transaction, without a key):
@@ -46,6 +46,20 @@ pub(crate) fn mismatch(key_outcome: &Value) -> Error {
             Value::Object(o) => o.keys().cloned().collect::<Vec<_>>().join(", "),
             other => other.to_string(),
         }
+    ))
+}
+
+/// Refuses to answer a request in `asked` with what was recorded in `recorded`, another
+/// dialogue: a copy is answered only into the chat of the first (a key reused for
+/// another chat is another request, or another bot's update under the same scope).
+pub(crate) fn same_dialogue(recorded: Dialogue, asked: Dialogue) -> Result<()> {
+    if recorded == asked {
+        return Ok(());
+    }
+    Err(Error::Conflict(
+        "the request key was recorded for another chat: a copy is answered only in the chat of the first \
+         (bots sharing a database need names of their own, BOTDB_BOT_NAME)"
+            .into(),
     ))
 }
 

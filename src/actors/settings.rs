@@ -52,8 +52,8 @@ pub struct UpdateSettings {
     pub max_history_messages: Option<i64>,
     /// `Some(None)` clears the system prompt, `Some(Some(p))` sets it.
     pub system_prompt: Option<Option<String>>,
-    /// Makes the request happen at most once (an idempotency key): a copy answers with
-    /// the settings the first one left.
+    /// Makes the request happen at most once (an idempotency key): a copy changes
+    /// nothing and answers with the user's settings as they are.
     pub key: Option<RequestKey>,
 }
 
@@ -110,7 +110,10 @@ impl DbRequest for SetSystemPrompt {
     }
 }
 
-/// A settings change: one statement, or, under a key, at most once.
+/// A settings change: one statement, or, under a key, at most once. The key's outcome
+/// says only that settings changed (`{"settings": true}`), never what they became: a
+/// system prompt must not outlive the user's next change or their erasure in
+/// `request_keys`. A copy answers with the user's settings as they are.
 async fn settings_once(
     db: &Database,
     key: Option<RequestKey>,
@@ -125,12 +128,14 @@ async fn settings_once(
         key.as_ref(),
         user_id,
         change,
-        |s| serde_json::json!({ "settings": s }),
-        async |_, recorded| {
-            recorded
-                .get("settings")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .ok_or_else(|| once::mismatch(&recorded))
+        |_| serde_json::json!({ "settings": true }),
+        async |tx, recorded| {
+            if recorded.get("settings").is_none() {
+                return Err(once::mismatch(&recorded));
+            }
+            repo::settings::get(&mut *tx, user_id)
+                .await?
+                .ok_or_else(|| crate::error::Error::not_found("user_settings", user_id))
         },
     )
     .await

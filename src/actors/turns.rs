@@ -96,7 +96,7 @@ impl DbRequest for BeginTurn {
         let limits = *db.limits();
         db.session(async |tx| {
             if let Some(recorded) = repo::keys::outcome_of(&mut *tx, &key, dialogue.user_id).await? {
-                return replay_turn(tx, &recorded).await.map(Begun::Stored);
+                return replay_turn(tx, &recorded, dialogue).await.map(Begun::Stored);
             }
             let registered = ensure(tx, dialogue.user_id).await?;
             let context = match context_for {

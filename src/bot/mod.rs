@@ -5,14 +5,19 @@
 //! in (`chat.id`). A user's private chat and each group they talk in are separate
 //! dialogues, with separate histories; settings are the user's, in every chat.
 //!
-//! Every update: make sure the user exists (default settings for one never seen), then
-//! a command (`/start`, `/reset`, `/history`, `/settings`, `/limit N`, `/prompt TEXT`,
-//! `/forget`, `/help`) or a turn: load the context ([`GetContext`]: the newest messages
-//! that fit in the character budget `DB_CONTEXT_MAX_CHARS` and the user's
-//! `max_history_messages`, the new one included), ask the [`Model`], and store the
+//! Every update is handled once under its key (the bot's name and the update id):
+//! Telegram redelivers an update whenever its 200 was late or lost, possibly to another
+//! instance, and a copy answers as the first did and writes nothing. An update begins
+//! with one request that looks its key up and, the first time, makes sure the user
+//! exists (default settings for one never seen): [`BeginTurn`] for a text, which also
+//! reads the context (the newest messages that fit in the character budget
+//! `DB_CONTEXT_MAX_CHARS` and the user's `max_history_messages`, the new one included);
+//! [`BeginCommand`] for a command (`/start`, `/reset`, `/history`, `/settings`,
+//! `/limit N`, `/prompt TEXT`, `/help`). A turn then asks the [`Model`] and stores the
 //! user's message and the reply together ([`AppendTurn`], one transaction), so a turn
 //! is never half-written, whatever happens in between. `/forget yes` erases the user
-//! ([`EraseUser`]) without registering them first.
+//! ([`EraseUser`]) without registering them first; a copy of any update handled before
+//! an erasure registers nobody.
 
 pub mod command;
 pub mod model;
@@ -21,11 +26,13 @@ pub mod telegram;
 use std::sync::Arc;
 
 use crate::actors::{
-    AppendTurn, BeginTurn, Begun, ClearHistory, DbHandle, EnsureUser, EraseUser, GetContext, SetSystemPrompt,
-    UpdateSettings, budget_for,
+    AppendTurn, BeginCommand, BeginTurn, Begun, ClearHistory, DbHandle, EraseUser, GetContext,
+    SetSystemPrompt, UpdateSettings, budget_for,
 };
 use crate::error::Error;
-use crate::model::{Dialogue, MAX_HISTORY_RANGE, Message, RequestKey, Role, UserSettings, check_user_id};
+use crate::model::{
+    Dialogue, MAX_HISTORY_RANGE, Message, RequestKey, Role, UserSettings, check_history_limit, check_user_id,
+};
 
 pub use command::Command;
 pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
@@ -149,9 +156,10 @@ impl Bot {
             return reply("I only understand text messages.".into());
         };
         let command = Command::parse(&text);
-        // Erasing must not register the user first (nor again, for a copy).
         match command {
+            // Erasing must not register the user first (nor again, for a copy).
             Command::Forget(true) => return reply(self.forget(user_id, key).await?),
+            // Asks to confirm, and writes nothing: no key to record, no user to register.
             Command::Forget(false) => {
                 return reply(
                     "This erases everything I store about you (our conversations in every chat, \
@@ -161,29 +169,35 @@ impl Bot {
             }
             _ => {}
         }
-        // A text that cannot be stored is refused once its user is registered (as any
-        // command registers them), and no context is read for it.
+        let limits = *self.db.database().limits();
+        // A text that cannot be stored, or a system prompt that cannot be used, is
+        // refused once its user is registered (as any command registers them); no
+        // context is read for such a text, and the refusal is recorded under the key.
         let refused = match &command {
-            Command::Text(text) => match self.db.database().limits().message_in(dialogue, Role::User, text) {
-                Err(Error::InvalidInput { reason, .. }) => Some(reason),
-                _ => None,
-            },
+            Command::Text(text) => limits.message_in(dialogue, Role::User, text).err(),
+            Command::Prompt(Some(prompt)) => limits.system_prompt(prompt.as_str()).err(),
             _ => None,
-        };
+        }
+        .map(|e| match e {
+            Error::InvalidInput { reason, .. } => reason,
+            other => other.to_string(),
+        });
+        // Every update begins with its key: a copy of one handled before answers as the
+        // first did and writes nothing (after an erasure: registers nobody); the first
+        // delivery registers the user in the same transaction.
         let (registered, context) = match &command {
             // One request: a copy of an update whose turn is stored gets the same
-            // answer, no model call, and (if the user was erased since) no registration;
-            // else the user is made sure of and (without replicas, which serve it
-            // otherwise) the context for the new message read, in one transaction.
-            Command::Text(text) => {
+            // answer, no model call; else the user is made sure of and (without
+            // replicas, which serve it otherwise) the context for the new message read,
+            // in one transaction.
+            Command::Text(text) if refused.is_none() => {
                 let begun = self
                     .db
                     .send(BeginTurn {
                         user_id,
                         chat_id: dialogue.chat_id,
                         key: key.clone(),
-                        context_for: (refused.is_none() && !self.db.database().has_replicas())
-                            .then(|| chars(text)),
+                        context_for: (!self.db.database().has_replicas()).then(|| chars(text)),
                     })
                     .await?;
                 match begun {
@@ -191,27 +205,45 @@ impl Bot {
                     Begun::New { registered, context } => (registered, context),
                 }
             }
-            _ => (self.db.send(EnsureUser { user_id }).await?, None),
-        };
-        match command {
-            Command::Forget(_) => reply(HELP.into()),
-            Command::Start if registered.created => reply(format!("Welcome! You are registered.\n\n{HELP}")),
-            Command::Start => reply(format!("Welcome back!\n\n{HELP}")),
-            Command::Help => reply(HELP.into()),
-            Command::Reset => {
-                let hidden = self
-                    .db
-                    .send(ClearHistory {
-                        user_id,
-                        chat_id: dialogue.chat_id,
-                        key: Some(key),
-                    })
-                    .await?;
-                reply(format!("History cleared: {hidden} messages forgotten."))
+            // The key is recorded by the keyed write that follows, or here when none does
+            // (a refused text included: its copy is refused again, and registers nobody
+            // after an erasure).
+            _ => {
+                let begin = BeginCommand {
+                    user_id,
+                    chat_id: dialogue.chat_id,
+                    key: key.clone(),
+                    record: !writes_under_key(&command, refused.is_some()),
+                };
+                (self.db.send(begin).await?, None)
             }
-            Command::History => reply(self.history(dialogue).await?),
-            Command::Settings => reply(describe(&registered.settings)),
-            Command::Limit(Err(why)) => reply(format!("Usage: /limit N ({why})")),
+        };
+        let answer = match command {
+            Command::Forget(_) => HELP.into(),
+            Command::Start if registered.created => format!("Welcome! You are registered.\n\n{HELP}"),
+            Command::Start => format!("Welcome back!\n\n{HELP}"),
+            Command::Help => HELP.into(),
+            Command::Reset => {
+                let clear = ClearHistory {
+                    user_id,
+                    chat_id: dialogue.chat_id,
+                    key: Some(key),
+                };
+                match self.db.send(clear).await {
+                    Ok(hidden) => format!("History cleared: {hidden} messages forgotten."),
+                    Err(e) => erased_meanwhile(e)?,
+                }
+            }
+            Command::History => self.history(dialogue).await?,
+            // Settings are the user's, in every chat; their own system prompt is shown
+            // only in their private chat, never to a group.
+            Command::Settings => describe(&registered.settings, dialogue.is_private()),
+            Command::Limit(Err(why)) => format!("Usage: /limit N ({why})"),
+            Command::Limit(Ok(n)) if check_history_limit("max_history_messages", n).is_err() => format!(
+                "The limit must be from {} to {}.",
+                MAX_HISTORY_RANGE.start(),
+                MAX_HISTORY_RANGE.end()
+            ),
             Command::Limit(Ok(n)) => {
                 let update = UpdateSettings {
                     user_id,
@@ -220,45 +252,37 @@ impl Bot {
                     key: Some(key),
                 };
                 match self.db.send(update).await {
-                    Ok(s) => reply(format!(
-                        "I will remember the last {} messages.",
-                        s.max_history_messages
-                    )),
-                    Err(Error::InvalidInput { .. }) => reply(format!(
-                        "The limit must be from {} to {}.",
-                        MAX_HISTORY_RANGE.start(),
-                        MAX_HISTORY_RANGE.end()
-                    )),
-                    Err(e) => Err(e.into()),
+                    Ok(s) => format!("I will remember the last {} messages.", s.max_history_messages),
+                    Err(e) => erased_meanwhile(e)?,
                 }
+            }
+            Command::Prompt(Some(_)) if refused.is_some() => {
+                format!("I cannot use that prompt: {}.", refused.unwrap_or_default())
             }
             Command::Prompt(prompt) => {
                 let set = prompt.is_some();
-                match self
-                    .db
-                    .send(SetSystemPrompt {
-                        user_id,
-                        prompt,
-                        key: Some(key),
-                    })
-                    .await
-                {
-                    Ok(_) if set => reply("System prompt set.".into()),
-                    Ok(_) => reply("System prompt cleared.".into()),
-                    Err(Error::InvalidInput { reason, .. }) => {
-                        reply(format!("I cannot use that prompt: {reason}."))
-                    }
-                    Err(e) => Err(e.into()),
+                let change = SetSystemPrompt {
+                    user_id,
+                    prompt,
+                    key: Some(key),
+                };
+                match self.db.send(change).await {
+                    Ok(_) if set => "System prompt set.".into(),
+                    Ok(_) => "System prompt cleared.".into(),
+                    Err(e) => erased_meanwhile(e)?,
                 }
             }
-            Command::Text(text) => match refused {
-                Some(reason) => reply(format!("Sorry, I cannot store that message: {reason}.")),
-                None => {
-                    self.turn(dialogue, chat_id, &registered.settings, text, key, context)
-                        .await
-                }
-            },
-        }
+            Command::Text(text) => {
+                return match refused {
+                    Some(reason) => reply(format!("Sorry, I cannot store that message: {reason}.")),
+                    None => {
+                        self.turn(dialogue, chat_id, &registered.settings, text, key, context)
+                            .await
+                    }
+                };
+            }
+        };
+        reply(answer)
     }
 
     /// A dialogue turn (`text` is storable): history + the new message to the model; both
@@ -396,12 +420,43 @@ fn chars(text: &str) -> i64 {
     i64::try_from(text.chars().count()).unwrap_or(i64::MAX)
 }
 
-fn describe(s: &UserSettings) -> String {
+/// `/settings`: the user's settings; their own system prompt only in their private
+/// chat (in a group it would be read by everyone there).
+fn describe(s: &UserSettings, private: bool) -> String {
+    let prompt = match (&s.system_prompt, private) {
+        (None, _) => "(default)",
+        (Some(prompt), true) => prompt.as_str(),
+        (Some(_), false) => "(your own; shown only in our private chat)",
+    };
     format!(
-        "max_history_messages: {}\nsystem prompt: {}",
-        s.max_history_messages,
-        s.system_prompt.as_deref().unwrap_or("(default)")
+        "max_history_messages: {}\nsystem prompt: {prompt}",
+        s.max_history_messages
     )
+}
+
+/// Whether the command writes under its update's key after [`BeginCommand`] (which then
+/// leaves the key to it): a reset, or a settings change whose argument is valid
+/// (`refused`: the prompt is not). The others, a refused argument and a refused text,
+/// have BeginCommand record the key.
+fn writes_under_key(command: &Command, refused: bool) -> bool {
+    match command {
+        Command::Reset | Command::Prompt(None) => true,
+        Command::Limit(Ok(n)) => check_history_limit("max_history_messages", *n).is_ok(),
+        Command::Prompt(Some(_)) => !refused,
+        _ => false,
+    }
+}
+
+/// The answer to a command whose keyed write found its user gone: erased (by
+/// `/forget yes` in another chat, an operator) between the update's start and the write.
+/// Nothing was written: the key claim needs the user's row (a foreign key).
+fn erased_meanwhile(e: Error) -> Result<String, BotError> {
+    match e {
+        Error::NotFound { entity: "user", .. } => {
+            Ok("Your data was erased meanwhile; nothing was changed.".into())
+        }
+        e => Err(e.into()),
+    }
 }
 
 /// A model reply made storable: no NUL, not empty, within the content limit.

@@ -124,11 +124,18 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
         admin_bind: args.admin_bind,
         admin_token: secret_var("BOTDB_ADMIN_TOKEN"),
         health_cache: args.health_cache,
-        bot_name: args.bot_name,
+        bot_name: args.bot_name.clone(),
         key_retention: args.key_retention,
         purge_after: args.purge_after,
     };
     let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;
+    // Telegram's update ids are unique per bot only: two bots on one database under one
+    // name would take each other's updates for copies.
+    println!(
+        "bot name: {} (its update ids are recorded under this name: every bot sharing this database needs \
+         its own BOTDB_BOT_NAME)",
+        args.bot_name
+    );
     for addr in running.addrs() {
         println!("listening on http://{addr}");
     }

@@ -30,7 +30,7 @@ pub fn subject(key: &AuditKey, user_id: i64) -> [u8; 32] {
 /// deletes their messages (live and soft-deleted, every chat), settings and user row,
 /// scrubs their request keys (kept until the key retention, so that a copy of an
 /// update handled before the erasure does not run again, but owned by
-/// [`ERASED`](crate::repo::keys::ERASED) with no outcome: nothing names the user), and
+/// nobody (`user_id` NULL) with no outcome: nothing names the user), and
 /// writes the audit row. Returns it.
 ///
 /// # Errors
@@ -56,11 +56,13 @@ pub async fn erase(conn: &mut PgConnection, key: &AuditKey, user_id: i64) -> Res
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    // Every key committed before this transaction took the user's row: a claim holds
+    // that row `FOR KEY SHARE` (the foreign key's check) until it commits, so none is
+    // still on its way.
     let request_keys = sqlx::query(
-        "UPDATE request_keys SET user_id = $2, outcome = '{\"erased\": true}' WHERE user_id = $1",
+        "UPDATE request_keys SET user_id = NULL, outcome = '{\"erased\": true}' WHERE user_id = $1",
     )
     .bind(user_id)
-    .bind(crate::repo::keys::ERASED)
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -7,6 +7,12 @@
 //! and, when its outcome is only known afterwards, [`set_outcome`]. Batched inserts
 //! claim their keys in the same statement as their rows
 //! ([`append_many`](crate::repo::messages::append_many)).
+//!
+//! A key names its user, who must exist (a foreign key): inserting one takes the user's
+//! row `FOR KEY SHARE`, so a claim and an erasure of the same user (which takes the row
+//! `FOR UPDATE`) never overlap: the erasure scrubs every key committed before it, and a
+//! claim after it finds no user ([`Error::NotFound`]). An outcome holds no content (ids,
+//! counts, flags): what a copy answers with is read from the rows it names.
 
 use std::time::Duration;
 
@@ -15,22 +21,23 @@ use sqlx::PgExecutor;
 
 use crate::error::{Error, Result};
 use crate::model::RequestKey;
-
-/// The owner of the keys of an erased user: their requests stay recorded (a copy
-/// arriving after the erasure must not run again) but name nobody.
-pub const ERASED: i64 = 0;
+use crate::repo::user_fk;
 
 /// The entity of the [`Error::NotFound`] a copy of an erased user's request gets: it is
-/// answered, and does nothing.
+/// answered, and does nothing. (An erased user's keys stay until the key retention,
+/// owned by nobody: `user_id` NULL.)
 pub const ERASED_ENTITY: &str = "user (erased)";
 
 /// Claims `key` for `user_id` with `outcome`. Returns `None` when this call took it
 /// (the caller does the work), or the outcome recorded by whoever took it before (a
 /// copy of this request; if that copy is still in its transaction, this waits for it,
-/// bounded by the lock timeout).
+/// bounded by the lock timeout). Holds the user's row `FOR KEY SHARE` until the
+/// caller's transaction ends (the foreign key's check): an erasure of the user waits.
 ///
 /// # Errors
-/// Database errors.
+/// [`Error::NotFound`] (entity `user`) when the user does not exist (or was erased
+/// while this waited for their row); as [`outcome_of`] for a key recorded before;
+/// database errors.
 pub async fn claim(
     conn: &mut sqlx::PgConnection,
     key: &RequestKey,
@@ -46,7 +53,8 @@ pub async fn claim(
     .bind(user_id)
     .bind(outcome)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(user_fk(user_id))?;
     if taken.is_some() {
         return Ok(None);
     }
@@ -79,7 +87,7 @@ pub async fn outcome_of<'e>(
     key: &RequestKey,
     user_id: i64,
 ) -> Result<Option<Value>> {
-    let recorded: Option<(i64, Value)> =
+    let recorded: Option<(Option<i64>, Value)> =
         sqlx::query_as("SELECT user_id, outcome FROM request_keys WHERE scope = $1 AND key = $2")
             .bind(key.scope())
             .bind(key.key())
@@ -102,7 +110,7 @@ pub async fn outcomes_of_many<'e>(
     // One primary-key probe per key (the LIMIT keeps the subquery from being flattened
     // into a join, which a table growing faster than its statistics would get as a
     // sequential scan).
-    let rows: Vec<(i64, i64, Value)> = sqlx::query_as(
+    let rows: Vec<(i64, Option<i64>, Value)> = sqlx::query_as(
         "SELECT w.i, r.user_id, r.outcome \
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(scope, key, i) \
          CROSS JOIN LATERAL (SELECT k.user_id, k.outcome FROM request_keys k \
@@ -112,7 +120,7 @@ pub async fn outcomes_of_many<'e>(
     .bind(&names)
     .fetch_all(ex)
     .await?;
-    let mut recorded: Vec<Option<(i64, Value)>> = vec![None; keys.len()];
+    let mut recorded: Vec<Option<(Option<i64>, Value)>> = vec![None; keys.len()];
     for (i, owner, outcome) in rows {
         if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| recorded.get_mut(i)) {
             *slot = Some((owner, outcome));
@@ -125,11 +133,12 @@ pub async fn outcomes_of_many<'e>(
         .collect())
 }
 
-/// What a key's recorded row, if any, means for a request of `user_id`.
-fn judge(recorded: Option<(i64, Value)>, key: &RequestKey, user_id: i64) -> Result<Option<Value>> {
+/// What a key's recorded row (its owner, NULL once erased, and outcome), if any, means
+/// for a request of `user_id`.
+fn judge(recorded: Option<(Option<i64>, Value)>, key: &RequestKey, user_id: i64) -> Result<Option<Value>> {
     match recorded {
-        Some((ERASED, _)) => Err(Error::not_found(ERASED_ENTITY, user_id)),
-        Some((owner, _)) if owner != user_id => Err(Error::Conflict(format!(
+        Some((None, _)) => Err(Error::not_found(ERASED_ENTITY, user_id)),
+        Some((Some(owner), _)) if owner != user_id => Err(Error::Conflict(format!(
             "request key {}/{} belongs to another user's request",
             key.scope(),
             key.key()

@@ -185,7 +185,10 @@ pub struct RowKey<'a> {
 /// statement: one round trip and one commit for all. Rows keep the order of `msgs`
 /// (their `seq` follows it). `keys` is empty, or holds each row's request key (rows of
 /// one request share theirs): a key is recorded in the same statement, and its rows
-/// are written only if it was not taken before.
+/// are written only if it was not taken before, and only for the user who took it:
+/// when rows of two users carry the same fresh key, the first in `msgs` takes it and
+/// the other's rows are left out (alone, that request then finds the key another
+/// user's: [`Conflict`](crate::Error::Conflict)).
 ///
 /// A message is not written, its slot in the result `None`, when its user does not
 /// exist as of the statement's snapshot, when its key was already taken, or when
@@ -229,12 +232,15 @@ pub async fn append_many<'e>(
              INSERT INTO request_keys (scope, key, user_id, outcome) \
              SELECT DISTINCT ON (kscope, kkey) kscope, kkey, user_id, outcome::jsonb FROM r \
               WHERE kkey IS NOT NULL AND user_id IN (SELECT id FROM free) \
+              ORDER BY kscope, kkey, ord \
              ON CONFLICT (scope, key) DO NOTHING \
-             RETURNING scope, key) \
+             RETURNING scope, key, user_id) \
          INSERT INTO messages (id, user_id, chat_id, role, content, content_length) \
          SELECT r.id, r.user_id, r.chat_id, r.role, r.content, r.content_length FROM r \
           WHERE r.user_id IN (SELECT id FROM free) \
-            AND (r.kkey IS NULL OR EXISTS (SELECT 1 FROM claimed c WHERE c.scope = r.kscope AND c.key = r.kkey)) \
+            AND (r.kkey IS NULL OR EXISTS (SELECT 1 FROM claimed c \
+                                            WHERE c.scope = r.kscope AND c.key = r.kkey \
+                                              AND c.user_id = r.user_id)) \
           ORDER BY r.ord \
          RETURNING id, content_length, created_at, seq",
     )

@@ -355,7 +355,13 @@ async fn hostile_webhook_requests() {
     let (c, base) = (client(), served.base.as_str());
     let json_ct = "application/json";
     let body = |v: Value| serde_json::to_vec(&v).unwrap();
-    let with_text = |text: Value| json!({"update_id": 1, "message": {"message_id": 1, "from": {"id": 77, "is_bot": false}, "chat": {"id": 77}, "text": text}});
+    // Each a new update (an update id is recorded once handled: a second one with the
+    // same id would be a copy).
+    let next_id = std::cell::Cell::new(0);
+    let with_text = |text: Value| {
+        next_id.set(next_id.get() + 1);
+        json!({"update_id": next_id.get(), "message": {"message_id": 1, "from": {"id": 77, "is_bot": false}, "chat": {"id": 77}, "text": text}})
+    };
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
     /// (what, body, content type, expected status)
     type Case = (&'static str, Vec<u8>, &'static str, u16);

@@ -298,7 +298,7 @@ async fn copies_of_requests_from_before_an_erasure_do_nothing_and_name_nobody() 
     assert_eq!(first.request_keys, 5, "the four turns' keys and its own");
     // The keys stay (until the key retention), owned by nobody, with no outcome.
     let mut conn = t.conn().await;
-    let kept: Vec<(i64, serde_json::Value)> =
+    let kept: Vec<(Option<i64>, serde_json::Value)> =
         sqlx::query_as("SELECT user_id, outcome FROM request_keys ORDER BY key")
             .fetch_all(&mut conn)
             .await
@@ -306,7 +306,7 @@ async fn copies_of_requests_from_before_an_erasure_do_nothing_and_name_nobody() 
     assert_eq!(kept.len(), 5);
     assert!(
         kept.iter()
-            .all(|(owner, outcome)| *owner == 0 && *outcome == serde_json::json!({"erased": true})),
+            .all(|(owner, outcome)| owner.is_none() && *outcome == serde_json::json!({"erased": true})),
         "{kept:?}"
     );
 

@@ -16,6 +16,7 @@ mod app_migrations;
 mod batching;
 #[cfg(feature = "cli")]
 mod cli;
+mod commands;
 mod context;
 #[cfg(feature = "cli")]
 mod corpus;
@@ -32,6 +33,7 @@ mod fuzz;
 mod hosts;
 #[cfg(feature = "cli")]
 mod http_hardening;
+mod key_owners;
 #[cfg(feature = "cli")]
 mod lifecycle_cli;
 mod locks;

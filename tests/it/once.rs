@@ -144,8 +144,9 @@ async fn a_replayed_reset_or_limit_changes_nothing_again() {
             .await
             .unwrap();
     assert_eq!(live, 2, "the later turn was not cleared by the copy");
-    // /limit 5, then /limit 7, then the /limit 5 update again: answered with 5, the
-    // setting stays 7.
+    // /limit 5, then /limit 7, then the /limit 5 update again: it changes nothing, and
+    // answers with the settings as they are (its outcome keeps no settings: they may
+    // hold a system prompt), so the setting stays 7.
     let limit = |n: i64, k: i64| UpdateSettings {
         user_id: 1,
         max_history_messages: Some(n),
@@ -154,7 +155,7 @@ async fn a_replayed_reset_or_limit_changes_nothing_again() {
     };
     assert_eq!(h.send(limit(5, 4)).await.unwrap().max_history_messages, 5);
     assert_eq!(h.send(limit(7, 5)).await.unwrap().max_history_messages, 7);
-    assert_eq!(h.send(limit(5, 4)).await.unwrap().max_history_messages, 5);
+    assert_eq!(h.send(limit(5, 4)).await.unwrap().max_history_messages, 7);
     let now = repo::settings::get(t.db.pool(), 1).await.unwrap().unwrap();
     assert_eq!(now.max_history_messages, 7);
 }

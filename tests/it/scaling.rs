@@ -111,10 +111,14 @@ async fn the_distributable_migration_keys_by_user_changes_only_messages_key_and_
     let t = with_key().await;
     let mut conn = t.conn().await;
     let botdb_schema = Snapshot::read(&mut conn).await.unwrap();
-    // The check bites: botdb's own schema has exactly one key Citus would refuse.
+    // The check bites: botdb's own schema has exactly one key and one foreign key Citus
+    // would refuse (request_keys stays coordinator-local).
     assert_eq!(
         citus_refusals(&mut conn).await,
-        ["unique index messages_pkey lacks the distribution column"]
+        [
+            "foreign key request_keys_user_id_fkey into a distributed table from another",
+            "unique index messages_pkey lacks the distribution column"
+        ]
     );
 
     let migrations = citus().await;
@@ -148,7 +152,8 @@ async fn the_distributable_migration_keys_by_user_changes_only_messages_key_and_
             .await
             .unwrap();
     assert_eq!(referencing_messages, 0, "nothing references messages");
-    // Only what Citus requires changed: the key of messages (its constraint and index).
+    // Only what Citus requires changed: the key of messages (its constraint and index),
+    // and the foreign key of the keys.
     let distributable = Snapshot::read(&mut conn).await.unwrap();
     let changed: Vec<String> = botdb_schema
         .diff(&distributable)
@@ -157,7 +162,11 @@ async fn the_distributable_migration_keys_by_user_changes_only_messages_key_and_
         .collect();
     assert_eq!(
         changed,
-        ["constraint messages.messages_pkey", "index messages_pkey"]
+        [
+            "constraint messages.messages_pkey",
+            "constraint request_keys.request_keys_user_id_fkey",
+            "index messages_pkey"
+        ]
     );
     // `botdb check --app-migrations docs/citus/migrations` finds the database as defined.
     let report = catalog::check_with(&t.config, &migrations).await.unwrap();

@@ -21,6 +21,8 @@ pub struct Served {
     pub base: String,
     /// `http://host:port` of `/healthz` and `/metrics` when they have their own address.
     pub admin: Option<String>,
+    /// What it printed on stdout up to its addresses.
+    pub startup: Vec<String>,
 }
 
 /// Starts `botdb serve --bind 127.0.0.1:0` on `t` with the test secret and waits for it
@@ -55,6 +57,7 @@ pub async fn spawn_serve_with(url: &str, extra_args: &[&str], env: &[(&str, &str
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let admin_expected =
         extra_args.contains(&"--admin-bind") || env.iter().any(|(k, _)| *k == "BOTDB_ADMIN_BIND");
+    let mut startup = Vec::new();
     let (base, admin) = tokio::time::timeout(Duration::from_secs(60), async {
         let (mut base, mut admin) = (None, None);
         loop {
@@ -63,6 +66,7 @@ pub async fn spawn_serve_with(url: &str, extra_args: &[&str], env: &[(&str, &str
                 .await
                 .unwrap()
                 .expect("serve printed its address");
+            startup.push(line.clone());
             if let Some(addr) = line.strip_prefix("listening on ") {
                 base = Some(addr.to_string());
             }
@@ -80,7 +84,12 @@ pub async fn spawn_serve_with(url: &str, extra_args: &[&str], env: &[(&str, &str
     .expect("serve listens");
     // Keep draining stdout so the child never blocks on a full pipe.
     actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Served { child, base, admin }
+    Served {
+        child,
+        base,
+        admin,
+        startup,
+    }
 }
 
 pub fn text_update(update_id: i64, user_id: i64, text: &str) -> Value {

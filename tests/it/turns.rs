@@ -182,8 +182,7 @@ async fn the_keys_of_a_batch_are_judged_each_in_order() {
         None
     );
     // An erased user's key: owned by nobody.
-    sqlx::query("UPDATE request_keys SET user_id = $1 WHERE key = $2")
-        .bind(repo::keys::ERASED)
+    sqlx::query("UPDATE request_keys SET user_id = NULL WHERE key = $1")
         .bind(key(11).key())
         .execute(&mut c)
         .await

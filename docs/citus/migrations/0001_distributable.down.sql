@@ -45,3 +45,14 @@ $$;
 ALTER TABLE messages
     DROP CONSTRAINT messages_pkey,
     ADD CONSTRAINT messages_pkey PRIMARY KEY USING INDEX messages_id_key;
+
+-- botdb's 0008/0009 foreign key again (keys of users who went meanwhile are scrubbed
+-- first, as 0009 does).
+UPDATE request_keys k
+   SET user_id = NULL, outcome = '{"erased": true}'
+ WHERE k.user_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id);
+
+ALTER TABLE request_keys
+    ADD CONSTRAINT request_keys_user_id_fkey
+        FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE SET NULL;

@@ -12,7 +12,11 @@
 --
 -- request_keys (key (scope, key), looked up by key) and erasures (no user id at all)
 -- stay as they are: they become a coordinator-local and a reference table, not
--- distributed ones (docs/scaling.md says why). messages.seq (bigint identity) stays.
+-- distributed ones (docs/scaling.md says why). Citus allows no foreign key from a
+-- coordinator-local table into a distributed one, so request_keys_user_id_fkey
+-- (botdb's 0008) goes: on such a cluster, until request_keys is distributed with the
+-- users (step 2 in docs/scaling.md), a key claimed while its user is erased can outlive
+-- the erasure. messages.seq (bigint identity) stays.
 --
 -- On a large table, build the new key's index beforehand without blocking writes:
 --     CREATE UNIQUE INDEX CONCURRENTLY messages_id_user_id_key ON messages (id, user_id);
@@ -51,3 +55,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_id_user_id_key ON messages (id, user_
 ALTER TABLE messages
     DROP CONSTRAINT messages_pkey,
     ADD CONSTRAINT messages_pkey PRIMARY KEY USING INDEX messages_id_user_id_key;
+
+-- Not allowed from a coordinator-local table into a distributed one (see above).
+ALTER TABLE request_keys DROP CONSTRAINT IF EXISTS request_keys_user_id_fkey;
