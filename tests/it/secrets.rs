@@ -1,6 +1,8 @@
 //! Secrets never reach the logs: everything botdb prints at TRACE level during a full
 //! demo run, and during `serve` handling good and bad webhook calls, is searched for
-//! the database password and the webhook secret.
+//! the database password and the webhook secret; and runs of `botdb` given passwords in
+//! every URL form (`DATABASE_URL` and `DATABASE_REPLICA_URL`, host lists among them)
+//! print none of them, in any encoding.
 
 use std::process::Stdio;
 use std::time::Duration;
