@@ -400,7 +400,8 @@ async fn a_healthz_flood_asks_the_database_at_most_once_per_cache_period() {
     const PERIOD: Duration = Duration::from_millis(50);
     let pg = counting_cluster().await;
     let url = pg.url("healthz").expose_secret().to_string();
-    let served = spawn_serve_with(&url, &["--health-cache", "0.05"], &[]).await;
+    let period = PERIOD.as_secs_f64().to_string();
+    let served = spawn_serve_with(&url, &["--health-cache", &period], &[]).await;
     let base = Arc::new(served.base.clone());
     let mut admin = botdb::migrate::connect_to(&pg.config("postgres")).await.unwrap();
     let (metric_before, _) = health_metrics(&base).await;
