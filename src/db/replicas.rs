@@ -144,6 +144,14 @@ impl Replicas {
         let Some(replica) = config.replica() else {
             return Ok(None);
         };
+        // Where reads may go is worth seeing when reads surprise (as the primary's
+        // "pool ready" line), and it is shown redacted like the primary's URL.
+        tracing::debug!(
+            replicas = %replica.redacted_url(),
+            max_lag = ?config.replicas.max_lag,
+            wait = ?config.replicas.wait,
+            "history, settings and context reads may go to replicas"
+        );
         let servers = replica
             .host_options()?
             .into_iter()

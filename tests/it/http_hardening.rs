@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use botdb::embedded::{EmbeddedPostgres, StopMode};
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -332,13 +334,78 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
+/// A cluster of the flood's own whose server counts every statement it runs
+/// (`pg_stat_statements`, loaded at start), with the database `healthz` for `serve`.
+/// The count is the server's, so no bookkeeping of botdb's can make it look right.
+async fn counting_cluster() -> EmbeddedPostgres {
+    let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+        .await
+        .unwrap()
+        .expect("a cluster of the test's own");
+    let mut admin = botdb::migrate::connect_to(&pg.config("postgres")).await.unwrap();
+    sqlx::raw_sql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop(StopMode::Fast)?;
+        pg.restart()?;
+        Ok::<_, botdb::Error>(pg)
+    })
+    .await
+    .unwrap()
+    .expect("restarted with pg_stat_statements (PostgreSQL's contrib modules are needed)");
+    let mut admin = botdb::migrate::connect_to(&pg.config("postgres")).await.unwrap();
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    pg.create_database("healthz").await.unwrap();
+    pg
+}
+
+/// How many times the server ran `/healthz`'s statement (`SELECT 1`, which the server
+/// records as `SELECT $1`) in the database `healthz`, read from the `postgres` database
+/// so that this reading is not among them.
+async fn server_health_queries(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(s.calls), 0)::int8 FROM pg_stat_statements s \
+         JOIN pg_database d ON d.oid = s.dbid \
+         WHERE d.datname = 'healthz' AND s.query = 'SELECT $1'",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// `botdb_health_checks_total{source="database"}` and `{source="cache"}` from /metrics.
+async fn health_metrics(base: &str) -> (f64, f64) {
+    let mut resp = client().get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
+    (
+        sample(&text, "botdb_health_checks_total{source=\"database\"}"),
+        sample(&text, "botdb_health_checks_total{source=\"cache\"}"),
+    )
+}
+
 #[actix_rt::test]
 async fn a_healthz_flood_asks_the_database_at_most_once_per_cache_period() {
     const CALLS: usize = 2000;
     const TASKS: usize = 32;
-    let t = TestDb::empty().await;
-    let served = spawn_serve_with(&t.url(), &[], &[]).await;
+    // Short, so that the flood spans many periods: every expiry is a moment where 32
+    // callers find the answer stale at once, which single flight must turn into one
+    // query.
+    const PERIOD: Duration = Duration::from_millis(50);
+    let pg = counting_cluster().await;
+    let url = pg.url("healthz").expose_secret().to_string();
+    let period = PERIOD.as_secs_f64().to_string();
+    let served = spawn_serve_with(&url, &["--health-cache", &period], &[]).await;
     let base = Arc::new(served.base.clone());
+    let mut admin = botdb::migrate::connect_to(&pg.config("postgres")).await.unwrap();
+    let (metric_before, _) = health_metrics(&base).await;
+    let server_before = server_health_queries(&mut admin).await;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
@@ -362,22 +429,37 @@ async fn a_healthz_flood_asks_the_database_at_most_once_per_cache_period() {
         .into_iter()
         .map(|r| r.unwrap())
         .sum();
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
     assert_eq!(ok, CALLS);
-    let mut resp = client().get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
-    let database = sample(&text, "botdb_health_checks_total{source=\"database\"}");
-    let cache = sample(&text, "botdb_health_checks_total{source=\"cache\"}");
+    let asked = server_health_queries(&mut admin).await - server_before;
+    let (metric_after, cached) = health_metrics(&base).await;
+    // Each query starts at least a period after the previous one ended, and every one
+    // was asked for by a call of the flood: within `elapsed`, at most this many.
+    let allowed = (elapsed.as_secs_f64() / PERIOD.as_secs_f64()).floor() as i64 + 1;
     println!(
-        "healthz flood: {CALLS} calls from {TASKS} tasks in {elapsed:.2} s; \
-         database checks {database}, cached answers {cache}"
+        "healthz flood: {CALLS} calls from {TASKS} tasks in {:.3} s, cache period {PERIOD:?}: \
+         the server ran the health query {asked} times (at most {allowed} allowed); \
+         botdb's metric says {} database checks, {cached} cached answers in all",
+        elapsed.as_secs_f64(),
+        metric_after - metric_before,
     );
     assert!(
-        database <= elapsed.ceil() + 2.0,
-        "{database} database checks in {elapsed:.2} s"
+        elapsed >= PERIOD * 4,
+        "the flood spans several cache periods: {elapsed:?}"
     );
-    assert!(database + cache >= CALLS as f64, "{database} + {cache}");
+    assert!(
+        asked <= allowed,
+        "the server ran the health query {asked} times in {elapsed:?}, at most {allowed} allowed"
+    );
+    assert!(
+        asked >= 2,
+        "the cache expired during the flood and was refreshed: {asked}"
+    );
+    assert_eq!(
+        metric_after - metric_before,
+        asked as f64,
+        "/metrics counts the database checks the server ran"
+    );
 }
 
 #[actix_rt::test]

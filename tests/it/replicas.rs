@@ -2,7 +2,8 @@
 //! primary and a real streaming standby from the installed binaries. `GetHistory`,
 //! `GetSettings` and `GetContext` go to the replica only once it has replayed the
 //! reading user's own last write; a lagging replica is skipped, a dead one falls back to
-//! the primary.
+//! the primary. Batched, several users' reads are one read: on the replica when it has
+//! every one of their writes, else on the primary.
 
 use std::time::{Duration, Instant};
 
@@ -469,5 +470,262 @@ async fn after_a_failover_positions_of_the_old_primary_are_forgotten_and_the_pro
     assert_eq!(history(&h, after_failover).await.len(), 2);
     let reads = delta(db.replica_reads(), before);
     assert_eq!(reads.on_replica, 0, "{reads:?}");
+    h.shutdown().await;
+}
+
+/// What one kind of batched read answered, user by user, and where its reads went.
+struct Batched<T> {
+    answers: Vec<T>,
+    reads: ReplicaReads,
+}
+
+/// Sends `requests` (one per user, different users) together and asserts the `actor`
+/// ran them as ONE batch of all of them: its stats count exactly one more batch, of
+/// exactly this many requests.
+async fn one_batch<M>(db: &Database, h: &DbHandle, actor: &str, requests: Vec<M>) -> Batched<M::Output>
+where
+    M: botdb::actors::DbRequest,
+{
+    let n = requests.len();
+    let counts = async || {
+        let stats = h.stats().await.unwrap();
+        let a = stats.actors.into_iter().find(|a| a.actor == actor).unwrap();
+        (a.batches, a.batched_requests, a.largest_batch)
+    };
+    let (batches, batched, _) = counts().await;
+    let before = db.replica_reads();
+    let answers: Vec<M::Output> = futures::future::join_all(requests.into_iter().map(|r| h.send(r)))
+        .await
+        .into_iter()
+        .map(|a| a.unwrap())
+        .collect();
+    let reads = delta(db.replica_reads(), before);
+    let (batches_after, batched_after, largest) = counts().await;
+    assert_eq!(
+        (batches_after - batches, batched_after - batched),
+        (1, n as u64),
+        "{actor}: the {n} requests ran as one batch (batches, requests in batches)"
+    );
+    assert!(largest >= n, "{actor}: largest batch {largest}");
+    Batched { answers, reads }
+}
+
+fn histories(users: &[i64]) -> Vec<GetHistory> {
+    users
+        .iter()
+        .map(|&user_id| GetHistory {
+            user_id,
+            chat_id: PRIVATE_CHAT,
+            limit: Some(1000),
+        })
+        .collect()
+}
+
+fn contexts(users: &[i64]) -> Vec<GetContext> {
+    users
+        .iter()
+        .map(|&user_id| GetContext {
+            user_id,
+            chat_id: PRIVATE_CHAT,
+            max_chars: None,
+            max_messages: Some(1000),
+        })
+        .collect()
+}
+
+fn contents(messages: &[botdb::model::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
+/// A user's messages newest first, as a history read returns them, from the list of
+/// what was written oldest first.
+fn newest_first(written: &[String]) -> Vec<String> {
+    written.iter().rev().cloned().collect()
+}
+
+/// The three batched reads of `users` (histories, contexts, settings), each as one
+/// batch; every user's answer is checked against `expected` (messages oldest first,
+/// history length) and each batch's read against `route`.
+async fn check_batched_reads(
+    db: &Database,
+    h: &DbHandle,
+    users: &[i64],
+    expected: &dyn Fn(usize) -> (Vec<String>, i32),
+    route: ReplicaReads,
+    when: &str,
+) {
+    let history = one_batch(db, h, "messages", histories(users)).await;
+    let context = one_batch(db, h, "messages", contexts(users)).await;
+    let settings = one_batch(
+        db,
+        h,
+        "user_settings",
+        users.iter().map(|&user_id| GetSettings { user_id }).collect(),
+    )
+    .await;
+    // Every user's answers, so that a failure shows all who got what was not theirs.
+    let mut wrong = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let (messages, limit) = expected(i);
+        let messages = newest_first(&messages);
+        for (what, got) in [
+            ("history", contents(&history.answers[i])),
+            ("context", contents(&context.answers[i])),
+        ] {
+            if got != messages {
+                wrong.push(format!("user {user}'s {what}: {got:?}, not {messages:?}"));
+            }
+        }
+        let got = settings.answers[i]
+            .as_ref()
+            .map(|s| (s.user_id, s.max_history_messages));
+        if got != Some((*user, limit)) {
+            wrong.push(format!(
+                "user {user}'s settings: {got:?}, not {:?}",
+                Some((*user, limit))
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{when}:\n{}", wrong.join("\n"));
+    for (what, reads) in [
+        ("history", history.reads),
+        ("context", context.reads),
+        ("settings", settings.reads),
+    ] {
+        assert_eq!(reads, route, "{when}: where the batched {what} read went");
+    }
+}
+
+#[actix_rt::test]
+async fn batched_reads_of_several_users_are_one_replica_read_that_honours_each_users_writes() {
+    let (pg, standby) = pair().await;
+    let db = Database::connect(&config(&pg, &[standby.port()], Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let h = DbSystem::start(db.clone(), Default::default());
+    let users: Vec<i64> = (6_001..=6_008).collect();
+    let outsider = 6_100;
+    // What each user wrote, oldest first: user i has i + 1 turns (so that answers handed
+    // to the wrong user differ) and a history length of its own.
+    let mut written: Vec<Vec<String>> = vec![Vec::new(); users.len()];
+    let limit = |i: usize| 10 + i as i32;
+    for (i, &user) in users.iter().enumerate() {
+        h.send(EnsureUser { user_id: user }).await.unwrap();
+        h.send(UpdateSettings {
+            user_id: user,
+            max_history_messages: Some(i64::from(limit(i))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for k in 0..=i {
+            let text = format!("user {user} turn {k}");
+            turn(&h, user, &text).await;
+            written[i].extend([text.clone(), format!("re: {text}")]);
+        }
+    }
+    h.send(EnsureUser { user_id: outsider }).await.unwrap();
+    caught_up(&pg, &standby).await;
+
+    // Replay paused. Then, on the primary behind botdb's back (so no position of
+    // botdb's says the replica lacks them), one message and another history length for
+    // each user: what a read shows of them tells which server answered. And a write of
+    // another user through the actors, which the replica does not have either.
+    let mut on_standby = connect(&standby).await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    let mut on_primary = connect(&pg).await;
+    let marker = |user: i64| format!("written on the primary alone for {user}");
+    let marked_limit = |i: usize| 500 + i as i32;
+    for (i, &user) in users.iter().enumerate() {
+        let message = botdb::model::NewMessage::new(user, botdb::model::Role::User, marker(user)).unwrap();
+        botdb::repo::messages::append(&mut on_primary, &message)
+            .await
+            .unwrap();
+        botdb::repo::settings::set_max_history(&mut on_primary, user, i64::from(marked_limit(i)))
+            .await
+            .unwrap();
+    }
+    turn(&h, outsider, "the outsider's write, not replayed").await;
+    let unreplayed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE content LIKE 'written on the primary alone%'",
+    )
+    .fetch_one(&mut on_standby)
+    .await
+    .unwrap();
+    assert_eq!(
+        unreplayed, 0,
+        "the paused replica lacks what the primary alone has"
+    );
+
+    // 1. Each user's last write through botdb is replayed; another user's is not, which
+    // concerns none of them: each batch is one read, on the replica, and shows none of
+    // what the primary alone has.
+    let on_replica = ReplicaReads {
+        on_replica: 1,
+        ..Default::default()
+    };
+    check_batched_reads(
+        &db,
+        &h,
+        &users,
+        &|i| (written[i].clone(), limit(i)),
+        on_replica,
+        "replayed, another user's write not",
+    )
+    .await;
+
+    // 2. One user of the batch writes (history and settings), the replica still
+    // paused: the batch must not miss it, so it reads from the primary, where each user
+    // also sees what the primary alone has.
+    let (writer, writer_text) = (2, "the writer's latest");
+    turn(&h, users[writer], writer_text).await;
+    h.send(UpdateSettings {
+        user_id: users[writer],
+        max_history_messages: Some(900),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut on_the_primary = written.clone();
+    for (i, &user) in users.iter().enumerate() {
+        on_the_primary[i].push(marker(user));
+    }
+    on_the_primary[writer].extend([writer_text.to_string(), format!("re: {writer_text}")]);
+    let primary_limit = |i: usize| if i == writer { 900 } else { marked_limit(i) };
+    let behind = ReplicaReads {
+        behind: 1,
+        ..Default::default()
+    };
+    check_batched_reads(
+        &db,
+        &h,
+        &users,
+        &|i| (on_the_primary[i].clone(), primary_limit(i)),
+        behind,
+        "one user's write not replayed",
+    )
+    .await;
+
+    // 3. Replay resumed and caught up: one read on the replica again, the writer's
+    // latest write in it.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut on_standby)
+        .await
+        .unwrap();
+    caught_up(&pg, &standby).await;
+    check_batched_reads(
+        &db,
+        &h,
+        &users,
+        &|i| (on_the_primary[i].clone(), primary_limit(i)),
+        on_replica,
+        "replayed again",
+    )
+    .await;
+    let _ = on_standby.close().await;
+    let _ = on_primary.close().await;
     h.shutdown().await;
 }
