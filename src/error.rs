@@ -71,7 +71,8 @@ pub enum Error {
     /// `statement_timeout` (`DB_STATEMENT_TIMEOUT`), a row it needed stayed locked by
     /// another transaction past the lock timeout and botdb's retries (`DB_LOCK_TIMEOUT`,
     /// `BOTDB_LOCK_WAIT`), or a session sat idle inside a transaction past
-    /// `idle_in_transaction_session_timeout` and the server ended it. Nothing of the
+    /// `idle_in_transaction_session_timeout` and the server ended it, or a user's export
+    /// ran past `BOTDB_EXPORT_TIMEOUT` (its reader too slow, or stalled). Nothing of the
     /// request was committed; retrying later may succeed (`is_transient()`).
     #[error("timed out ({kind}): {reason}")]
     Timeout {
@@ -141,6 +142,9 @@ pub enum TimeoutKind {
     Statement,
     /// A transaction sat idle too long (`idle_in_transaction_session_timeout`).
     IdleInTransaction,
+    /// A user's export, snapshot and output together, took longer than its bound
+    /// (`BOTDB_EXPORT_TIMEOUT`).
+    Export,
 }
 
 impl std::fmt::Display for TimeoutKind {
@@ -149,6 +153,7 @@ impl std::fmt::Display for TimeoutKind {
             TimeoutKind::Lock => "lock wait",
             TimeoutKind::Statement => "statement",
             TimeoutKind::IdleInTransaction => "idle in transaction",
+            TimeoutKind::Export => "export",
         })
     }
 }

@@ -108,8 +108,8 @@
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
 //!   (`repo::keys`: request keys, for requests that happen at most once;
 //!   `repo::erasures`: erasing a user with a keyed-hash audit row; `repo::export`: a
-//!   user's data as streamed JSON; `repo::messages::context`: the model's context within
-//!   a character budget).
+//!   user's data as streamed JSON, bounded in time; `repo::messages::context`: the
+//!   model's context within a character budget).
 //! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]), the application's own
 //!   migrations beside it ([`migrate::Migrations`], bookkeeping `_app_migrations`), and
 //!   the operator verbs (upgrade, downgrade, current, history, new) on both sets, with a
@@ -117,8 +117,10 @@
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`,
 //!   both sets of migrations).
 //! - [`retention`]: soft-deleted messages purged after a period, in small batches
-//!   that never make a turn wait (erasure and export of a user are in
-//!   [`repo::erasures`], [`repo::export`] and [`actors::EraseUser`]).
+//!   that never make a turn wait, never shorter than the request keys' retention
+//!   (`BOTDB_KEY_RETENTION_HOURS`, parsed here for `serve` and `purge` alike); erasure
+//!   and export of a user are in [`repo::erasures`], [`repo::export`] and
+//!   [`actors::EraseUser`].
 //! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
 //!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
 //! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed

@@ -115,6 +115,10 @@ pub fn main() -> ExitCode {
     env_help.push_str(
         "  BOTDB_PURGE_AFTER        serve: purge messages soft-deleted longer ago than this, hourly\n",
     );
+    env_help.push_str(
+        "  BOTDB_KEY_RETENTION_HOURS serve: hours handled update ids are kept; serve's and purge's \
+         periods may not be shorter [default: 24]\n",
+    );
     let matches = Cli::command().after_long_help(env_help).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -10,6 +10,26 @@ use botdb::shutdown::{FORCED_EXIT_CODE, Signals};
 use botdb::{Config, Database};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `--key-retention` / `BOTDB_KEY_RETENTION_HOURS`, read alike by `serve`, which keeps the
+/// keys that long, and `purge`, which may not be shorter.
+#[derive(Debug, clap::Args)]
+pub struct KeyRetentionArg {
+    /// Hours handled update ids are kept (Telegram redelivers for at most 24); a purge
+    /// of soft-deleted messages may not be shorter.
+    #[arg(
+        long = "key-retention",
+        value_name = "HOURS",
+        env = retention::KEY_RETENTION_VAR,
+        default_value = retention::DEFAULT_KEY_RETENTION_HOURS,
+        value_parser = key_retention,
+    )]
+    pub key_retention: Duration,
+}
+
+fn key_retention(text: &str) -> Result<Duration, String> {
+    retention::parse_key_retention(text).map_err(|e| e.to_string())
+}
+
 #[derive(Debug, clap::Args)]
 pub struct PurgeArgs {
     /// Remove messages soft-deleted longer ago than this (30d, 12h, 1w 2d).
@@ -22,6 +42,8 @@ pub struct PurgeArgs {
     /// Rest between batches, leaving the server to the traffic (e.g. 50ms; 0: none).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = pause)]
     pause: Duration,
+    #[command(flatten)]
+    key_retention: KeyRetentionArg,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -36,10 +58,14 @@ fn pause(text: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(config: &Config, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let key_retention = args.key_retention.key_retention;
+    // Refused before any connection, naming the flag the operator typed.
+    retention::check_purge_period("--deleted-before", args.deleted_before, key_retention)?;
     let mut signals = Signals::install()?;
     let db = Database::connect(config).await?;
     let options = PurgeOptions {
         deleted_before: args.deleted_before,
+        key_retention,
         batch: args.batch,
         pause: args.pause,
     };

@@ -56,11 +56,10 @@ pub struct ServeArgs {
     /// several bots share a database).
     #[arg(long, env = "BOTDB_BOT_NAME", default_value = "bot")]
     bot_name: String,
-    /// Hours handled update ids are kept (Telegram redelivers for at most 24).
-    #[arg(long, env = "BOTDB_KEY_RETENTION_HOURS", default_value = "24", value_parser = hours)]
-    key_retention: Duration,
-    /// Purge messages soft-deleted longer ago than this (30d, 12h), every hour; unset:
-    /// soft-deleted messages are kept.
+    #[command(flatten)]
+    key_retention: super::purge::KeyRetentionArg,
+    /// Purge messages soft-deleted longer ago than this (30d, 12h), every hour; at least
+    /// the key retention; unset: soft-deleted messages are kept.
     #[arg(long, env = "BOTDB_PURGE_AFTER", value_name = "DURATION", value_parser = purge_after)]
     purge_after: Option<Duration>,
     /// Seconds a /healthz answer is reused before the database is asked again.
@@ -72,11 +71,6 @@ fn purge_after(v: &str) -> Result<Duration, String> {
     botdb::model::parse_duration("BOTDB_PURGE_AFTER", v).map_err(|e| e.to_string())
 }
 
-/// A number of hours (fractions allowed), more than 0.
-fn hours(v: &str) -> Result<Duration, String> {
-    seconds(v).map(|d| d * 3600)
-}
-
 /// A number of seconds (fractions allowed), more than 0.
 fn seconds(v: &str) -> Result<Duration, String> {
     match v.trim().parse::<f64>() {
@@ -86,6 +80,11 @@ fn seconds(v: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let key_retention = args.key_retention.key_retention;
+    if let Some(after) = args.purge_after {
+        // Before connecting (`server::start` checks it again, for embedders).
+        botdb::retention::check_purge_period("BOTDB_PURGE_AFTER", after, key_retention)?;
+    }
     let mut signals = Signals::install()?;
     let db = Database::connect(config).await?;
     if embedded || args.migrate {
@@ -125,7 +124,7 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
         admin_token: secret_var("BOTDB_ADMIN_TOKEN"),
         health_cache: args.health_cache,
         bot_name: args.bot_name.clone(),
-        key_retention: args.key_retention,
+        key_retention,
         purge_after: args.purge_after,
     };
     let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;

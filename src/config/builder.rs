@@ -192,6 +192,10 @@ impl ConfigBuilder {
         idle_in_transaction_timeout: Option<Duration> => timeouts.idle_in_transaction
     );
     setter!(
+        /// The longest a user's export may take (`BOTDB_EXPORT_TIMEOUT`).
+        export_timeout: Duration => export_timeout
+    );
+    setter!(
         /// How long a request retries on locked rows (`BOTDB_LOCK_WAIT`).
         lock_wait: Duration => actors.lock_wait
     );
@@ -435,6 +439,16 @@ fn check(config: &Config) -> Result<()> {
                 "expected from 0.001 to 2073600 seconds, or 0 for no limit",
             ));
         }
+    }
+    // The export hands it to PostgreSQL as its own statement and idle limits (whole
+    // milliseconds, at most 2^31 - 1).
+    if config.export_timeout < Duration::from_millis(1)
+        || config.export_timeout > Duration::from_secs(86_400 * 24)
+    {
+        return Err(Error::config(
+            "BOTDB_EXPORT_TIMEOUT",
+            "expected from 0.001 to 2073600 seconds",
+        ));
     }
     let replicas = &config.replicas;
     if replicas.max_lag > Duration::from_secs(86_400) {

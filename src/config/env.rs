@@ -177,6 +177,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "the application's own migrations directory, applied after botdb's (table _app_migrations)",
     ),
     (
+        "BOTDB_EXPORT_TIMEOUT",
+        "600",
+        "seconds a user's export may take in all (its snapshot held, its output written) before it stops with an error",
+    ),
+    (
         "BOTDB_AUDIT_KEY",
         "(unset)",
         "secret (16+ bytes) of erasures' audit rows; unset: users cannot be erased",
@@ -412,6 +417,9 @@ impl Config {
         )? {
             b = b.lock_retry_connections(to_usize(n));
         }
+        if let Some(d) = secs("BOTDB_EXPORT_TIMEOUT", "seconds (more than 0)", false)? {
+            b = b.export_timeout(d);
+        }
         if let Some(d) = secs("BOTDB_MIGRATE_LOCK_TIMEOUT", "seconds (more than 0)", false)? {
             b = b.migrate_lock_timeout(d);
         }
@@ -512,6 +520,9 @@ mod tests {
         assert_eq!(c.timeouts.lock, Some(Duration::from_millis(500)));
         assert_eq!(c.timeouts.idle_in_transaction, Some(Duration::from_secs(30)));
         assert_eq!(c.actors.lock_wait, Duration::from_secs(10));
+        assert_eq!(c.export_timeout, Duration::from_secs(600));
+        let c = from(&[("BOTDB_EXPORT_TIMEOUT", "2.5")]).unwrap();
+        assert_eq!(c.export_timeout, Duration::from_millis(2500));
     }
 
     #[test]
@@ -651,6 +662,8 @@ mod tests {
             ("BOTDB_MAX_PENDING_PER_USER", "20000", "requests"),
             ("BOTDB_DRAIN_TIMEOUT", "never", "seconds"),
             ("BOTDB_MIGRATE_LOCK_TIMEOUT", "0", "more than 0"),
+            ("BOTDB_EXPORT_TIMEOUT", "0", "more than 0"),
+            ("BOTDB_EXPORT_TIMEOUT", "3000000", "2073600"),
             (
                 "DATABASE_URL",
                 "not a url",

@@ -37,7 +37,8 @@ pub use env::ENV_VARS;
 pub use hosts::TargetSessionAttrs;
 pub use replicas::{DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig};
 pub use settings::{
-    ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
+    ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig,
+    TimeoutConfig,
 };
 
 /// Where the server is: a URL, or the reference's separate fields.
@@ -92,6 +93,11 @@ pub struct Config {
     pub audit_key: Option<AuditKey>,
     /// Replica reads (`DATABASE_REPLICA_URL`, `DB_REPLICA_MAX_LAG`, `DB_REPLICA_WAIT`).
     pub replicas: ReplicaConfig,
+    /// The longest a user's export may take, its snapshot transaction and the writing
+    /// of its output together (`BOTDB_EXPORT_TIMEOUT`, default
+    /// [`DEFAULT_EXPORT_TIMEOUT`]): a reader that stops reading would otherwise hold
+    /// the export's snapshot, and with it VACUUM, for as long as it stalls.
+    pub export_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -108,6 +114,7 @@ impl fmt::Debug for Config {
             .field("app_migrations", &self.app_migrations)
             .field("audit_key", &self.audit_key)
             .field("replicas", &self.replicas)
+            .field("export_timeout", &self.export_timeout)
             .finish()
     }
 }
@@ -155,6 +162,7 @@ impl Default for Config {
             app_migrations: None,
             audit_key: None,
             replicas: ReplicaConfig::default(),
+            export_timeout: DEFAULT_EXPORT_TIMEOUT,
         }
     }
 }

@@ -166,6 +166,12 @@ impl Default for Limits {
 /// leaving a quarter of the window for the system prompt and the reply.
 pub const DEFAULT_CONTEXT_MAX_CHARS: usize = 200_000;
 
+/// The default of [`Config::export_timeout`](super::Config::export_timeout)
+/// (`BOTDB_EXPORT_TIMEOUT`): ten minutes, enough for a history of hundreds of megabytes
+/// read over a slow link, short enough that a stalled reader does not hold back
+/// VACUUM for long.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How migrations take their locks on a live database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MigrateConfig {

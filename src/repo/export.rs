@@ -22,19 +22,27 @@
 //!
 //! Everything is read in ONE `REPEATABLE READ READ ONLY` transaction: the document is a
 //! consistent snapshot (a message written or deleted meanwhile is either wholly in it,
-//! as it was at the snapshot, or absent), and the export writes nothing. Messages are
-//! serialised one by one as the rows arrive from the server: memory does not grow with
-//! the number of messages.
+//! as it was at the snapshot, or absent), and the export writes nothing. Messages come
+//! through a cursor, a few hundred per `FETCH`, and are serialised one by one as the
+//! rows arrive: memory does not grow with the number of messages.
+//!
+//! The whole export is bounded ([`Config::export_timeout`](crate::Config::export_timeout),
+//! `BOTDB_EXPORT_TIMEOUT`): the snapshot is held while the output is written, and a
+//! reader that stops reading would otherwise hold it, and with it VACUUM's horizon, for
+//! as long as it stalls. Past the bound the export stops wherever it waits, rolls its
+//! transaction back and fails [`Error::Timeout`] (kind [`TimeoutKind::Export`]).
 
-use std::io::Write;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout, timeout_at};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::model::{Message, Role, User, UserSettings, check_user_id};
 
 /// The value of the document's `format` field.
@@ -107,44 +115,72 @@ struct SummaryOut {
     deleted: u64,
 }
 
-/// `out`, counting the bytes written and keeping the first I/O error (serde_json
-/// reports it as its own error type, which loses the kind).
-struct Counted<'w, W: Write> {
-    inner: &'w mut W,
+/// Output gathered into chunks before it is handed to the writer: one write per
+/// chunk instead of several per message.
+const CHUNK: usize = 64 * 1024;
+
+/// How long the rollback after a failure may take. It waits for the rest of one `FETCH`
+/// (a few hundred rows the server is sending) and one round trip; past this the
+/// connection is stuck in the network, and the server's own limits, set to the export's
+/// bound, end the session.
+const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
+
+/// The document on its way to `out`: serialised into a chunk, written a chunk at a
+/// time, the bytes written counted.
+struct Output<'w, W: ?Sized> {
+    out: &'w mut W,
+    chunk: Vec<u8>,
     bytes: u64,
 }
 
-impl<W: Write> Counted<'_, W> {
-    fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.write_all(bytes).map_err(|e| write_error(&e, self.bytes))
+impl<W: AsyncWrite + Unpin + ?Sized> Output<'_, W> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.chunk.extend_from_slice(bytes);
     }
 
     fn json(&mut self, value: &impl Serialize) -> Result<()> {
-        let before = self.bytes;
-        serde_json::to_writer(&mut *self, value).map_err(|e| {
-            if e.is_io() {
-                Error::Internal(format!("writing the export failed after {before} bytes: {e}"))
-            } else {
-                Error::Internal(format!("serialising the export failed: {e}"))
-            }
-        })
-    }
-}
-
-impl<W: Write> Write for Counted<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
+        serde_json::to_writer(&mut self.chunk, value)
+            .map_err(|e| Error::Internal(format!("serialising the export failed: {e}")))
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+    /// Hands the chunk to the writer once it is full.
+    async fn send_if_full(&mut self) -> Result<()> {
+        if self.chunk.len() >= CHUNK {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<()> {
+        self.out
+            .write_all(&self.chunk)
+            .await
+            .map_err(|e| write_error(&e, self.bytes))?;
+        self.bytes += self.chunk.len() as u64;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.send().await?;
+        self.out.flush().await.map_err(|e| write_error(&e, self.bytes))
     }
 }
 
 fn write_error(e: &std::io::Error, bytes: u64) -> Error {
     Error::Internal(format!("writing the export failed after {bytes} bytes: {e}"))
+}
+
+fn timed_out(user_id: i64, limit: Duration) -> Error {
+    Error::Timeout {
+        kind: TimeoutKind::Export,
+        reason: format!(
+            "the export of user {user_id} did not finish within {} (BOTDB_EXPORT_TIMEOUT; its \
+             reader stalled or was too slow, or the server was); its snapshot was released, and \
+             what was written is not a whole document",
+            humantime::format_duration(limit)
+        ),
+    }
 }
 
 /// Writes everything stored about user `user_id` to `out` as one JSON document (format
@@ -154,26 +190,38 @@ fn write_error(e: &std::io::Error, bytes: u64) -> Error {
 /// exported: they record which updates were handled, not what the user stored.
 ///
 /// It reads in one `REPEATABLE READ READ ONLY` transaction on `conn` (a consistent
-/// snapshot; nothing is written) and streams: each message is serialised to `out` as
-/// its row arrives, so memory stays flat however many messages there are. `out` is
-/// written to synchronously, in small pieces: give it a buffered writer, and flush it
-/// afterwards (this function does not). The transaction lifts `statement_timeout` for
-/// itself only (`SET LOCAL`): its one SELECT lasts as long as `out` takes to accept the
-/// messages, which for a large history and a slow reader exceeds any limit sized for a
-/// bot's statements.
+/// snapshot; nothing is written) and streams: each message is serialised as its row
+/// arrives and written to `out` in chunks of 64 KiB, so memory stays flat however many
+/// messages there are; `out` is flushed at the end.
+///
+/// `limit` bounds the whole export (pass
+/// [`Config::export_timeout`](crate::Config::export_timeout)): the transaction, every
+/// statement in it and every write to `out`, which waits as long as its reader does.
+/// Past it the export stops where it waits (in a write that `out` does not complete, or
+/// a `FETCH`), rolls back and fails; the snapshot is released and `conn` is usable
+/// again, outside any transaction. Its statements run under `limit` rather than the
+/// connection's `statement_timeout`, and the server ends the session when it sits
+/// idle in the transaction past `limit`: the bound holds even if this future is
+/// dropped or stops being polled.
 ///
 /// `conn` must not be inside a transaction (the snapshot must begin with the export).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a non-positive id, or a `conn` already inside a
 /// transaction; [`Error::NotFound`] (`user N not found`) for an unknown user, and then
-/// NOTHING was written to `out`; [`Error::Internal`] when writing to `out` failed (the
-/// document is then incomplete: a reader fails to parse it); database errors.
-pub async fn export_user(
+/// NOTHING was written to `out`; [`Error::Timeout`] of kind [`TimeoutKind::Export`]
+/// past `limit`; [`Error::Internal`] when writing to `out` failed. After either of the
+/// last two, what was written is not a whole document (a reader fails to parse it).
+/// Database errors.
+pub async fn export_user<W>(
     conn: &mut PgConnection,
     user_id: i64,
-    out: &mut (impl Write + Send),
-) -> Result<ExportSummary> {
+    out: &mut W,
+    limit: Duration,
+) -> Result<ExportSummary>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
     check_user_id(user_id)?;
     if conn.is_in_transaction() {
         return Err(Error::invalid(
@@ -181,12 +229,52 @@ pub async fn export_user(
             "export_user begins its own snapshot transaction: pass a connection outside any transaction",
         ));
     }
-    let mut tx = conn
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
-    sqlx::query("SET LOCAL statement_timeout = 0")
-        .execute(&mut *tx)
-        .await?;
+    let deadline = Instant::now() + limit;
+    let mut tx = timeout_at(
+        deadline,
+        conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+    )
+    .await
+    .map_err(|_| timed_out(user_id, limit))??;
+    match timeout_at(deadline, write_document(&mut tx, user_id, out, limit)).await {
+        Ok(Ok(summary)) => {
+            // Read-only: COMMIT and ROLLBACK end it alike; COMMIT says it ended cleanly.
+            tx.commit().await?;
+            Ok(summary)
+        }
+        failed => {
+            // Stopped in a write or a FETCH: the rollback first reads what the server
+            // still sends of that FETCH, then ends the transaction and its snapshot.
+            let _ = timeout(ROLLBACK_GRACE, tx.rollback()).await;
+            Err(match failed {
+                Ok(Err(e)) => e,
+                _ => timed_out(user_id, limit),
+            })
+        }
+    }
+}
+
+/// The document, read in `tx`'s snapshot and written to `out`.
+async fn write_document<W>(
+    tx: &mut PgConnection,
+    user_id: i64,
+    out: &mut W,
+    limit: Duration,
+) -> Result<ExportSummary>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    // The server's own limits for this transaction: no statement and no idle gap
+    // (while the client writes) longer than the whole export may take. The client stops
+    // itself at the bound; these end the session should the client stop being polled.
+    let millis = limit.as_millis().min(i32::MAX as u128).max(1).to_string();
+    sqlx::query(
+        "SELECT set_config('statement_timeout', $1, true), \
+                set_config('idle_in_transaction_session_timeout', $1, true)",
+    )
+    .bind(&millis)
+    .execute(&mut *tx)
+    .await?;
     // Every read below sees the one snapshot of this transaction.
     let user = sqlx::query_as::<_, User>("SELECT id, created_at, updated_at FROM users WHERE id = $1")
         .bind(user_id)
@@ -203,46 +291,65 @@ pub async fn export_user(
     .await?;
 
     // The user exists: from here on the document is written.
-    let mut w = Counted { inner: out, bytes: 0 };
-    w.put(b"{\"format\":")?;
+    let mut w = Output {
+        out,
+        chunk: Vec::with_capacity(CHUNK),
+        bytes: 0,
+    };
+    w.put(b"{\"format\":");
     w.json(&FORMAT)?;
-    w.put(b",\"exported_at\":")?;
+    w.put(b",\"exported_at\":");
     w.json(&exported_at)?;
-    w.put(b",\n\"user\":")?;
+    w.put(b",\n\"user\":");
     w.json(&user)?;
-    w.put(b",\n\"settings\":")?;
+    w.put(b",\n\"settings\":");
     w.json(&settings.as_ref().map(SettingsOut::from))?;
-    w.put(b",\n\"messages\":[")?;
+    w.put(b",\n\"messages\":[");
+    // The reader has the head of the document before the messages are read.
+    w.send().await?;
 
+    // A cursor, not one SELECT: between two FETCHes the server only waits, so stopping
+    // mid-way (a stalled reader) costs the rest of one FETCH, not of the whole history,
+    // and no statement lasts as long as the reader takes.
+    sqlx::query(
+        "DECLARE botdb_export NO SCROLL CURSOR FOR \
+         SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq \
+           FROM messages WHERE user_id = $1 \
+          ORDER BY chat_id, created_at, seq",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
     let (mut messages, mut deleted) = (0_u64, 0_u64);
-    {
-        let mut rows = sqlx::query_as::<_, Message>(
-            "SELECT id, user_id, chat_id, role, content, content_length, created_at, deleted_at, seq \
-             FROM messages WHERE user_id = $1 \
-             ORDER BY chat_id, created_at, seq",
-        )
-        .bind(user_id)
-        .fetch(&mut *tx);
+    loop {
+        let before = messages;
+        // Not a prepared statement kept on the connection: it names this transaction's
+        // cursor.
+        let mut rows = sqlx::query_as::<_, Message>("FETCH FORWARD 500 FROM botdb_export")
+            .persistent(false)
+            .fetch(&mut *tx);
         while let Some(message) = rows.try_next().await? {
-            w.put(if messages == 0 { b"\n" } else { b",\n" })?;
+            w.put(if messages == 0 { b"\n" } else { b",\n" });
             w.json(&MessageOut::from(&message))?;
             messages += 1;
             if message.deleted_at.is_some() {
                 deleted += 1;
             }
+            w.send_if_full().await?;
+        }
+        if messages == before {
+            break;
         }
     }
-    w.put(if messages == 0 { b"],\n" } else { b"\n],\n" })?;
-    w.put(b"\"summary\":")?;
+    w.put(if messages == 0 { b"],\n" } else { b"\n],\n" });
+    w.put(b"\"summary\":");
     w.json(&SummaryOut { messages, deleted })?;
-    w.put(b"}\n")?;
-    let bytes = w.bytes;
-    // Read-only: COMMIT and ROLLBACK end it alike; COMMIT says it ended cleanly.
-    tx.commit().await?;
+    w.put(b"}\n");
+    w.finish().await?;
     Ok(ExportSummary {
         user_id,
         messages,
         deleted,
-        bytes,
+        bytes: w.bytes,
     })
 }

@@ -91,6 +91,8 @@ pub struct ServeOptions {
     /// Messages soft-deleted longer ago than this are purged (removed for good) every
     /// hour in the background, in small batches that never make a turn wait
     /// (`BOTDB_PURGE_AFTER`); `None`: never (the default: soft-deleted rows are kept).
+    /// At least `key_retention`, or [`start`] refuses it
+    /// ([`check_purge_period`](crate::retention::check_purge_period)).
     pub purge_after: Option<Duration>,
 }
 
@@ -135,7 +137,7 @@ impl Default for ServeOptions {
             admin_token: None,
             health_cache: Duration::from_secs(1),
             bot_name: "bot".into(),
-            key_retention: Duration::from_secs(24 * 3600),
+            key_retention: crate::retention::DEFAULT_KEY_RETENTION,
             purge_after: None,
         }
     }
@@ -190,9 +192,12 @@ async fn purge_keys(db: Database, retention: Duration, state: web::Data<AppState
 
 /// Purges messages soft-deleted longer ago than `after`, every hour (the first time at
 /// start), 1,000 per transaction, until the task is aborted at shutdown.
-async fn purge_messages(db: Database, after: Duration) {
+async fn purge_messages(db: Database, after: Duration, key_retention: Duration) {
     loop {
-        let options = crate::retention::PurgeOptions::new(after);
+        let options = crate::retention::PurgeOptions {
+            key_retention,
+            ..crate::retention::PurgeOptions::new(after)
+        };
         match crate::retention::purge(&db, options, |_| {}, std::future::pending()).await {
             Ok(report) if report.purged > 0 => tracing::info!(
                 purged = report.purged,
@@ -264,9 +269,13 @@ impl RunningServer {
             self.key_retention,
             self.state.clone(),
         ));
-        let messages_purge = self
-            .purge_after
-            .map(|after| actix_rt::spawn(purge_messages(self.actors.database().clone(), after)));
+        let messages_purge = self.purge_after.map(|after| {
+            actix_rt::spawn(purge_messages(
+                self.actors.database().clone(),
+                after,
+                self.key_retention,
+            ))
+        });
         let failed = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
@@ -335,7 +344,8 @@ fn routes(cfg: &mut web::ServiceConfig, which: Routes) {
 ///
 /// # Errors
 /// [`Error::Config`] when there is no webhook secret and `insecure_no_secret` is not
-/// set, a secret or token is malformed, or an address cannot be bound.
+/// set, a secret or token is malformed, `purge_after` is shorter than `key_retention`,
+/// or an address cannot be bound.
 pub fn start(
     db: Database,
     actors: ActorConfig,
@@ -354,6 +364,9 @@ pub fn start(
     }
     if let Some(token) = &options.admin_token {
         check_token("BOTDB_ADMIN_TOKEN", token)?;
+    }
+    if let Some(after) = options.purge_after {
+        crate::retention::check_purge_period("BOTDB_PURGE_AFTER", after, options.key_retention)?;
     }
     let handle = DbSystem::start(db, actors);
     let bot = Bot::new(handle.clone(), model)

@@ -30,6 +30,8 @@ pub(crate) fn botdb(args: &[&str], env: &[(&str, String)]) -> Command {
         "BOTDB_APP_MIGRATIONS",
         "BOTDB_AUDIT_KEY",
         "BOTDB_PURGE_AFTER",
+        "BOTDB_KEY_RETENTION_HOURS",
+        "BOTDB_EXPORT_TIMEOUT",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);

@@ -201,3 +201,85 @@ async fn serve_purges_past_botdb_purge_after_and_counts_it_in_metrics() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("BOTDB_PURGE_AFTER"), "{}", stderr(&o));
 }
+
+/// One message of user 1, `recent`, soft-deleted 2 hours ago.
+async fn deleted_two_hours_ago(t: &TestDb) {
+    sqlx::raw_sql(
+        "INSERT INTO users (id) VALUES (1); \
+         INSERT INTO messages (id, user_id, role, content, content_length, created_at, deleted_at) \
+         VALUES (gen_random_uuid(), 1, 'user', 'recent', 6, now() - interval '3 hours', now() - interval '2 hours')",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn purge_shorter_than_the_key_retention_is_refused_and_removes_nothing() {
+    let t = TestDb::new().await;
+    deleted_two_hours_ago(&t).await;
+    // Shorter than the default key retention (24 h): a copy of an update handled 2 hours
+    // ago must still find the messages its key names.
+    let o = run(&["purge", "--deleted-before", "1h"], &t.env()).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{}{err}", stdout(&o));
+    assert!(
+        err.contains("--deleted-before") && err.contains("BOTDB_KEY_RETENTION_HOURS=24"),
+        "{err}"
+    );
+    assert_eq!(left(&t, "recent").await, 1, "a refused purge removed a message");
+    // The same with the key retention set shorter than the period still refuses.
+    let mut env = t.env();
+    env.push(("BOTDB_KEY_RETENTION_HOURS", "1.5".into()));
+    let o = run(&["purge", "--deleted-before", "1h"], &env).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("BOTDB_KEY_RETENTION_HOURS=1.5"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(left(&t, "recent").await, 1);
+
+    // At the key retention, a purge runs: 24h keeps what was deleted 2 hours ago...
+    let o = run(&["purge", "--deleted-before", "24h"], &t.env()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("purged 0 messages"), "{}", stdout(&o));
+    assert_eq!(left(&t, "recent").await, 1);
+    // ...and with the keys kept 1 hour, a 1-hour purge removes it.
+    let mut env = t.env();
+    env.push(("BOTDB_KEY_RETENTION_HOURS", "1".into()));
+    let o = run(&["purge", "--deleted-before", "1h"], &env).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("purged 1 messages"), "{}", stdout(&o));
+    assert_eq!(left(&t, "recent").await, 0);
+
+    // A malformed key retention is refused as serve refuses it.
+    for bad in ["0", "soon", "-3"] {
+        let mut env = t.env();
+        env.push(("BOTDB_KEY_RETENTION_HOURS", bad.into()));
+        let o = run(&["purge", "--deleted-before", "30d"], &env).await;
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("expected a number of hours more than 0"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_botdb_purge_after_shorter_than_the_key_retention() {
+    let t = TestDb::new().await;
+    deleted_two_hours_ago(&t).await;
+    let mut env = t.env();
+    env.push(("BOTDB_PURGE_AFTER", "1h".into()));
+    env.push(("BOTDB_WEBHOOK_SECRET", "s3cret-token".into()));
+    let o = run(&["serve", "--bind", "127.0.0.1:0"], &env).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("BOTDB_PURGE_AFTER") && err.contains("BOTDB_KEY_RETENTION_HOURS=24"),
+        "{err}"
+    );
+    assert_eq!(left(&t, "recent").await, 1, "serve purged before refusing");
+}

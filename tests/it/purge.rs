@@ -85,10 +85,15 @@ async fn a_purge_removes_only_messages_soft_deleted_before_the_period() {
     .await
     .unwrap();
     assert_eq!((again.due, again.purged, again.finished), (0, 0, true));
-    // A shorter period reaches the recent ones too, never the live ones.
+    // A shorter period (with keys kept no longer) reaches the recent ones too, never the
+    // live ones.
+    let hour = Duration::from_secs(3600);
     retention::purge(
         &t.db,
-        PurgeOptions::new(Duration::from_secs(3600)),
+        PurgeOptions {
+            key_retention: hour,
+            ..PurgeOptions::new(hour)
+        },
         |_| {},
         std::future::pending(),
     )
@@ -248,4 +253,85 @@ async fn a_purge_under_a_turn_load_never_makes_a_turn_wait_and_keeps_every_ackno
     assert_eq!(blocked, 0, "a turn waited for a lock the purge held");
     h.shutdown().await;
     purge_db.close().await;
+}
+
+#[tokio::test]
+async fn a_purge_shorter_than_the_key_retention_is_a_config_error_and_removes_nothing() {
+    let t = TestDb::new().await;
+    aged(&t, 2, 3).await;
+    // The default key retention is 24 hours; 'recent' was deleted a day ago.
+    let refused = retention::purge(
+        &t.db,
+        PurgeOptions::new(Duration::from_secs(3600)),
+        |_| {},
+        std::future::pending(),
+    )
+    .await;
+    let err = match refused {
+        Err(e) => e,
+        Ok(r) => panic!(
+            "a 1-hour purge ran under the 24-hour key retention: {} purged",
+            r.purged
+        ),
+    };
+    assert!(matches!(&err, Error::Config { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("BOTDB_KEY_RETENTION_HOURS=24") && text.contains("shorter than"),
+        "{text}"
+    );
+    assert_eq!(
+        (count(&t, "old").await, count(&t, "recent").await),
+        (6, 6),
+        "nothing removed"
+    );
+    assert_eq!(t.db.counters().snapshot().purged_messages, 0);
+
+    // Keys kept 1 hour: the same period purges, the recent ones included.
+    let hour = Duration::from_secs(3600);
+    let report = retention::purge(
+        &t.db,
+        PurgeOptions {
+            key_retention: hour,
+            ..PurgeOptions::new(hour)
+        },
+        |_| {},
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.purged, 12);
+    assert_eq!(count(&t, "recent").await, 0);
+}
+
+/// An application that embeds the server gets the same check.
+#[cfg(feature = "server")]
+#[actix_rt::test]
+async fn the_server_refuses_a_purge_period_shorter_than_its_key_retention() {
+    let t = TestDb::new().await;
+    let options = botdb::server::ServeOptions {
+        bind: "127.0.0.1:0".into(),
+        insecure_no_secret: true,
+        purge_after: Some(Duration::from_secs(12 * 3600)),
+        ..Default::default()
+    };
+    let refused = botdb::server::start(
+        t.db.clone(),
+        ActorConfig::default(),
+        options,
+        std::sync::Arc::new(botdb::bot::EchoModel),
+    );
+    let err = match refused {
+        Err(e) => e,
+        Ok(_) => panic!("the server started with a 12-hour purge and 24-hour keys"),
+    };
+    assert!(
+        matches!(&err, Error::Config { key, .. } if key == "BOTDB_PURGE_AFTER"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("12h is shorter than the request keys' retention, BOTDB_KEY_RETENTION_HOURS=24"),
+        "{err}"
+    );
 }

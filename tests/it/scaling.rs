@@ -317,7 +317,7 @@ async fn the_distributable_migration_keys_by_user_changes_only_messages_key_and_
     // Export, then erasure.
     let mut out = Vec::new();
     let mut export_conn = t.db.pool().acquire().await.unwrap();
-    let summary = repo::export::export_user(&mut export_conn, 2, &mut out)
+    let summary = repo::export::export_user(&mut export_conn, 2, &mut out, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!((summary.messages, summary.deleted), (7, 0));
