@@ -34,6 +34,8 @@ mod hosts;
 mod http_hardening;
 #[cfg(feature = "cli")]
 mod lifecycle_cli;
+#[cfg(feature = "embedded")]
+mod lock_waits;
 mod locks;
 mod migrations;
 mod once;
