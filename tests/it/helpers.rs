@@ -228,6 +228,8 @@ pub fn server_url() -> String {
     server_url_of(server())
 }
 
+/// `server`'s URL with its password: the embedded cluster's, else the external one's.
+#[cfg_attr(not(feature = "embedded"), allow(unused_variables))]
 fn server_url_of(server: &TestServer) -> String {
     #[cfg(feature = "embedded")]
     if let Some(pg) = &server.embedded {
