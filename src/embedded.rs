@@ -155,6 +155,15 @@ impl EmbeddedPostgres {
         &self.root
     }
 
+    /// The server's log (what it writes to stderr, appended across restarts). Each line
+    /// starts `TIME [PID] USER@DATABASE ` (`log_line_prefix = '%m [%p] %q%u@%d '`, as
+    /// Debian's clusters have it), so a reader can tell which database a line is
+    /// about. Tests read it for the server's own record of lock waits (`log_lock_waits`),
+    /// which PostgreSQL 15 keeps nowhere else.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
     /// A [`Config`] (reference defaults for everything but the server) pointing at
     /// database `database` of this cluster, as superuser `postgres`.
     pub fn config(&self, database: &str) -> Config {
@@ -481,10 +490,10 @@ impl EmbeddedPostgres {
 
     fn start_server(&self) -> Result<()> {
         let data = self.data_dir();
-        let log = self.root.join("postgres.log");
+        let log = self.log_path();
         let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' -c max_connections=300 \
-             -c shared_buffers=128MB -c log_min_messages=warning",
+             -c shared_buffers=128MB -c log_min_messages=warning -c log_line_prefix='%m [%p] %q%u@%d '",
             self.port,
             path_str(&self.root)?
         );

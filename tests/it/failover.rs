@@ -299,6 +299,10 @@ async fn a_synchronous_standby_takes_over_under_a_64_user_load_with_nothing_ackn
         }
     }
     assert_eq!(unavailable_present, 0, "a turn answered Unavailable was stored");
+    assert_eq!(
+        failed_after_first_write, 0,
+        "a turn failed after writes had resumed on the promoted standby"
+    );
     assert_eq!(found, acks, "every acknowledged turn is on the promoted standby");
     assert!(acks >= BEFORE + AFTER);
 }
@@ -322,6 +326,56 @@ async fn post(base: &str, update: &serde_json::Value) -> (u16, Option<String>, s
     (resp.status().as_u16(), retry_after, json)
 }
 
+/// The text of the update whose turn commits but whose answer is lost.
+const LOST: &str = "committed, its answer lost";
+
+/// Polls `conn`'s server until `query` (binding `bind`) finds a backend; returns its pid.
+async fn backend(conn: &mut PgConnection, query: &str, bind: i32, what: &str) -> i32 {
+    let mut pid = None;
+    let found = crate::helpers::eventually(Duration::from_secs(60), async || {
+        pid = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(query))
+            .bind(bind)
+            .fetch_optional(&mut *conn)
+            .await
+            .unwrap();
+        pid.is_some()
+    })
+    .await;
+    assert!(found, "no backend {what}");
+    pid.unwrap()
+}
+
+/// Delivers `update` as Telegram does until it gets a 200 (here without its wait
+/// between tries): how many deliveries it took, counting the one before, and the reply.
+async fn redeliver(base: &str, update: &serde_json::Value) -> (usize, serde_json::Value) {
+    let mut deliveries = 1;
+    loop {
+        deliveries += 1;
+        assert!(deliveries <= 200, "the redelivered update was never answered");
+        match post(base, update).await {
+            (200, _, reply) => return (deliveries, reply),
+            (503, _, _) => actix_rt::time::sleep(Duration::from_millis(50)).await,
+            (status, _, body) => panic!("{status}: {body}"),
+        }
+    }
+}
+
+async fn stop_fast(pg: &Arc<EmbeddedPostgres>) {
+    let pg = pg.clone();
+    tokio::task::spawn_blocking(move || pg.stop(StopMode::Fast))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn restart(pg: &Arc<EmbeddedPostgres>) {
+    let pg = pg.clone();
+    tokio::task::spawn_blocking(move || pg.restart())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[actix_rt::test]
 async fn the_webhook_answers_503_while_no_primary_and_the_redelivered_update_is_stored_once() {
     let (pg, standby) = pair().await;
@@ -333,46 +387,138 @@ async fn the_webhook_answers_503_while_no_primary_and_the_redelivered_update_is_
     let (status, _, reply) = post(&base, &before).await;
     assert_eq!(status, 200, "{reply}");
 
+    // An update whose turn commits on the primary but whose answer is lost. Its commit
+    // is held (a deferred trigger on its message, run at commit, polls until the test
+    // lets go of an advisory lock: polls, because a lock wait would end at the bot's
+    // lock timeout) while the synchronous standby is stopped; released, the primary
+    // commits the turn and waits for the standby's acknowledgement, and the test
+    // terminates the backend there: committed, the connection gone before the answer.
+    let mut primary = conn_to(&pg).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN
+                WHILE NOT pg_try_advisory_xact_lock(23) LOOP PERFORM pg_sleep(0.005); END LOOP;
+                RETURN NULL;
+             END $$;
+         CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON messages
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             WHEN (NEW.content = '{LOST}') EXECUTE FUNCTION hold_commit();
+         SELECT pg_advisory_lock(23);"
+    )))
+    .execute(&mut primary)
+    .await
+    .unwrap();
+    let lost = crate::serve::text_update(2, user, LOST);
+    let delivery = actix_rt::spawn({
+        let (base, lost) = (base.clone(), lost.clone());
+        async move { post(&base, &lost).await }
+    });
+    let pid = backend(
+        &mut primary,
+        "SELECT pid FROM pg_stat_activity WHERE datname = 'botdb' AND wait_event = 'PgSleep' \
+            AND pid <> $1",
+        0,
+        "held at its commit",
+    )
+    .await;
+    stop_fast(&standby).await;
+    sqlx::query("SELECT pg_advisory_unlock(23)")
+        .execute(&mut primary)
+        .await
+        .unwrap();
+    backend(
+        &mut primary,
+        "SELECT pid FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+        pid,
+        "waiting for the standby's acknowledgement",
+    )
+    .await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut primary)
+        .await
+        .unwrap();
+    assert!(terminated);
+    let (status, retry_after, body) = delivery.await.unwrap();
+    assert_eq!(status, 503, "the outcome is unknown: {body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    // It committed: both of its messages are on the primary (visible once the
+    // terminated backend has finished its commit).
+    let committed = crate::helpers::eventually(Duration::from_secs(60), async || {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut primary)
+            .await
+            .unwrap();
+        n == 4
+    })
+    .await;
+    assert!(committed, "the turn whose answer was lost is not on the primary");
+    // The standby back; dropping the trigger commits once the standby has everything
+    // before it, the lost answer's turn included.
+    restart(&standby).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sqlx::raw_sql("DROP TRIGGER hold_commit ON messages; DROP FUNCTION hold_commit()")
+            .execute(&mut primary),
+    )
+    .await
+    .expect("the standby acknowledges again")
+    .unwrap();
+    drop(primary);
+
     stop(&pg).await;
     // No primary: the update is refused with 503 and Retry-After, so Telegram redelivers.
-    let during = crate::serve::text_update(2, user, "sent while no server takes writes");
+    let during = crate::serve::text_update(3, user, "sent while no server takes writes");
     let (status, retry_after, body) = post(&base, &during).await;
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some(), "503 without Retry-After");
     assert!(!body.to_string().contains(pg.password().expose_secret()));
 
     promote(&standby).await;
-    // Telegram redelivers (here, without its wait) until it gets a 200.
-    let mut deliveries = 1;
-    let reply = loop {
-        deliveries += 1;
-        assert!(deliveries <= 200, "the redelivered update was never answered");
-        match post(&base, &during).await {
-            (200, _, reply) => break reply,
-            (503, _, _) => actix_rt::time::sleep(Duration::from_millis(50)).await,
-            (status, _, body) => panic!("{status}: {body}"),
-        }
+    let mut conn = conn_to(&standby).await;
+    let stored = async |conn: &mut PgConnection| -> Vec<(String, String)> {
+        sqlx::query_as("SELECT role, content FROM messages WHERE user_id = $1 ORDER BY created_at, seq")
+            .bind(user)
+            .fetch_all(conn)
+            .await
+            .unwrap()
     };
+    // Telegram redelivers the update whose answer was lost: answered with the turn
+    // stored the first time, nothing stored again.
+    let (lost_deliveries, lost_reply) = redeliver(&base, &lost).await;
+    let turns = stored(&mut conn).await;
+    assert_eq!(turns.len(), 4, "{turns:?}");
+    assert_eq!((turns[2].0.as_str(), turns[2].1.as_str()), ("user", LOST));
+    assert_eq!(turns[3].0, "assistant");
+    assert_eq!(
+        lost_reply["text"].as_str(),
+        Some(turns[3].1.as_str()),
+        "the copy is answered with the stored turn's reply"
+    );
+    // And the one refused while no primary took writes, until it gets a 200.
+    let (deliveries, reply) = redeliver(&base, &during).await;
     // A later copy (a 200 Telegram did not get in time) gets the same reply.
     let (status, _, again) = post(&base, &during).await;
     assert_eq!((status, &again), (200, &reply));
 
-    let mut conn = conn_to(&standby).await;
-    let stored: Vec<String> = sqlx::query_scalar(
-        "SELECT content FROM messages WHERE user_id = $1 AND role = 'user' ORDER BY created_at, seq",
-    )
-    .bind(user)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
+    let turns = stored(&mut conn).await;
+    let said: Vec<&str> = turns
+        .iter()
+        .filter(|(role, _)| role == "user")
+        .map(|(_, content)| content.as_str())
+        .collect();
     assert_eq!(
-        stored,
-        ["before the failover", "sent while no server takes writes"],
-        "both turns on the promoted standby, the redelivered one once"
+        said,
+        ["before the failover", LOST, "sent while no server takes writes"],
+        "every turn on the promoted standby, each redelivered one once"
     );
+    assert_eq!(turns.len(), 6, "a reply each: {turns:?}");
     eprintln!(
-        "FAILOVER webhook: 503 with Retry-After while no primary; after the promotion, answered 200 at delivery \
-         {deliveries}; a later copy answered with the same reply; stored once"
+        "FAILOVER webhook: a turn committed on the primary with its answer lost (its commit cut while waiting for \
+         the standby): 503, its copy after the promotion answered at delivery {lost_deliveries} with the stored \
+         reply; 503 with Retry-After while no primary, after the promotion answered 200 at delivery \
+         {deliveries}, a later copy with the same reply; each stored once"
     );
     let status = crate::serve::sigterm(&mut served.child).await;
     assert_eq!(status.code(), Some(0));

@@ -33,6 +33,17 @@ pub struct TestServer {
 
 static SERVER: OnceLock<TestServer> = OnceLock::new();
 
+/// The fixtures' own connections (creating and dropping databases, observing) wait as
+/// long as they must: botdb's default limits are for the bot's traffic.
+fn unlimited(mut c: Config) -> Config {
+    c.timeouts = botdb::config::TimeoutConfig {
+        statement: None,
+        lock: None,
+        idle_in_transaction: None,
+    };
+    c
+}
+
 /// The shared server, started on first use.
 pub fn server() -> &'static TestServer {
     SERVER.get_or_init(|| {
@@ -40,16 +51,6 @@ pub fn server() -> &'static TestServer {
         if std::env::var_os("TEST_LOG").is_some() {
             botdb::telemetry::init("botdb=debug,sqlx=info,info");
         }
-        // The fixtures' own connections (creating and dropping databases, observing)
-        // wait as long as they must: botdb's default limits are for the bot's traffic.
-        let unlimited = |mut c: Config| {
-            c.timeouts = botdb::config::TimeoutConfig {
-                statement: None,
-                lock: None,
-                idle_in_transaction: None,
-            };
-            c
-        };
         match std::env::var("BOTDB_TEST_DATABASE_URL") {
             Ok(url) => TestServer {
                 admin: unlimited(
@@ -67,32 +68,49 @@ pub fn server() -> &'static TestServer {
                  the tests may create databases on (postgres://user@host/postgres)"
             ),
             #[cfg(feature = "embedded")]
-            Err(_) => {
-                let pg = EmbeddedPostgres::start().expect("starting the test PostgreSQL cluster");
-                TestServer {
-                    admin: unlimited(pg.config("postgres")),
-                    embedded: Some(pg),
-                }
-            }
+            Err(_) => embedded_server(),
         }
     })
 }
 
+#[cfg(feature = "embedded")]
+fn embedded_server() -> TestServer {
+    let pg = EmbeddedPostgres::start().expect("starting the test PostgreSQL cluster");
+    TestServer {
+        admin: unlimited(pg.config("postgres")),
+        embedded: Some(pg),
+    }
+}
+
+/// A server whose log this process reads, for tests that need the server's own record
+/// (its lock waits, `tests/it/lock_waits.rs`): the shared one when it is the embedded
+/// cluster; with `BOTDB_TEST_DATABASE_URL` (a server whose log is out of reach) a
+/// throwaway cluster of its own, started on first use, so that such a test still
+/// proves what it says instead of passing without looking.
+#[cfg(feature = "embedded")]
+pub fn logged_server() -> &'static TestServer {
+    static LOGGED: OnceLock<TestServer> = OnceLock::new();
+    if server().embedded.is_some() {
+        return server();
+    }
+    LOGGED.get_or_init(embedded_server)
+}
+
 /// The pool settings tests use unless they say otherwise: small, so that many test
 /// databases fit in the server's connection slots, and a short pool timeout.
-pub fn test_config(database: &str) -> Config {
+fn test_config(server: &TestServer, database: &str) -> Config {
     let base = Config::builder()
         .pool_size(2)
         .max_overflow(3)
         .pool_timeout(Duration::from_secs(10))
         .build()
         .expect("test pool settings");
-    base.with_server_of(&server().admin.with_database(database))
+    base.with_server_of(&server.admin.with_database(database))
 }
 
-/// A connection to the server's `postgres` database.
-pub async fn admin_connection() -> PgConnection {
-    server()
+/// A connection to `server`'s `postgres` database.
+async fn admin_connection(server: &TestServer) -> PgConnection {
+    server
         .admin
         .connect_options()
         .unwrap()
@@ -109,12 +127,20 @@ pub struct TestDb {
     pub config: Config,
     /// A pool on it.
     pub db: Database,
+    /// The server it lives on.
+    pub server: &'static TestServer,
 }
 
 impl TestDb {
     /// A fresh database with every migration applied.
     pub async fn new() -> Self {
-        let t = Self::empty().await;
+        Self::new_on(server()).await
+    }
+
+    /// A fresh database on `server` (the shared one, or [`logged_server`]) with every
+    /// migration applied.
+    pub async fn new_on(server: &'static TestServer) -> Self {
+        let t = Self::empty_on(server).await;
         t.db.migrate().await.expect("migrating the test database");
         t
     }
@@ -136,18 +162,27 @@ impl TestDb {
 
     /// A fresh database with no migration applied.
     pub async fn empty() -> Self {
+        Self::empty_on(server()).await
+    }
+
+    async fn empty_on(server: &'static TestServer) -> Self {
         let name = format!("botdb_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = admin_connection().await;
+        let mut admin = admin_connection(server).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await
             .expect("creating the test database");
         let _ = admin.close().await;
-        let config = test_config(&name);
+        let config = test_config(server, &name);
         let db = Database::connect(&config)
             .await
             .expect("connecting to the test database");
-        TestDb { name, config, db }
+        TestDb {
+            name,
+            config,
+            db,
+            server,
+        }
     }
 
     /// A separate connection to this database (not from the pool), for assertions.
@@ -169,7 +204,7 @@ impl TestDb {
 
     /// The URL of this database, password included, for a `botdb` child process.
     pub fn url(&self) -> String {
-        let mut url = url::Url::parse(&server_url()).expect("server URL");
+        let mut url = url::Url::parse(&server_url_of(self.server)).expect("server URL");
         url.set_path(&self.name);
         url.to_string()
     }
@@ -190,8 +225,14 @@ pub fn server_password() -> String {
 
 /// The shared server's URL with its password (only tests handle it in clear).
 pub fn server_url() -> String {
+    server_url_of(server())
+}
+
+/// `server`'s URL with its password: the embedded cluster's, else the external one's.
+#[cfg_attr(not(feature = "embedded"), allow(unused_variables))]
+fn server_url_of(server: &TestServer) -> String {
     #[cfg(feature = "embedded")]
-    if let Some(pg) = &server().embedded {
+    if let Some(pg) = &server.embedded {
         use secrecy::ExposeSecret;
         return pg.url("postgres").expose_secret().to_string();
     }
@@ -201,7 +242,7 @@ pub fn server_url() -> String {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let admin = server().admin.clone();
+        let admin = self.server.admin.clone();
         // Drop may run inside a runtime (or while unwinding): use a thread of our own.
         let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

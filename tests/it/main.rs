@@ -36,6 +36,8 @@ mod http_hardening;
 mod key_owners;
 #[cfg(feature = "cli")]
 mod lifecycle_cli;
+#[cfg(feature = "embedded")]
+mod lock_waits;
 mod locks;
 mod migrations;
 mod once;

@@ -171,9 +171,19 @@ async fn a_key_is_never_answered_to_another_user() {
     assert!(stored(&t, 2).await.is_empty(), "nothing written for user 2");
 }
 
+/// A turn is delayed by the purge when it waits for a lock the purge holds: that is what
+/// this test asserts never happens, from the server's own record of lock waits (every
+/// wait over 1 ms, `tests/it/lock_waits.rs`). A wall-clock limit on the slowest turn
+/// would measure the machine (two cores shared with the server and other tests), not
+/// the purge; the figures are printed. Reading the server's log needs the embedded
+/// cluster: without the `embedded` feature (the core's run against an external server)
+/// this test is not compiled rather than passing unproven.
+#[cfg(feature = "embedded")]
 #[actix_rt::test]
 async fn old_keys_are_purged_in_small_batches_without_delaying_turns() {
-    let t = TestDb::new().await;
+    use crate::lock_waits::LockWaits;
+
+    let t = TestDb::new_on(crate::helpers::logged_server()).await;
     let mut conn = t.conn().await;
     // 100,000 keys from two days ago, 1,000 from now.
     sqlx::raw_sql(
@@ -196,9 +206,33 @@ async fn old_keys_are_purged_in_small_batches_without_delaying_turns() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    // A concurrent user keeps taking turns (keyed, like the webhook's) while the purge
+    let record = LockWaits::watch(&t).await;
+    // Pools opened after the record was turned on; the purge on one connection of its
+    // own, whose backend is the one a delayed turn would have waited for.
+    let load_db = Database::connect(&t.config).await.unwrap();
+    let purge_db = Database::connect(
+        &botdb::Config::builder()
+            .pool_size(1)
+            .max_overflow(0)
+            .build()
+            .unwrap()
+            .with_server_of(&t.config),
+    )
+    .await
+    .unwrap();
+    LockWaits::assert_recorded(&load_db).await;
+    LockWaits::assert_recorded(&purge_db).await;
+    let backend = async || -> i32 {
+        purge_db
+            .read(async |c| Ok(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await?))
+            .await
+            .unwrap()
+    };
+    let purge_pid = backend().await;
+    // A concurrent user keeps taking turns (keyed, like the webhook's, the keys in the
+    // table the purge empties, under the user whose keys it removes) while the purge
     // runs; how long each took is recorded.
-    let h = DbSystem::start(t.db.clone(), t.config.actors);
+    let h = DbSystem::start(load_db, t.config.actors);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let turns = {
         let (h, stop) = (h.clone(), stop.clone());
@@ -217,8 +251,7 @@ async fn old_keys_are_purged_in_small_batches_without_delaying_turns() {
     let started = std::time::Instant::now();
     let (mut purged, mut batches) = (0, 0);
     loop {
-        let n = t
-            .db
+        let n = purge_db
             .autocommit(async |c| repo::keys::purge_older_than(c, Duration::from_secs(24 * 3600), 1000).await)
             .await
             .unwrap();
@@ -231,7 +264,37 @@ async fn old_keys_are_purged_in_small_batches_without_delaying_turns() {
     let took = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (turns_done, slowest) = turns.await.unwrap();
+    h.shutdown().await;
+    assert_eq!(
+        backend().await,
+        purge_pid,
+        "the purge ran on one backend throughout"
+    );
+    purge_db.close().await;
+    let waits = record.waits();
+    let on_purge: Vec<_> = waits.iter().filter(|w| w.holders.contains(&purge_pid)).collect();
+    eprintln!(
+        "purge: 100,000 keys in {batches} batches in {:.2} s; {turns_done} concurrent keyed turns, \
+         slowest {:.1} ms; lock waits over 1 ms in the server's log: {} in all, {} on the purge; \
+         table + indexes: {} bytes for 101,000 keys ({:.0} bytes per key, about {:.0} MB per million)",
+        took.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0,
+        waits.len(),
+        on_purge.len(),
+        bytes,
+        bytes as f64 / 101_000.0,
+        bytes as f64 / 101_000.0
+    );
+    assert!(turns_done > 0, "turns went on during the purge");
+    assert!(
+        on_purge.is_empty(),
+        "turns were delayed by the purge (the slowest took {slowest:?}): they waited for its locks: {on_purge:?}"
+    );
     assert_eq!(purged, 100_000, "every old key removed");
+    assert_eq!(
+        batches, 101,
+        "1,000 keys per transaction: 100 full batches, then one that found none"
+    );
     let left: Vec<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM request_keys WHERE key LIKE 'recent-%' UNION ALL \
          SELECT count(*) FROM request_keys WHERE created_at < now() - interval '1 day'",
@@ -240,15 +303,4 @@ async fn old_keys_are_purged_in_small_batches_without_delaying_turns() {
     .await
     .unwrap();
     assert_eq!(left, [1000, 0], "recent keys kept, old ones gone");
-    assert!(turns_done > 0, "turns went on during the purge");
-    eprintln!(
-        "purge: 100,000 keys in {batches} batches in {:.2} s; {turns_done} concurrent keyed turns, \
-         slowest {:.1} ms; table + indexes: {} bytes for 101,000 keys ({:.0} bytes per key, \
-         about {:.0} MB per million)",
-        took.as_secs_f64(),
-        slowest.as_secs_f64() * 1000.0,
-        bytes,
-        bytes as f64 / 101_000.0,
-        bytes as f64 / 101_000.0
-    );
 }

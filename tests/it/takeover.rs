@@ -652,6 +652,37 @@ async fn dry_run_on_ordinary_databases_lists_what_would_apply_and_changes_nothin
     let _ = conn.close().await;
 }
 
+/// Polls until backend `pid` is waiting for a lock while running a statement that
+/// starts with `statement`.
+async fn waits_in(observer: &mut PgConnection, pid: i32, statement: &str) {
+    let waiting = crate::helpers::eventually(std::time::Duration::from_secs(60), async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT wait_event_type = 'Lock' AND query LIKE $2 || '%' FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .bind(statement)
+        .fetch_optional(&mut *observer)
+        .await
+        .unwrap()
+        .unwrap_or(false)
+    })
+    .await;
+    assert!(waiting, "the takeover never waited in {statement}");
+}
+
+/// The index build backend `pid` reports (`pg_stat_progress_create_index`), if any:
+/// its command and phase.
+async fn building(observer: &mut PgConnection, pid: i32) -> Option<(String, String)> {
+    sqlx::query_as(
+        "SELECT command, phase FROM pg_stat_progress_create_index \
+          WHERE pid = $1 AND relid = 'messages'::regclass",
+    )
+    .bind(pid)
+    .fetch_optional(observer)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_takeover_itself_rewrites_no_table_and_builds_indexes_concurrently() {
     // The oldest state: naive datetimes, no content_length, no history index.
@@ -669,13 +700,74 @@ async fn the_takeover_itself_rewrites_no_table_and_builds_indexes_concurrently()
     };
     let before = files(&mut conn).await;
     let rows_before = rows(&mut conn).await;
-    let done = takeover::migrate(
-        &mut conn,
-        Some(takeover::TAKEN_OVER_AT),
-        &botdb::MigrateConfig::default(),
-    )
-    .await
-    .unwrap();
+    let takeover_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let mut observer = t.conn().await;
+
+    // The bot writes while the history index is built, and a write of the bot is under
+    // way when the build starts. Ordered without sleeps: the repairs end by filling user
+    // 1002's NULL timestamps (after the content_length column was added, which no
+    // transaction on messages may overlap), so holding that row stops the takeover
+    // there; a bot transaction that wrote a message then stays open, which a concurrent
+    // build waits for ("waiting for writers before build") and the writes go on meanwhile.
+    let mut users_conn = t.conn().await;
+    let mut user_row = users_conn.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = 1002 FOR UPDATE")
+        .execute(&mut *user_row)
+        .await
+        .unwrap();
+    // Long enough for the takeover to wait for the row the test holds (not a limit on
+    // anything measured).
+    let policy = botdb::MigrateConfig {
+        lock_timeout: std::time::Duration::from_secs(60),
+        ..botdb::MigrateConfig::default()
+    };
+    let takeover = tokio::spawn(async move {
+        let done = takeover::migrate(&mut conn, Some(takeover::TAKEN_OVER_AT), &policy).await;
+        (conn, done)
+    });
+    waits_in(&mut observer, takeover_pid, "UPDATE users SET created_at").await;
+    let mut open_conn = t.conn().await;
+    let mut open_write = open_conn.begin().await.unwrap();
+    let insert = "INSERT INTO messages (id, user_id, role, content, created_at) \
+                  VALUES (gen_random_uuid(), 1000, 'user', $1, now())";
+    sqlx::query(insert)
+        .bind("written during the build: open when it started")
+        .execute(&mut *open_write)
+        .await
+        .unwrap();
+    user_row.commit().await.unwrap();
+    waits_in(&mut observer, takeover_pid, "CREATE INDEX").await;
+
+    // The bot's writes, each committed on its own. A write the build blocked would wait
+    // for it, and the build waits for `open_write`, which ends only after these: the
+    // lock timeout turns that endless wait into a failure (any finite one would do).
+    let mut writer = t.conn().await;
+    sqlx::raw_sql("SET lock_timeout = '5s'")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        sqlx::query(insert)
+            .bind(format!("written during the build {i}"))
+            .execute(&mut writer)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} waited for the index build: {e}"));
+    }
+    // Committed while the build was in progress: it still is, concurrently.
+    assert_eq!(
+        building(&mut observer, takeover_pid).await,
+        Some((
+            "CREATE INDEX CONCURRENTLY".to_string(),
+            "waiting for writers before build".to_string()
+        )),
+        "the history index is being built while the writes committed"
+    );
+    open_write.commit().await.unwrap();
+    let (mut conn, done) = takeover.await.unwrap();
+    let done = done.unwrap();
     assert!(matches!(done.plan.found, Found::Reference(_)));
     assert!(
         done.plan
@@ -690,7 +782,34 @@ async fn the_takeover_itself_rewrites_no_table_and_builds_indexes_concurrently()
         "every message's length, and the 4 NULL timestamps"
     );
     assert_eq!(files(&mut conn).await, before, "no table was rewritten");
-    assert_same_rows(&rows_before, &rows(&mut conn).await);
+    // Every row as it was, and the 21 written during the build, their lengths computed
+    // by the normalisation (the reference's statements do not set them).
+    let mut rows_after = rows(&mut conn).await;
+    let messages = rows_after.get_mut("messages").unwrap();
+    let count = messages.len();
+    messages.retain(|m| {
+        !m[3]
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("written during the build")
+    });
+    assert_eq!(count - messages.len(), 21, "the writes made during the build");
+    assert_same_rows(&rows_before, &rows_after);
+    let measured: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE content LIKE 'written during the build%' \
+            AND content_length = char_length(content)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(measured, 21);
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_messages_user_deleted_created'::regclass",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(valid, "the concurrent build finished");
     let current = botdb::migrate::current(&mut conn).await.unwrap().unwrap();
     assert_eq!(current.version, takeover::TAKEN_OVER_AT);
     // The schema is exactly botdb's at that version.
@@ -702,7 +821,7 @@ async fn the_takeover_itself_rewrites_no_table_and_builds_indexes_concurrently()
     let mut ours = Snapshot::read(&mut conn).await.unwrap();
     ours.objects.retain(|k, _| !k.contains("alembic_version"));
     assert_eq!(Snapshot::read(&mut other).await.unwrap().diff(&ours), vec![]);
-    for c in [conn, other] {
+    for c in [conn, other, observer, writer, users_conn, open_conn] {
         let _ = c.close().await;
     }
 }
