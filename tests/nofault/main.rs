@@ -12,10 +12,14 @@ mod helpers;
 mod actors;
 #[path = "../it/batching.rs"]
 mod batching;
+#[path = "../it/commands.rs"]
+mod commands;
 #[path = "../it/failover.rs"]
 mod failover;
 #[path = "../it/http_hardening.rs"]
 mod http_hardening;
+#[path = "../it/key_owners.rs"]
+mod key_owners;
 #[path = "../it/own_tables.rs"]
 mod own_tables;
 #[path = "../it/replicas.rs"]
