@@ -99,15 +99,7 @@ async fn replay(
     if record && recorded.get("command").is_none() {
         return Err(once::mismatch(recorded));
     }
-    if let Some(chat) = recorded.get("chat").and_then(Value::as_i64) {
-        once::same_dialogue(
-            Dialogue {
-                chat_id: chat,
-                ..dialogue
-            },
-            dialogue,
-        )?;
-    }
+    once::same_chat(recorded, dialogue)?;
     // The key names the user, so the user exists (a foreign key; an erased user's keys
     // name nobody, and `outcome_of` said so).
     let user = repo::users::get(&mut *tx, dialogue.user_id)

@@ -541,18 +541,7 @@ impl DbRequest for ClearHistory {
                     .get("cleared")
                     .and_then(Value::as_u64)
                     .ok_or_else(|| once::mismatch(&recorded))?;
-                // Recorded before the chat was (botdb 0.1 up to migration 0007): as asked.
-                let chat = recorded
-                    .get("chat")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(dialogue.chat_id);
-                once::same_dialogue(
-                    Dialogue {
-                        chat_id: chat,
-                        ..dialogue
-                    },
-                    dialogue,
-                )?;
+                once::same_chat(&recorded, dialogue)?;
                 Ok(hidden)
             },
         )

@@ -63,6 +63,15 @@ pub(crate) fn same_dialogue(recorded: Dialogue, asked: Dialogue) -> Result<()> {
     ))
 }
 
+/// [`same_dialogue`] for an outcome that records its chat (`"chat"`); one recorded
+/// before outcomes did (botdb's migrations up to 0007) is taken as asked.
+pub(crate) fn same_chat(recorded: &Value, asked: Dialogue) -> Result<()> {
+    match recorded.get("chat").and_then(Value::as_i64) {
+        Some(chat_id) => same_dialogue(Dialogue { chat_id, ..asked }, asked),
+        None => Ok(()),
+    }
+}
+
 /// The messages a recorded outcome names (`{"messages": [id, ...]}`), in order.
 pub(crate) async fn messages(conn: &mut PgConnection, outcome: &Value) -> Result<Vec<Message>> {
     let ids: Vec<uuid::Uuid> = outcome
