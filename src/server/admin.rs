@@ -2,57 +2,18 @@
 //! strangers when asked.
 //!
 //! Health costs at most one database round trip per cache period, whatever the rate of
-//! calls: the answer is kept for `health_cache`, and callers that arrive while a check
-//! runs wait for that check instead of starting their own (single flight). A flood of
-//! `/healthz` therefore never takes pool connections from the actors. Both routes can
+//! calls ([`HealthCache`](crate::server::health::HealthCache)). A flood of `/healthz`
+//! therefore never takes pool connections from the actors. Both routes can
 //! require `Authorization: Bearer <BOTDB_ADMIN_TOKEN>` (constant-time comparison), and
 //! both can live on their own listener (`--admin-bind`), off the public address.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use tokio::sync::Mutex;
 
-use crate::db::Database;
 use crate::server::{AppState, json_error, metrics};
-
-/// The last database check and when it ran.
-#[derive(Debug, Default)]
-pub(crate) struct HealthCache {
-    last: Mutex<Option<(Instant, bool)>>,
-    /// Checks that went to the database.
-    pub(crate) database_checks: AtomicU64,
-    /// Calls answered from the cache.
-    pub(crate) cached_answers: AtomicU64,
-}
-
-impl HealthCache {
-    /// Whether the database answered, at most `ttl` ago. One caller at a time refreshes
-    /// it; the others wait for that answer.
-    async fn database_ok(&self, db: &Database, ttl: Duration) -> bool {
-        let mut last = self.last.lock().await;
-        if let Some((at, ok)) = *last
-            && at.elapsed() < ttl
-        {
-            self.cached_answers.fetch_add(1, Ordering::Relaxed);
-            return ok;
-        }
-        self.database_checks.fetch_add(1, Ordering::Relaxed);
-        let ping = tokio::time::timeout(
-            Duration::from_secs(2),
-            db.read(async |c| Ok(sqlx::query("SELECT 1").execute(c).await?)),
-        )
-        .await;
-        let ok = matches!(ping, Ok(Ok(_)));
-        *last = Some((Instant::now(), ok));
-        ok
-    }
-}
 
 /// `true` when the request may see the admin routes.
 fn authorized(req: &HttpRequest, token: &Option<SecretString>) -> bool {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actors::{ActorStats, SystemStats};
-use crate::server::admin::HealthCache;
+use crate::server::health::HealthCache;
 
 /// The webhook's own counters.
 #[derive(Debug, Default)]

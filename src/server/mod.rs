@@ -20,6 +20,7 @@
 //! request drains), then the pool closes, then the admin listener stops.
 
 mod admin;
+mod health;
 pub mod metrics;
 mod webhook;
 
@@ -42,7 +43,7 @@ use crate::bot::{Bot, Model};
 use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
-use admin::HealthCache;
+use health::HealthCache;
 use metrics::WebhookMetrics;
 
 pub use webhook::SECRET_HEADER;
