@@ -1,0 +1,28 @@
+//! A throwaway PostgreSQL cluster started from the installed server binaries.
+//!
+//! `botdb demo` (with no `DATABASE_URL` / `DB_HOST`) and the test suite run on one of
+//! these, so neither needs a running server nor any setting. The cluster lives in a
+//! temporary directory, listens only on 127.0.0.1 on a free port, requires a random
+//! password (SCRAM), and is removed when the [`EmbeddedPostgres`] is dropped.
+//!
+//! Removal does not depend on this process ending well: a small watcher process (plain
+//! `sh`, in its own process group so a terminal's Ctrl-C does not reach it) holds the
+//! read end of a pipe whose write end only this process has. When the pipe closes, on
+//! drop, on exit, on a crash or on SIGKILL, the watcher stops the server and deletes
+//! the directory.
+//!
+//! PostgreSQL refuses to run as root: when botdb runs as root, the server runs as the
+//! unprivileged OS user `postgres` (or `BOTDB_PG_OS_USER`).
+//!
+//! - `cluster`: [`EmbeddedPostgres`]: initdb, start, stop, the watcher, the configs and
+//!   URLs that point at it;
+//! - `standby`: a streaming standby beside it (synchronous or not) and its promotion;
+//! - `host`: what it needs of this machine: the server binaries, a free port, the
+//!   unprivileged OS user it runs as.
+
+mod cluster;
+mod host;
+mod standby;
+
+pub use cluster::{EmbeddedPostgres, StopMode};
+pub use standby::Replication;
