@@ -12,8 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
 use crate::embedded::host::{RunAs, embedded_error, find_bindir, free_port, path_str, run_as_user};
-use crate::embedded::standby::STANDBY_NAME;
 use crate::error::Result;
+
+/// The `cluster_name` of a standby, which its WAL receiver reports as `application_name`.
+pub(super) const STANDBY_NAME: &str = "botdb_standby";
 
 /// How to stop the server (`pg_ctl stop -m ...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

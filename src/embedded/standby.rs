@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use secrecy::ExposeSecret;
 
-use crate::embedded::cluster::EmbeddedPostgres;
+use crate::embedded::cluster::{EmbeddedPostgres, STANDBY_NAME};
 use crate::embedded::host::{embedded_error, free_port, path_str};
 use crate::error::Result;
 
@@ -21,9 +21,6 @@ pub enum Replication {
     /// The primary does not wait: the standby may be behind by what was committed last.
     Asynchronous,
 }
-
-/// The standby's `cluster_name`, which its WAL receiver reports as `application_name`.
-pub(super) const STANDBY_NAME: &str = "botdb_standby";
 
 impl EmbeddedPostgres {
     /// Starts a streaming standby of this cluster beside it: a base backup
