@@ -31,6 +31,7 @@ mod faults;
 mod fuzz;
 #[cfg(feature = "embedded")]
 mod hosts;
+mod house;
 #[cfg(feature = "cli")]
 mod http_hardening;
 mod key_owners;
