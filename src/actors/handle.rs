@@ -15,7 +15,10 @@ use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
-use crate::actors::actor::{DbActor, Drain, Env, LockRetry, Snapshot};
+use crate::actors::actor::DbActor;
+use crate::actors::actor::mailbox::{Drain, Snapshot};
+use crate::actors::actor::retry::LockRetry;
+use crate::actors::actor::work::Env;
 use crate::actors::gate::Gate;
 use crate::actors::request::{DbRequest, Messages, Settings, Table, Users};
 use crate::actors::stats::{ActorStats, SystemStats};
