@@ -26,7 +26,9 @@
 
 mod actor;
 mod batch;
+mod builder;
 mod commands;
+mod endpoints;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gate;
@@ -42,9 +44,10 @@ mod users;
 
 pub use actor::{Answer, DbActor};
 pub use batch::run as run_batch;
+pub use builder::{DbSystem, DbSystemBuilder};
 pub use commands::BeginCommand;
 pub use gate::GateCounts;
-pub use handle::{DbHandle, DbSystem, DbSystemBuilder, TableHandle};
+pub use handle::{DbHandle, TableHandle};
 pub use messages::{
     AppendMessage, AppendTurn, ClearHistory, CountMessages, GetContext, GetHistory, Turn, TurnOf,
 };
