@@ -48,15 +48,13 @@ pub use builder::{DbSystem, DbSystemBuilder};
 pub use commands::BeginCommand;
 pub use gate::GateCounts;
 pub use handle::{DbHandle, TableHandle};
-pub use messages::{
-    AppendMessage, AppendTurn, ClearHistory, CountMessages, GetContext, GetHistory, Turn, TurnOf,
-};
+pub use messages::{AppendMessage, ClearHistory, CountMessages, GetContext, GetHistory};
 pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
 pub(crate) use turns::budget_for;
-pub use turns::{BeginTurn, Begun};
+pub use turns::{AppendTurn, BeginTurn, Begun, Turn, TurnOf};
 pub use users::{
     CreateUser, EnsureUser, EraseUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser,
 };
