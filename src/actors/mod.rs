@@ -23,6 +23,30 @@
 //! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
+//!
+//! # Layout
+//! One concept per file; the dependencies run one way (`builder` -> `handle` ->
+//! `system` -> `endpoints` -> `actor` -> `gate`, `request`).
+//! - `builder`: [`DbSystem`] and [`DbSystemBuilder`]: register tables, start one
+//!   supervised actor per table and the system actor, hand back the handle.
+//! - `handle`: what callers send through: [`DbHandle`] (routes by the request's
+//!   table) and [`TableHandle`] (one table, checked at compile time).
+//! - `endpoints`: each started table's actor address and gate, and the switch that
+//!   closes them all; the handle sends through it, the system actor drains through it.
+//! - `gate`: admission: the bound on an actor's pending requests, each user's share of
+//!   it, and the shutdown switch ([`GateCounts`]).
+//! - `actor/`: the per-table [`DbActor`]: its module doc walks a request from the
+//!   mailbox to its transaction and back (lanes, batching, the engine, running work,
+//!   answers, restart after a panic).
+//! - `request`: what a request is ([`DbRequest`], [`Table`], [`BatchRunner`]); `batch`:
+//!   running a batch safely ([`run_batch`], [`Ran`]); `once`: a request at most once
+//!   under its key.
+//! - the typed requests: `users`, `messages` (a dialogue's messages), `turns` (a bot's
+//!   turn: [`BeginTurn`], [`AppendTurn`], [`TurnOf`]), `settings`, `commands`
+//!   ([`BeginCommand`]).
+//! - `system`: the [`SystemActor`]: [`Shutdown`] (drain, then close the pool) and
+//!   [`Stats`]; `stats`: what each actor reports.
+//! - `fault`: fault injection, test builds only.
 
 mod actor;
 mod batch;

@@ -40,7 +40,7 @@ pub enum Begun {
     },
 }
 
-/// Start a bot's turn: [`TurnOf`](crate::actors::TurnOf), then
+/// Start a bot's turn: [`TurnOf`], then
 /// [`EnsureUser`](crate::actors::EnsureUser), then
 /// [`GetContext`](crate::actors::GetContext), as ONE request in ONE transaction on the
 /// primary (the `users` actor, serialised with the user's other user requests).
@@ -52,7 +52,7 @@ pub enum Begun {
 /// A key already recorded answers [`Begun::Stored`] and changes nothing (a copy of an
 /// erased user's update is [`NotFound`](crate::Error::NotFound), entity
 /// [`ERASED_ENTITY`](crate::repo::keys::ERASED_ENTITY), as `TurnOf`). The key is not
-/// claimed here: [`AppendTurn`](crate::actors::AppendTurn) with the same key stores
+/// claimed here: [`AppendTurn`] with the same key stores
 /// the turn once, whichever copy gets there first.
 #[derive(Clone, Debug, ActixMessage)]
 #[rtype(result = "crate::Result<Begun>")]

@@ -38,8 +38,8 @@
 //!
 //! # Layout
 //! This file holds the actor's state and its bookkeeping (a job filed, readied,
-//! finished). The parts below it depend on nothing above them, except `engine` and
-//! `mailbox`, which are the actor's own impls:
+//! finished). The other files hold one part each and do not depend on this one, except
+//! `engine` and `mailbox`, the actor's own impls, which nothing here depends on:
 //! - `answer`: the caller, the reply slot, the handler's [`Answer`], a request's end;
 //! - `retry`: retries after a lock timeout, one policy for a system's actors;
 //! - `work`: a unit of running work, and a request run alone;
