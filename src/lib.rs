@@ -131,7 +131,9 @@
 //!   user, concurrent across users, bounded with a fair share per user, group commit of
 //!   what is ready at once), [`actors::DbHandle`] routes typed requests by table
 //!   ([`actors::TableHandle`]: one table, checked at compile time),
-//!   [`actors::Shutdown`] drains them.
+//!   [`actors::Shutdown`] drains them (`actors::builder` starts, `handle` sends,
+//!   `endpoints` and `gate` admit, `actor/` queues per user, batches and runs, `system`
+//!   drains; the requests by concept: `users`, `messages`, `turns`, `settings`, `commands`).
 //! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
 //! - [`bot`]: the chat bot over the actors (every update once under its key: turns of
 //!   two requests, [`actors::BeginTurn`] then [`actors::AppendTurn`]; commands begun by

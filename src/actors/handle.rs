@@ -1,258 +1,27 @@
-//! Starting the actors ([`DbSystem::start`], [`DbSystem::builder`]) and the handles
-//! callers use ([`DbHandle`], [`TableHandle`]).
+//! The callers' handles on a started system: [`DbHandle`] (every table, routed by the
+//! request's [`DbRequest::Table`] type; Shutdown and stats) and [`TableHandle`] (one
+//! table, checked at compile time).
 //!
-//! Every table, botdb's and the application's, is registered the same way: the builder
-//! starts one supervised [`DbActor`] per table, each with its admission [`Gate`], and
-//! the handle routes a request to its table's actor by the request's
-//! [`DbRequest::Table`] type.
+//! Starting the actors is [`DbSystem`](crate::actors::DbSystem)'s; this file only
+//! sends through what was started: a request is admitted at its table's gate and put
+//! in its actor's mailbox (`endpoints`), Shutdown and stats go to the system actor.
 
-use std::any::{Any, TypeId};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
-use futures::FutureExt;
-use futures::future::LocalBoxFuture;
 
-use crate::actors::actor::{DbActor, Drain, Env, LockRetry, Snapshot};
-use crate::actors::gate::Gate;
-use crate::actors::request::{DbRequest, Messages, Settings, Table, Users};
-use crate::actors::stats::{ActorStats, SystemStats};
+use crate::actors::endpoints::{Endpoint, Endpoints};
+use crate::actors::request::{DbRequest, Table};
+use crate::actors::stats::SystemStats;
 use crate::actors::system::{Shutdown, ShutdownReport, Stats, SystemActor};
-use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
 
 #[cfg(feature = "fault-injection")]
 use crate::actors::fault::Faults;
 
-/// One table's actor and its admission gate.
-pub(crate) struct Endpoint<T: Table> {
-    pub(crate) addr: Addr<DbActor<T>>,
-    pub(crate) gate: Arc<Gate>,
-}
-
-impl<T: Table> Clone for Endpoint<T> {
-    fn clone(&self) -> Self {
-        Endpoint {
-            addr: self.addr.clone(),
-            gate: self.gate.clone(),
-        }
-    }
-}
-
-impl<T: Table> Endpoint<T> {
-    /// Admits `msg` at the gate and puts it in the mailbox now; the future answers it.
-    fn send<M: DbRequest<Table = T>>(
-        &self,
-        msg: M,
-    ) -> impl Future<Output = Result<M::Output>> + Send + 'static {
-        let request = self.gate.admit(msg.user_id()).map(|()| self.addr.send(msg));
-        async move {
-            match request?.await {
-                Ok(answer) => answer,
-                Err(MailboxError::Closed) => Err(Error::ShuttingDown),
-                Err(MailboxError::Timeout) => Err(Error::Internal("the actor did not answer".into())),
-            }
-        }
-    }
-}
-
-/// What the system actor needs of any table's endpoint, whatever its table type.
-pub(crate) trait AnyEndpoint: Send + Sync + 'static {
-    fn gate(&self) -> &Arc<Gate>;
-    /// Answers once every request the actor admitted has been answered.
-    fn drain(&self) -> LocalBoxFuture<'static, ()>;
-    /// The actor's stats (`None` if it is gone).
-    fn snapshot(&self) -> LocalBoxFuture<'static, Option<ActorStats>>;
-    fn as_any(&self) -> &dyn Any;
-}
-
-impl<T: Table> AnyEndpoint for Endpoint<T> {
-    fn gate(&self) -> &Arc<Gate> {
-        &self.gate
-    }
-
-    fn drain(&self) -> LocalBoxFuture<'static, ()> {
-        self.addr.send(Drain).map(|_| ()).boxed_local()
-    }
-
-    fn snapshot(&self) -> LocalBoxFuture<'static, Option<ActorStats>> {
-        self.addr.send(Snapshot).map(Result::ok).boxed_local()
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// The started tables' endpoints, in registration order, and the shutdown switch.
-pub(crate) struct Endpoints {
-    tables: Vec<(TypeId, Box<dyn AnyEndpoint>)>,
-    closed: AtomicBool,
-}
-
-impl Endpoints {
-    /// The endpoint of table `T`, if it was registered. A linear scan: a system has a
-    /// handful of tables, fewer than a hash would pay for.
-    fn get<T: Table>(&self) -> Option<&Endpoint<T>> {
-        let wanted = TypeId::of::<T>();
-        self.tables
-            .iter()
-            .find(|(id, _)| *id == wanted)
-            .and_then(|(_, e)| e.as_any().downcast_ref::<Endpoint<T>>())
-    }
-
-    pub(crate) fn all(&self) -> impl Iterator<Item = &dyn AnyEndpoint> {
-        self.tables.iter().map(|(_, e)| &**e)
-    }
-
-    /// Refuses every later request, on every table.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        for e in self.all() {
-            e.gate().close();
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-}
-
-/// Starts botdb's actors.
-#[derive(Debug)]
-pub struct DbSystem;
-
-impl DbSystem {
-    /// Starts one supervised actor per botdb table (users, messages, user_settings),
-    /// each owning a clone of `db`'s pool, plus the system actor that handles
-    /// [`Shutdown`] and [`Stats`], on the current actix arbiter. Must be called inside a
-    /// running actix `System` (e.g. in `#[actix_web::main]` or `System::new().block_on`).
-    ///
-    /// The same as `DbSystem::builder(db, config).botdb_tables().start()`; see
-    /// [`DbSystem::builder`] to add the application's own tables.
-    pub fn start(db: Database, config: ActorConfig) -> DbHandle {
-        Self::builder(db, config).botdb_tables().start()
-    }
-
-    /// A system with the tables you register: botdb's ([`DbSystemBuilder::botdb_tables`])
-    /// and your own ([`DbSystemBuilder::table`]), all served the same way (serial per
-    /// user, concurrent across users, bounded admission, restart after a panic, spans,
-    /// stats, optional batching, drained by one [`Shutdown`] before the pool closes).
-    ///
-    /// ```no_run
-    /// # use botdb::actors::{DbSystem, Table};
-    /// # struct Reminders;
-    /// # impl Table for Reminders { const NAME: &'static str = "reminders"; }
-    /// # fn f(db: botdb::Database) {
-    /// let handle = DbSystem::builder(db, Default::default())
-    ///     .botdb_tables()
-    ///     .table::<Reminders>()
-    ///     .start();
-    /// # }
-    /// ```
-    pub fn builder(db: Database, config: ActorConfig) -> DbSystemBuilder {
-        DbSystemBuilder {
-            db,
-            config,
-            tables: Vec::new(),
-        }
-    }
-}
-
-type Starter = Box<dyn FnOnce(&Env) -> Box<dyn AnyEndpoint>>;
-
-/// Registers the tables a [`DbHandle`] serves ([`DbSystem::builder`]).
-#[must_use = "nothing starts until `start` is called"]
-pub struct DbSystemBuilder {
-    db: Database,
-    config: ActorConfig,
-    tables: Vec<(TypeId, &'static str, Starter)>,
-}
-
-impl std::fmt::Debug for DbSystemBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbSystemBuilder")
-            .field("config", &self.config)
-            .field(
-                "tables",
-                &self.tables.iter().map(|(_, name, _)| name).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl DbSystemBuilder {
-    /// Registers table `T`, served under the system's [`ActorConfig`]. Registering a
-    /// table again replaces the earlier registration.
-    pub fn table<T: Table>(self) -> Self {
-        let config = self.config;
-        self.table_with::<T>(config)
-    }
-
-    /// Registers table `T` with its own bounds, batching and drain settings.
-    pub fn table_with<T: Table>(mut self, config: ActorConfig) -> Self {
-        self.tables.retain(|(id, _, _)| *id != TypeId::of::<T>());
-        let start: Starter = Box::new(move |env: &Env| {
-            let gate = Arc::new(Gate::new(
-                T::NAME,
-                config.max_pending,
-                config.max_pending_per_user,
-            ));
-            let (env, actor_gate) = (env.clone(), gate.clone());
-            let addr = Supervisor::start(move |_| DbActor::<T>::new(env, actor_gate, config));
-            Box::new(Endpoint::<T> { addr, gate })
-        });
-        self.tables.push((TypeId::of::<T>(), T::NAME, start));
-        self
-    }
-
-    /// Registers botdb's three tables: [`Users`], [`Messages`], [`Settings`].
-    pub fn botdb_tables(self) -> Self {
-        self.table::<Users>().table::<Messages>().table::<Settings>()
-    }
-
-    /// Starts the registered tables' actors and the system actor, on the current actix
-    /// arbiter (inside a running actix `System`).
-    pub fn start(self) -> DbHandle {
-        let DbSystemBuilder { db, config, tables } = self;
-        // Retries after a lock timeout share one budget of connections across the
-        // actors: a quarter of the pool unless configured.
-        let retry_connections = match config.lock_retry_connections {
-            0 => (db.pool().options().get_max_connections() as usize / 4).max(1),
-            n => n,
-        };
-        let env = Env {
-            db: db.clone(),
-            retry: LockRetry::new(config.lock_wait, retry_connections),
-            #[cfg(feature = "fault-injection")]
-            faults: Faults::default(),
-        };
-        let endpoints = Arc::new(Endpoints {
-            tables: tables
-                .into_iter()
-                .map(|(id, _, start)| (id, start(&env)))
-                .collect(),
-            closed: AtomicBool::new(false),
-        });
-        let system = {
-            let (db, endpoints) = (db.clone(), endpoints.clone());
-            Supervisor::start(move |_| SystemActor::new(db, endpoints, config.drain_timeout))
-        };
-        DbHandle {
-            inner: Arc::new(Inner {
-                db,
-                endpoints,
-                system,
-                #[cfg(feature = "fault-injection")]
-                faults: env.faults,
-            }),
-        }
-    }
-}
-
+/// What every clone of a [`DbHandle`] shares.
 struct Inner {
     db: Database,
     endpoints: Arc<Endpoints>,
@@ -277,6 +46,24 @@ impl std::fmt::Debug for DbHandle {
 }
 
 impl DbHandle {
+    /// The handle on a started system (`DbSystemBuilder::start`).
+    pub(crate) fn new(
+        db: Database,
+        endpoints: Arc<Endpoints>,
+        system: Addr<SystemActor>,
+        #[cfg(feature = "fault-injection")] faults: Faults,
+    ) -> Self {
+        DbHandle {
+            inner: Arc::new(Inner {
+                db,
+                endpoints,
+                system,
+                #[cfg(feature = "fault-injection")]
+                faults,
+            }),
+        }
+    }
+
     /// Sends a request to its table's actor and returns its answer.
     ///
     /// The request is admitted and put in the actor's mailbox when `send` is called, not

@@ -23,10 +23,36 @@
 //! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
 //! | system | [`Shutdown`], [`Stats`] |
+//!
+//! # Layout
+//! One concept per file; the dependencies run one way (`builder` -> `handle` ->
+//! `system` -> `endpoints` -> `actor` -> `gate`, `request`).
+//! - `builder`: [`DbSystem`] and [`DbSystemBuilder`]: register tables, start one
+//!   supervised actor per table and the system actor, hand back the handle.
+//! - `handle`: what callers send through: [`DbHandle`] (routes by the request's
+//!   table) and [`TableHandle`] (one table, checked at compile time).
+//! - `endpoints`: each started table's actor address and gate, and the switch that
+//!   closes them all; the handle sends through it, the system actor drains through it.
+//! - `gate`: admission: the bound on an actor's pending requests, each user's share of
+//!   it, and the shutdown switch ([`GateCounts`]).
+//! - `actor/`: the per-table [`DbActor`]: its module doc walks a request from the
+//!   mailbox to its transaction and back (lanes, batching, the engine, running work,
+//!   answers, restart after a panic).
+//! - `request`: what a request is ([`DbRequest`], [`Table`], [`BatchRunner`]); `batch`:
+//!   running a batch safely ([`run_batch`], [`Ran`]); `once`: a request at most once
+//!   under its key.
+//! - the typed requests: `users`, `messages` (a dialogue's messages), `turns` (a bot's
+//!   turn: [`BeginTurn`], [`AppendTurn`], [`TurnOf`]), `settings`, `commands`
+//!   ([`BeginCommand`]).
+//! - `system`: the [`SystemActor`]: [`Shutdown`] (drain, then close the pool) and
+//!   [`Stats`]; `stats`: what each actor reports.
+//! - `fault`: fault injection, test builds only.
 
 mod actor;
 mod batch;
+mod builder;
 mod commands;
+mod endpoints;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod gate;
@@ -42,18 +68,17 @@ mod users;
 
 pub use actor::{Answer, DbActor};
 pub use batch::run as run_batch;
+pub use builder::{DbSystem, DbSystemBuilder};
 pub use commands::BeginCommand;
 pub use gate::GateCounts;
-pub use handle::{DbHandle, DbSystem, DbSystemBuilder, TableHandle};
-pub use messages::{
-    AppendMessage, AppendTurn, ClearHistory, CountMessages, GetContext, GetHistory, Turn, TurnOf,
-};
+pub use handle::{DbHandle, TableHandle};
+pub use messages::{AppendMessage, ClearHistory, CountMessages, GetContext, GetHistory};
 pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};
 pub(crate) use turns::budget_for;
-pub use turns::{BeginTurn, Begun};
+pub use turns::{AppendTurn, BeginTurn, Begun, Turn, TurnOf};
 pub use users::{
     CreateUser, EnsureUser, EraseUser, GetUser, RegisterUser, Registered, TouchUser, UpsertUser,
 };

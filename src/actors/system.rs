@@ -10,7 +10,7 @@ use futures::future::{LocalBoxFuture, Shared};
 use serde::Serialize;
 use tracing_actix::ActorInstrument;
 
-use crate::actors::handle::Endpoints;
+use crate::actors::endpoints::Endpoints;
 use crate::actors::stats::{ActorStats, SystemStats};
 use crate::db::Database;
 
