@@ -44,8 +44,10 @@ const BOTDB_TABLE: &str = "_sqlx_migrations";
 /// `[migrate] table-name = "_app_migrations"` in `sqlx.toml`.
 pub const APP_TABLE: &str = "_app_migrations";
 
-/// The setting that names the application's migrations directory.
-pub const APP_SETTING: &str = "BOTDB_APP_MIGRATIONS";
+/// The setting that names the application's migrations directory (the configuration's
+/// [`APP_MIGRATIONS_SETTING`](crate::config::APP_MIGRATIONS_SETTING), here too because
+/// the migrations' errors name it).
+pub use crate::config::APP_MIGRATIONS_SETTING as APP_SETTING;
 
 /// Formats a version as the file names do, with its description when known:
 /// `0003 (content length and history index)`.
@@ -327,24 +329,14 @@ impl Migrations {
         }
     }
 
-    /// `err`, from the migrator of `set`, as botdb's error.
+    /// `err`, from the migrator of `set`, as botdb's error, naming the migration with
+    /// its description and file (which `Error`'s own conversion cannot know).
     fn error(&self, set: MigrationSet, err: MigrateError) -> Error {
-        if set == MigrationSet::Botdb {
-            return err.into();
-        }
         match err {
-            MigrateError::VersionMismatch(v) => Error::Migration(format!(
-                "migration {} was edited after it was applied: its checksum no longer matches \
-                 the one recorded in {APP_TABLE} (restore the original file, or add a new \
-                 migration instead of changing an applied one)",
-                self.describe(set, v)
-            )),
+            MigrateError::VersionMismatch(v) => Error::migration_edited(&self.describe(set, v), set.table()),
+            MigrateError::Dirty(v) => Error::migration_dirty(&self.describe(set, v), set.table()),
+            other if set == MigrationSet::Botdb => other.into(),
             MigrateError::VersionMissing(v) => self.unknown_app(v),
-            MigrateError::Dirty(v) => Error::Migration(format!(
-                "migration {} is marked as partially applied; fix it by hand and delete its row \
-                 from {APP_TABLE}",
-                self.describe(set, v)
-            )),
             MigrateError::ExecuteMigration(e, v) => Error::Migration(format!(
                 "migration {} failed (rolled back): {e}",
                 self.describe(set, v)
