@@ -1004,7 +1004,7 @@ impl Database {
     /// Each migration waits at most the configured lock timeout for its locks and is
     /// retried (see [`migrate::upgrade_with`]), so a live bot is delayed by at most that.
     /// A database the reference Python bot made is taken over first
-    /// ([`takeover::migrate`](crate::takeover::migrate)).
+    /// ([`takeover::migrate`](crate::takeover::migrate())).
     ///
     /// # Errors
     /// See [`migrate::upgrade`] and [`takeover::plan`](crate::takeover::plan) (a schema
