@@ -6,6 +6,11 @@
 //! [`Error::Overloaded`]), stop sending ([`Error::ShuttingDown`]), or fix the deployment
 //! ([`Error::Config`], [`Error::Migration`]). Nothing in a message ever contains a password
 //! or the content of a chat message.
+//!
+//! It is the bottom of the crate: it imports nothing of botdb, so that every module may
+//! use it without a circle. What a message needs from above comes in as data (the
+//! migrate layer names a migration with its description and file, see
+//! `Error::migration_edited`).
 
 use std::borrow::Cow;
 
@@ -96,11 +101,11 @@ pub enum Error {
     },
 
     /// A request was sent for a table whose actor was not started: register the table
-    /// with [`DbSystemBuilder::table`](crate::actors::DbSystemBuilder::table) (or get
-    /// a [`TableHandle`](crate::actors::TableHandle), which checks it once).
+    /// with `actors::DbSystemBuilder::table` (or get an `actors::TableHandle`, which
+    /// checks it once).
     #[error("no actor serves the table {table}: register it with DbSystem::builder(..).table::<..>()")]
     TableNotRegistered {
-        /// The table's name ([`Table::NAME`](crate::actors::Table::NAME)).
+        /// The table's name (`actors::Table::NAME`).
         table: &'static str,
     },
 
@@ -181,6 +186,27 @@ impl Error {
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// An applied migration whose file changed since: its checksum no longer matches
+    /// the one recorded in `table`. `migration` names it as the caller can (the migrate
+    /// layer, which knows the sets, gives its description and file), so that this
+    /// module needs nothing of the migrations.
+    pub(crate) fn migration_edited(migration: &str, table: &str) -> Self {
+        Error::Migration(format!(
+            "migration {migration} was edited after it was applied: its checksum no longer \
+             matches the one recorded in {table} (restore the original file, or add a new \
+             migration instead of changing an applied one)"
+        ))
+    }
+
+    /// A migration `table` records as partially applied (see
+    /// [`migration_edited`](Self::migration_edited) for `migration`).
+    pub(crate) fn migration_dirty(migration: &str, table: &str) -> Self {
+        Error::Migration(format!(
+            "migration {migration} is marked as partially applied; fix it by hand and delete \
+             its row from {table}"
+        ))
     }
 
     /// `true` when the write may or may not have been committed
@@ -337,25 +363,21 @@ impl From<sqlx::migrate::MigrateError> for Error {
                 Error::Database(e) => Error::Migration(e.to_string()),
                 other => other,
             },
-            M::VersionMismatch(v) => Error::Migration(format!(
-                "migration {} was edited after it was applied: its checksum no longer matches \
-                 the one recorded in _sqlx_migrations (restore the original file, or add a new \
-                 migration instead of changing an applied one)",
-                crate::migrate::describe_version(v)
-            )),
+            // The migrate layer names a version with its description and file
+            // (`Migrations::error`); from here, only the number is known.
+            M::VersionMismatch(v) => Error::migration_edited(&format!("{v:04}"), BOTDB_TABLE),
             M::VersionMissing(v) => Error::Migration(format!(
                 "the database has migration {v} applied, which this build of botdb does not know \
                  (was it migrated by a newer botdb?)"
             )),
-            M::Dirty(v) => Error::Migration(format!(
-                "migration {} is marked as partially applied; fix it by hand and delete its row \
-                 from _sqlx_migrations",
-                crate::migrate::describe_version(v)
-            )),
+            M::Dirty(v) => Error::migration_dirty(&format!("{v:04}"), BOTDB_TABLE),
             other => Error::Migration(other.to_string()),
         }
     }
 }
+
+/// sqlx's default bookkeeping table, botdb's: the one a bare `MigrateError` is about.
+const BOTDB_TABLE: &str = "_sqlx_migrations";
 
 /// SQLSTATE `read_only_sql_transaction`.
 const READ_ONLY: &str = "25006";

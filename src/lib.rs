@@ -93,14 +93,16 @@
 //!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
 //!   `config::urls`, `config::hosts`: several hosts and `target_session_attrs`, libpq's
 //!   way; `config::replicas`: `DATABASE_REPLICA_URL` and its lag and wait limits).
-//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close,
-//!   migrate (botdb's migrations and the application's);
+//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close
+//!   ([`Database::migrate`] and `migrate_with` are defined up in `takeover`: `db`
+//!   imports nothing of the schema layer);
 //!   connections held between uses (sqlx's pool pings every connection it gets back);
 //!   with several hosts, the one that satisfies `target_session_attrs` (`db::hosts`);
 //!   with replicas, reads that see the user's own writes ([`Database::read_replica`],
 //!   [`Database::acting_for`], `db::replicas`).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
-//!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut).
+//!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut); the bottom of the
+//!   crate, it imports nothing of botdb (a migration's description comes in as data).
 //! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`],
 //!   [`model::Erasure`]), context budgets ([`model::Budget`]),
 //!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
@@ -110,10 +112,12 @@
 //!   `repo::erasures`: erasing a user with a keyed-hash audit row; `repo::export`: a
 //!   user's data as streamed JSON, bounded in time; `repo::messages::context`: the
 //!   model's context within a character budget).
-//! - [`migrate`]: the embedded migrator ([`migrate::MIGRATOR`]), the application's own
-//!   migrations beside it ([`migrate::Migrations`], bookkeeping `_app_migrations`), and
-//!   the operator verbs (upgrade, downgrade, current, history, new) on both sets, with a
-//!   lock timeout and retries.
+//! - [`migrate`]: `bookkeeping` (the embedded migrator [`migrate::MIGRATOR`],
+//!   [`migrate::MigrationSet`], [`migrate::MigrationStatus`]), `connection` (the
+//!   dedicated connection, its lock timeout and retries), `app` (the application's own
+//!   set, bookkeeping `_app_migrations`), `migrations` ([`migrate::Migrations`]: the
+//!   verbs on both sets), `verbs` (upgrade, downgrade, current, history, new on botdb's
+//!   set alone).
 //! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`,
 //!   both sets of migrations).
 //! - [`retention`]: soft-deleted messages purged after a period, in small batches
@@ -121,8 +125,11 @@
 //!   (`BOTDB_KEY_RETENTION_HOURS`, parsed here for `serve` and `purge` alike); erasure
 //!   and export of a user are in [`repo::erasures`], [`repo::export`] and
 //!   [`actors::EraseUser`].
-//! - [`takeover`]: what `botdb migrate` finds and plans (`--dry-run`), and the takeover
-//!   of the reference Python bot's database (recognised, repaired, recorded, upgraded).
+//! - [`takeover`]: `botdb migrate` on any database, the reference Python bot's taken
+//!   over first: `reference` (what was recognised), `recognise` ([`takeover::inspect`]),
+//!   `plan` ([`takeover::plan`], the `--dry-run` text), `carry_out` (repairs, the
+//!   normalising transaction and its record, then the migrations), `database`
+//!   ([`Database::migrate`], `migrate_with`); the top of the schema layer.
 //! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed
 //!   binaries (demo, tests), and a streaming standby beside it (synchronous or not,
 //!   promoted on demand).

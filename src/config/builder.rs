@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::postgres::PgSslMode;
 
-use super::{AuditKey, Config, Server, TargetSessionAttrs};
+use super::{APP_MIGRATIONS_SETTING, AuditKey, Config, Server, TargetSessionAttrs};
 use super::{hosts, urls};
 use crate::error::{Error, Result};
 
@@ -510,7 +510,7 @@ fn check(config: &Config) -> Result<()> {
         && !dir.is_dir()
     {
         return Err(Error::config(
-            crate::migrate::APP_SETTING,
+            APP_MIGRATIONS_SETTING,
             format!(
                 "the application's migrations directory {} does not exist or is not a directory",
                 dir.display()

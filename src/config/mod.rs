@@ -37,8 +37,8 @@ pub use env::ENV_VARS;
 pub use hosts::TargetSessionAttrs;
 pub use replicas::{DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig};
 pub use settings::{
-    ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig,
-    TimeoutConfig,
+    APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
+    MigrateConfig, PoolConfig, TimeoutConfig,
 };
 
 /// Where the server is: a URL, or the reference's separate fields.

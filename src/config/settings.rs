@@ -191,3 +191,9 @@ impl Default for MigrateConfig {
         }
     }
 }
+
+/// The setting that names the application's migrations directory
+/// ([`Config::app_migrations`](super::Config::app_migrations)). Its name is the
+/// configuration's: the range checks and the migrations' own errors name it alike
+/// (`botdb::migrate::APP_SETTING` is this).
+pub const APP_MIGRATIONS_SETTING: &str = "BOTDB_APP_MIGRATIONS";

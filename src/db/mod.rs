@@ -1,5 +1,11 @@
 //! [`Database`]: the pool (the reference's `engine`), the session scope (its
 //! `session_factory` plus `async with session.begin()`), and graceful close.
+//!
+//! [`Database::migrate`] and [`Database::migrate_with`] are not here but in the schema
+//! layer (`takeover`, which recognises and plans a database before migrating it): this
+//! module sits below it, imports nothing of `migrate` or `takeover`, and keeps only
+//! what they read (the lock policy, the application's directory, the replica floor)
+//! behind `pub(crate)` accessors.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -11,7 +17,6 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::{AuditKey, Config, Limits, MigrateConfig};
 use crate::error::{Error, Result};
-use crate::migrate::{self, MigrationStatus, Migrations};
 
 mod counters;
 // The migrator's dedicated connections choose their host here too (it needs only config).
@@ -38,7 +43,9 @@ pub struct Database {
     /// Connections held between uses (see `lease`).
     parking: Arc<Parking>,
     limits: Limits,
-    /// How [`Database::migrate`] takes its locks.
+    /// How [`Database::migrate`] takes its locks. (`migrate` and `migrate_with` are
+    /// the schema layer's, `takeover`: this module keeps only their settings, so that
+    /// it needs nothing above it.)
     migrate: MigrateConfig,
     /// The application's migrations directory, applied by [`Database::migrate`].
     app_migrations: Option<Arc<std::path::Path>>,
@@ -163,8 +170,9 @@ impl Database {
 
     /// With replicas: raises the floor to the primary's WAL position now. When the
     /// server cannot tell (no `pg_current_wal_insert_lsn()`), the floor stays unknown
-    /// and reads go to the primary until a write records one.
-    async fn raise_floor(&self) {
+    /// and reads go to the primary until a write records one. (Also after a migration:
+    /// a read that needs only the floor must not reach a replica without the new schema.)
+    pub(crate) async fn raise_floor(&self) {
         if let Some(replicas) = &self.replicas {
             match sqlx::query_scalar::<_, i64>(replicas::POSITION_SQL)
                 .fetch_one(&self.pool)
@@ -315,6 +323,18 @@ impl Database {
     /// The server's URL, password redacted.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// How [`migrate`](Self::migrate) takes its locks (`BOTDB_MIGRATE_LOCK_TIMEOUT`,
+    /// `BOTDB_MIGRATE_ATTEMPTS`).
+    pub(crate) fn migrate_config(&self) -> &MigrateConfig {
+        &self.migrate
+    }
+
+    /// The application's migrations directory the configuration names
+    /// (`BOTDB_APP_MIGRATIONS`), applied by [`migrate`](Self::migrate).
+    pub(crate) fn app_migrations_dir(&self) -> Option<&std::path::Path> {
+        self.app_migrations.as_deref()
     }
 
     /// Runs `body` in one transaction: the unit of work.
@@ -529,55 +549,6 @@ impl Database {
             max: self.pool.options().get_max_connections(),
             closed: self.pool.is_closed(),
         }
-    }
-
-    /// Applies every pending migration (`upgrade head`) on a dedicated connection and
-    /// returns the ones this call applied (none when another process did it first):
-    /// botdb's, then the application's from the directory the configuration names
-    /// ([`Config::app_migrations`], `BOTDB_APP_MIGRATIONS`), if any.
-    /// Each migration waits at most the configured lock timeout for its locks and is
-    /// retried (see [`migrate::upgrade_with`]), so a live bot is delayed by at most that.
-    /// A database the reference Python bot made is taken over first
-    /// ([`takeover::migrate`](crate::takeover::migrate)).
-    ///
-    /// # Errors
-    /// See [`migrate::upgrade`] and [`takeover::plan`](crate::takeover::plan) (a schema
-    /// botdb does not know is refused, untouched); [`Error::Config`] naming
-    /// `BOTDB_APP_MIGRATIONS` when the application's directory cannot be read or holds
-    /// malformed files.
-    pub async fn migrate(&self) -> Result<Vec<MigrationStatus>> {
-        let migrations = match &self.app_migrations {
-            Some(dir) => Migrations::botdb().with_app_dir(dir).await?,
-            None => Migrations::botdb(),
-        };
-        self.migrate_with(&migrations).await
-    }
-
-    /// [`migrate`](Self::migrate) with `migrations`: botdb's, and the application's as
-    /// it gives them, e.g. embedded with its own `sqlx::migrate!()`
-    /// ([`Migrations::with_app`]). The configuration's directory is not looked at.
-    ///
-    /// ```no_run
-    /// # async fn f(db: botdb::Database) -> botdb::Result<()> {
-    /// static APP: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-    /// let migrations = botdb::migrate::Migrations::botdb().with_app(&APP)?;
-    /// db.migrate_with(&migrations).await?;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// As [`migrate`](Self::migrate) and [`Migrations::upgrade`].
-    pub async fn migrate_with(&self, migrations: &Migrations) -> Result<Vec<MigrationStatus>> {
-        let mut conn = migrate::connect(&self.pool.connect_options()).await?;
-        let result = crate::takeover::migrate_with(&mut conn, migrations, None, &self.migrate)
-            .await
-            .map(|done| done.applied);
-        // Closing the connection also releases the advisory lock if `upgrade` failed.
-        let _ = conn.close().await;
-        // A read that needs only the floor must not reach a replica without the new
-        // schema (or a data migration's rows).
-        self.raise_floor().await;
-        result
     }
 }
 
