@@ -118,7 +118,11 @@ impl Database {
                 .await
                 .map_err(|e| connect_error(config, e))?;
             tracing::debug!(server = %config.redacted_url(), "database pool ready");
-            return Self::from_pool(pool, config, None)?.with_floor().await;
+            return Self::from_pool(pool, config, None)?
+                .with_floor()
+                .await?
+                .probed(config)
+                .await;
         };
         let deadline = tokio::time::Instant::now() + config.pool.timeout;
         hosts.resolve(deadline).await?;
@@ -128,7 +132,11 @@ impl Database {
         let conn = pool.acquire().await.map_err(|e| connect_error(config, e))?;
         drop(conn);
         tracing::debug!(server = %config.redacted_url(), "database pool ready");
-        Self::from_pool(pool, config, Some(link))?.with_floor().await
+        Self::from_pool(pool, config, Some(link))?
+            .with_floor()
+            .await?
+            .probed(config)
+            .await
     }
 
     /// Builds the pool without connecting; connections open on first use.
@@ -159,6 +167,15 @@ impl Database {
             replicas: Replicas::from_config(config)?.map(Arc::new),
             acting_for: None,
         })
+    }
+
+    /// With replicas: each connected to once, within the pool timeout, and a warning for
+    /// each that cannot be (a wrong password is said at start, not found later).
+    async fn probed(self, config: &Config) -> Result<Self> {
+        if let Some(replicas) = &self.replicas {
+            replicas.probe(config.pool.timeout).await;
+        }
+        Ok(self)
     }
 
     /// With replicas: the primary's WAL position now, below which every write this

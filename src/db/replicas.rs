@@ -455,7 +455,42 @@ impl Replicas {
     }
 }
 
+impl Replicas {
+    /// Connects to each replica once, within `timeout`, and warns of each that cannot
+    /// be reached (reads then go to the primary). Without it a replica with a wrong
+    /// password, say, would go unsaid: its pool reaches for it only when a read could
+    /// use it, and gives up after at most 250 ms, at debug level. What it learns is
+    /// kept as the replica's state.
+    pub(super) async fn probe(&self, timeout: Duration) {
+        // All at once: a replica that never answers costs the start one timeout.
+        futures::future::join_all(self.servers.iter().map(|server| server.probe(timeout))).await;
+    }
+}
+
 impl Server {
+    /// [`Replicas::probe`] for this replica.
+    async fn probe(&self, timeout: Duration) {
+        let options = self.pool.connect_options();
+        let host = format!("{}:{}", options.get_host(), options.get_port());
+        match tokio::time::timeout(timeout, sqlx::ConnectOptions::connect(&*options)).await {
+            Ok(Ok(mut conn)) => {
+                if let Err(e) = self.observe(&mut conn).await {
+                    tracing::warn!(replica = %host, error = %e, "a replica did not report its state; reads go to the primary until it does");
+                    self.mark_down();
+                }
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(replica = %host, error = %e, "a replica cannot be reached; reads go to the primary until it can");
+                self.mark_down();
+            }
+            Err(_) => {
+                tracing::warn!(replica = %host, ?timeout, "a replica did not accept a connection in time; reads go to the primary until it does");
+                self.mark_down();
+            }
+        }
+    }
+
     /// Asks the replica where it is (within [`OBSERVE_AT_MOST`]), and keeps the answer.
     async fn observe(&self, conn: &mut PgConnection) -> Result<State> {
         let asked = tokio::time::timeout(OBSERVE_AT_MOST, sqlx::query_as(STATE_SQL).fetch_one(&mut *conn));
