@@ -13,7 +13,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::server::{AppState, json_error, metrics};
+use crate::server::metrics;
+use crate::server::respond::json_error;
+use crate::server::state::AppState;
 
 /// `true` when the request may see the admin routes.
 fn authorized(req: &HttpRequest, token: &Option<SecretString>) -> bool {

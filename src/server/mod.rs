@@ -20,8 +20,11 @@
 //! request drains), then the pool closes, then the admin listener stops.
 
 mod admin;
+mod background;
 mod health;
 pub mod metrics;
+mod respond;
+mod state;
 mod webhook;
 
 use std::future::Future;
@@ -31,9 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
-use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpServer, web};
 use futures::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -43,8 +44,10 @@ use crate::bot::{Bot, Model};
 use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
+use background::{purge_keys, purge_messages};
 use health::HealthCache;
 use metrics::WebhookMetrics;
+use state::{AppState, Limits};
 
 pub use webhook::SECRET_HEADER;
 
@@ -141,75 +144,6 @@ impl Default for ServeOptions {
             key_retention: crate::retention::DEFAULT_KEY_RETENTION,
             purge_after: None,
         }
-    }
-}
-
-/// The handlers' limits, from [`ServeOptions`].
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    body_limit: usize,
-    body_timeout: Duration,
-    health_cache: Duration,
-}
-
-/// What the handlers share.
-struct AppState {
-    bot: Bot,
-    secret: Option<SecretString>,
-    admin_token: Option<SecretString>,
-    limits: Limits,
-    webhook: WebhookMetrics,
-    health: HealthCache,
-    /// Handled update ids removed by the retention purge.
-    keys_purged: AtomicU64,
-}
-
-/// Removes handled update ids older than `retention`, every minute, 1,000 at a time
-/// (each batch one short statement, locking only rows nobody else touches), until the
-/// task is aborted at shutdown.
-async fn purge_keys(db: Database, retention: Duration, state: web::Data<AppState>) {
-    const BATCH: i64 = 1000;
-    loop {
-        loop {
-            match db
-                .autocommit(async |c| crate::repo::keys::purge_older_than(c, retention, BATCH).await)
-                .await
-            {
-                Ok(n) => {
-                    state.keys_purged.fetch_add(n, Ordering::Relaxed);
-                    if n < BATCH as u64 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "purging old request keys failed; trying again later");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-}
-
-/// Purges messages soft-deleted longer ago than `after`, every hour (the first time at
-/// start), 1,000 per transaction, until the task is aborted at shutdown.
-async fn purge_messages(db: Database, after: Duration, key_retention: Duration) {
-    loop {
-        let options = crate::retention::PurgeOptions {
-            key_retention,
-            ..crate::retention::PurgeOptions::new(after)
-        };
-        match crate::retention::purge(&db, options, |_| {}, std::future::pending()).await {
-            Ok(report) if report.purged > 0 => tracing::info!(
-                purged = report.purged,
-                batches = report.batches,
-                longest_batch_ms = report.longest_batch.as_millis() as u64,
-                "purged soft-deleted messages past their retention"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "purging soft-deleted messages failed; trying again later"),
-        }
-        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
 
@@ -491,91 +425,4 @@ fn check_token(setting: &'static str, token: &SecretString) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn json_error(status: StatusCode, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": message }))
-}
-
-/// `response`, closing its connection after it is sent.
-fn closing(mut response: HttpResponse) -> HttpResponse {
-    response
-        .head_mut()
-        .set_connection_type(actix_web::http::ConnectionType::Close);
-    response
-}
-
-/// botdb errors as HTTP answers, so handlers can use `?`: client errors say what was
-/// wrong; server errors say nothing of the internals (they are logged).
-impl ResponseError for Error {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            // OutcomeUnknown too: Telegram redelivers, which is safe once the update's id
-            // is recorded with its turn; until then a redelivery may repeat the turn, which
-            // is better than losing it.
-            Error::Unavailable { .. }
-            | Error::OutcomeUnknown { .. }
-            | Error::Timeout { .. }
-            | Error::Overloaded { .. }
-            | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let mut response = if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-            let message = if status == StatusCode::SERVICE_UNAVAILABLE {
-                "temporarily unavailable; retry later"
-            } else {
-                "internal error"
-            };
-            json_error(status, message)
-        } else {
-            json_error(status, &self.to_string())
-        };
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::TimeoutKind;
-
-    #[test]
-    fn transient_and_unknown_outcomes_ask_telegram_to_retry() {
-        for e in [
-            Error::Timeout {
-                kind: TimeoutKind::Lock,
-                reason: "lock".into(),
-            },
-            Error::Timeout {
-                kind: TimeoutKind::Statement,
-                reason: "statement".into(),
-            },
-            Error::Unavailable {
-                reason: "down".into(),
-                source: None,
-            },
-            Error::OutcomeUnknown {
-                reason: "cut".into(),
-                source: None,
-            },
-            Error::ShuttingDown,
-        ] {
-            let response = e.error_response();
-            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
-            assert!(response.headers().contains_key(RETRY_AFTER), "{e}");
-        }
-    }
 }

@@ -19,7 +19,8 @@ use subtle::ConstantTimeEq;
 use crate::bot::telegram::parse_update;
 use crate::bot::{BotError, Outcome};
 use crate::server::metrics::WebhookMetrics;
-use crate::server::{AppState, closing, json_error};
+use crate::server::respond::{closing, json_error};
+use crate::server::state::AppState;
 
 /// The header Telegram puts its secret token in.
 pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
