@@ -28,6 +28,10 @@
 //!
 //! The workers are `awc` clients, which are `!Send`: they run on the actix system
 //! thread whatever `--threads` says.
+//!
+//! Starting the child and posting an update are `shared/serve.rs`'s, which the
+//! `healthz` bench uses too; the update's text and ids are `bot.rs`'s, which mode `bot`
+//! sends in process.
 
 use std::path::PathBuf;
 use std::process::Stdio;
