@@ -14,8 +14,13 @@
 //!
 //! Reported: turns/s and health calls/s per cell, and each flood's turns/s as a share of
 //! `quiet`'s.
+//!
+//! `botdb serve` is started, and its webhook sent updates, as the load bench's `http`
+//! mode does it (`shared/serve.rs`).
 
-use std::process::Stdio;
+#[path = "shared/serve.rs"]
+mod serve;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +28,6 @@ use std::time::{Duration, Instant};
 use botdb::embedded::EmbeddedPostgres;
 use clap::Parser;
 use secrecy::ExposeSecret;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const SECRET: &str = "bench-secret_0123456789";
@@ -59,45 +63,23 @@ struct Served {
 }
 
 async fn serve(url: &str, health_cache: &str) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_botdb"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--migrate",
-            "--health-cache",
-            health_cache,
-        ])
-        .env("DATABASE_URL", url)
-        .env("BOTDB_WEBHOOK_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("botdb serve starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next_line().await.expect("read").expect("serve listens");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_string();
-        }
-    };
-    actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, base) = serve::start(
+        Command::new(env!("CARGO_BIN_EXE_botdb"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--migrate",
+                "--health-cache",
+                health_cache,
+            ])
+            .env("DATABASE_URL", url)
+            .env("BOTDB_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "warn"),
+    )
+    .await
+    .expect("botdb serve listens");
     Served { _child: child, base }
-}
-
-fn update(update_id: u64, user_id: u64, text: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id,
-            "from": {"id": user_id, "is_bot": false, "first_name": "B"},
-            "chat": {"id": user_id, "type": "private"},
-            "date": 1_700_000_000,
-            "text": text
-        }
-    }))
-    .expect("json")
 }
 
 /// Turns per second and health calls per second of one cell. `rate`: /healthz calls
@@ -108,29 +90,21 @@ async fn cell(
     flood: usize,
     rate: u64,
     seconds: f64,
-    first_user: u64,
+    first_user: i64,
 ) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (turns, checks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
-    for c in 0..clients as u64 {
+    for c in 0..clients as i64 {
         let (base, stop, turns) = (base.to_string(), stop.clone(), turns.clone());
         tasks.push(actix_rt::spawn(async move {
             let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
             let user = first_user + c;
-            let mut i = 0u64;
+            let mut i = 0i64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let answer = client
-                    .post(format!("{base}/telegram/webhook"))
-                    .insert_header(("Content-Type", "application/json"))
-                    .insert_header(("X-Telegram-Bot-Api-Secret-Token", SECRET))
-                    .send_body(update(i, user, &format!("turn {i} of user {user}")))
-                    .await;
-                if let Ok(mut resp) = answer
-                    && resp.status().as_u16() == 200
-                    && resp.body().await.is_ok()
-                {
+                let text = format!("turn {i} of user {user}");
+                if serve::send(&client, &base, SECRET, i, user, &text).await {
                     turns.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -188,11 +162,11 @@ fn main() {
             ("flood-max", &cached, args.flood, 0),
         ];
         let mut best = [(0.0f64, 0.0f64); 4];
-        let mut next_user = 1_000_000u64;
+        let mut next_user = 1_000_000i64;
         for round in 1..=args.rounds {
             for (i, (name, served, flood, rate)) in cells.iter().enumerate() {
                 let (turns, checks) = cell(&served.base, args.clients, *flood, *rate, args.seconds, next_user).await;
-                next_user += args.clients as u64;
+                next_user += args.clients as i64;
                 println!("round {round} {name:<15} {turns:>8.0} turns/s {checks:>9.0} /healthz per s");
                 if turns > best[i].0 {
                     best[i] = (turns, checks);

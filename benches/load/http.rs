@@ -28,22 +28,26 @@
 //!
 //! The workers are `awc` clients, which are `!Send`: they run on the actix system
 //! thread whatever `--threads` says.
+//!
+//! Starting the child and posting an update are `shared/serve.rs`'s, which the
+//! `healthz` bench uses too; the update's text and ids are `bot.rs`'s, which mode `bot`
+//! sends in process.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use botdb::Config;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{Mode, Rng, Sample, cell, cpu_times, histogram, merged, sample};
-
-/// Update ids, increasing across the whole run (every worker, of `http` and `bot`, draws
-/// from it).
-pub static UPDATE_IDS: AtomicI64 = AtomicI64::new(1);
+use crate::Mode;
+use crate::bot::{UPDATE_IDS, text};
+use crate::report::cell;
+use crate::serve::send;
+use crate::stats::{Sample, cpu_times, histogram, merged, sample};
+use crate::workers::Rng;
 
 /// The `botdb` binary to run.
 fn binary() -> PathBuf {
@@ -69,41 +73,22 @@ impl Served {
     /// waits until `/healthz` answers 200.
     pub async fn start(url: &url::Url, config: &Config) -> anyhow::Result<Served> {
         let secret: Rc<str> = format!("bench-{}", uuid::Uuid::new_v4().simple()).into();
-        let bin = binary();
-        let mut child = Command::new(&bin)
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env_remove("BOTDB_BIND")
-            .env("DATABASE_URL", url.as_str())
-            .env("BOTDB_WEBHOOK_SECRET", &*secret)
-            .env("DB_POOL_SIZE", config.pool.size.to_string())
-            .env("DB_MAX_OVERFLOW", config.pool.max_overflow.to_string())
-            .env("RUST_LOG", "warn")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {} serve: {e}", bin.display()))?;
+        let (child, base) = crate::serve::start(
+            Command::new(binary())
+                .args(["serve", "--bind", "127.0.0.1:0"])
+                .env_remove("BOTDB_BIND")
+                .env("DATABASE_URL", url.as_str())
+                .env("BOTDB_WEBHOOK_SECRET", &*secret)
+                .env("DB_POOL_SIZE", config.pool.size.to_string())
+                .env("DB_MAX_OVERFLOW", config.pool.max_overflow.to_string())
+                .env("RUST_LOG", "warn")
+                .current_dir(std::env::temp_dir())
+                .stderr(Stdio::inherit()),
+        )
+        .await?;
         let pid = child
             .id()
             .ok_or_else(|| anyhow::anyhow!("botdb serve exited at once"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout from botdb serve"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return Ok(addr.to_string());
-                }
-            }
-            anyhow::bail!("botdb serve exited before listening")
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("botdb serve did not listen within 60 s"))??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
         let healthy = async {
             loop {
@@ -199,50 +184,12 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// The user's text: 200 characters of words.
-pub fn text() -> String {
-    let words = "how would you plan a three day trip to the mountains with two children \
-                 and a dog when the forecast says rain on the second day and we can only \
-                 drive four hours at most ";
-    words.chars().cycle().take(200).collect()
-}
-
-/// A Telegram text update, as Telegram sends it.
-pub fn update(update_id: i64, user_id: i64, text: &str) -> Vec<u8> {
-    let value = serde_json::json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id,
-            "from": {"id": user_id, "is_bot": false, "first_name": "Bench", "language_code": "en"},
-            "chat": {"id": user_id, "first_name": "Bench", "type": "private"},
-            "date": 1_700_000_000,
-            "text": text
-        }
-    });
-    serde_json::to_vec(&value).unwrap_or_default()
-}
-
 /// One client: a keep-alive connection of its own.
 fn client() -> awc::Client {
     awc::Client::builder()
         .connector(awc::Connector::new().limit(1))
         .timeout(Duration::from_secs(60))
         .finish()
-}
-
-/// Sends one update; `true` for a 200 whose body was read.
-async fn send(client: &awc::Client, served: (&str, &str), update_id: i64, user_id: i64, text: &str) -> bool {
-    let (base, secret) = served;
-    let answer = client
-        .post(format!("{base}/telegram/webhook"))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header((botdb::server::SECRET_HEADER, secret))
-        .send_body(update(update_id, user_id, text))
-        .await;
-    match answer {
-        Ok(mut resp) => resp.status().as_u16() == 200 && resp.body().limit(1 << 20).await.is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// Samples the server's resident memory every 50 ms until `until`; the largest, KiB.
@@ -284,7 +231,7 @@ pub async fn measure(
                     let uid = 1 + k + rng.below(slots as u64) as i64 * c;
                     let update_id = UPDATE_IDS.fetch_add(1, Ordering::Relaxed);
                     let start = Instant::now();
-                    if send(&client, (&base, &secret), update_id, uid, &text).await {
+                    if send(&client, &base, &secret, update_id, uid, &text).await {
                         let _ = hist.record(start.elapsed().as_micros() as u64);
                     } else {
                         errors += 1;
@@ -385,7 +332,7 @@ pub async fn memory(served: &Served, users: i64, best: &[Sample]) -> anyhow::Res
                     let update_id = UPDATE_IDS.fetch_add(1, Ordering::Relaxed);
                     // Until answered: every user must have talked once.
                     let mut tries = 0;
-                    while !send(&client, (&base, &secret), update_id, uid, &text).await {
+                    while !send(&client, &base, &secret, update_id, uid, &text).await {
                         errors += 1;
                         tries += 1;
                         if tries == 5 {
