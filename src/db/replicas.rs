@@ -156,7 +156,7 @@ impl Replicas {
             .host_options()?
             .into_iter()
             .map(|options| Server {
-                pool: super::pool_options(&replica, None)
+                pool: crate::db::pool::pool_options(&replica, None)
                     .min_connections(0)
                     .acquire_timeout(replica.pool.timeout.min(ACQUIRE_AT_MOST))
                     .connect_lazy_with(options),
