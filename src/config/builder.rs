@@ -8,8 +8,11 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::postgres::PgSslMode;
 
-use super::{APP_MIGRATIONS_SETTING, AuditKey, Config, Server, TargetSessionAttrs};
-use super::{hosts, urls};
+use crate::config::audit::AuditKey;
+use crate::config::hosts::{self, TargetSessionAttrs};
+use crate::config::settings::APP_MIGRATIONS_SETTING;
+use crate::config::urls::{self, readable_file};
+use crate::config::whole::{Config, Server};
 use crate::error::{Error, Result};
 
 /// The largest `pool_size + max_overflow` botdb accepts.
@@ -26,6 +29,13 @@ pub struct ConfigBuilder {
     attrs: Option<TargetSessionAttrs>,
     /// The replicas' URL (`DATABASE_REPLICA_URL`).
     replica_url: Option<String>,
+}
+
+impl Config {
+    /// Starts a [`ConfigBuilder`] from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::new()
+    }
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -366,13 +376,6 @@ fn within<T: PartialOrd + fmt::Display + Copy>(
             ),
         ))
     }
-}
-
-/// `path` names a file this process can read, else an error naming `key`.
-pub(super) fn readable_file(key: &'static str, what: &str, path: &std::path::Path) -> Result<()> {
-    std::fs::File::open(path)
-        .map(|_| ())
-        .map_err(|e| Error::config(key, format!("{what} {} cannot be read: {e}", path.display())))
 }
 
 fn positive(key: &'static str, value: Duration) -> Result<()> {

@@ -137,7 +137,7 @@ pub(super) fn parse_url(url: &str) -> Result<PgConnectOptions> {
             .find(|(k, _)| matches!(k.as_str(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
             .map(|(_, v)| v.clone());
         if let Some(cert) = &root_cert {
-            super::builder::readable_file("DATABASE_URL", "sslrootcert", std::path::Path::new(cert))?;
+            readable_file("DATABASE_URL", "sslrootcert", std::path::Path::new(cert))?;
             // As libpq: `require` with a root certificate verifies the CA.
             for (k, v) in known.iter_mut() {
                 if matches!(k.as_str(), "sslmode" | "ssl-mode") && v == "require" {
@@ -189,6 +189,13 @@ pub(super) fn redact_url(url: &str) -> String {
     }
     // `***` in the query is shown percent-encoded by the serializer; show it plainly.
     parsed.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// `path` names a file this process can read, else an error naming `key`.
+pub(super) fn readable_file(key: &'static str, what: &str, path: &std::path::Path) -> Result<()> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| Error::config(key, format!("{what} {} cannot be read: {e}", path.display())))
 }
 
 #[cfg(test)]

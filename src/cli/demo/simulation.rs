@@ -28,7 +28,7 @@ use botdb::{Config, Database};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::DemoArgs;
+use super::args::DemoArgs;
 use super::standby::{Failover, Pair};
 
 /// Demo users get ids from here up, far from real Telegram ids.
