@@ -8,7 +8,7 @@
 //!
 //! - `settings`: [`PoolConfig`], [`TimeoutConfig`], [`Limits`], [`ActorConfig`],
 //!   [`MigrateConfig`];
-//! - `env`: [`Config::from_env`], [`ENV_VARS`];
+//! - `env`: [`Config::from_env`]; `vars`: [`ENV_VARS`], every variable with its default;
 //! - `builder`: [`ConfigBuilder`] and the range checks;
 //! - `urls`: `DATABASE_URL` parsing and redaction, and the files a URL may name;
 //! - `hosts`: libpq's host lists and `target_session_attrs`;
@@ -21,14 +21,15 @@ mod env;
 mod hosts;
 mod settings;
 mod urls;
+mod vars;
 mod whole;
 
 pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
-pub use env::ENV_VARS;
 pub use hosts::TargetSessionAttrs;
 pub use settings::{
     APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
     MigrateConfig, PoolConfig, TimeoutConfig,
 };
+pub use vars::ENV_VARS;
 pub use whole::{Config, DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig, ServerPart};
