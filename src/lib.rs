@@ -88,25 +88,29 @@
 //! no CLI, HTTP server or cluster crates.
 //!
 //! ## Layout
-//! - [`config`]: [`Config`], from the environment (`DATABASE_URL` or `DB_*`, pool
-//!   settings, `.env`) or a builder; the password is a secret that never prints, in
-//!   whatever form it was given (`config::env`, `config::builder`, `config::settings`,
-//!   `config::urls`, `config::hosts`: several hosts and `target_session_attrs`, libpq's
-//!   way; `config::replicas`: `DATABASE_REPLICA_URL` and its lag and wait limits).
-//! - [`db`]: [`Database`]: the pool, the session scope, autocommit, read, close
-//!   ([`Database::migrate`] and `migrate_with` are defined up in `takeover`: `db`
-//!   imports nothing of the schema layer);
-//!   connections held between uses (sqlx's pool pings every connection it gets back);
-//!   with several hosts, the one that satisfies `target_session_attrs` (`db::hosts`);
-//!   with replicas, reads that see the user's own writes ([`Database::read_replica`],
-//!   [`Database::acting_for`], `db::replicas`).
+//! Bottom to top: each module imports only those above it in this list, and no file
+//! imports itself through others (`tests/it/house.rs` checks both; `docs/architecture.md`
+//! is the map, with the path of a webhook update to its row).
 //! - [`error`]: [`Error`], one `#[non_exhaustive]` enum of what a caller can act on
-//!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut); the bottom of the
-//!   crate, it imports nothing of botdb (a migration's description comes in as data).
+//!   (including [`Error::OutcomeUnknown`] when a COMMIT was cut); it imports nothing of
+//!   botdb (a migration's description comes in as data).
+//! - [`config`]: [`Config`] (`config::whole`, with the replicas' [`ReplicaConfig`]),
+//!   from the environment (`config::env`, every variable in `config::vars`) or a
+//!   builder (`config::builder`, every range check); the password is a secret that
+//!   never prints, in whatever form it was given (`config::urls`); several hosts and
+//!   `target_session_attrs` (`config::hosts`). [`shutdown`]: SIGINT / SIGTERM through
+//!   ctrlc. `telemetry` (feature `cli`): the `tracing` subscriber.
 //! - [`model`]: rows ([`model::User`], [`model::Message`], [`model::UserSettings`],
-//!   [`model::Erasure`]), context budgets ([`model::Budget`]),
-//!   dialogues ([`model::Dialogue`]: a user in a chat) and validated inputs
-//!   ([`model::NewMessage`], [`model::Content`], [`model::SettingsPatch`]).
+//!   [`model::Erasure`]), dialogues ([`model::Dialogue`]: a user in a chat) and the
+//!   context's budget ([`model::Budget`]), request keys ([`model::RequestKey`]), and
+//!   validated inputs ([`model::NewMessage`], [`model::Content`],
+//!   [`model::SettingsPatch`]).
+//! - [`db`]: [`Database`]: opening it (`db::open`), the pool (`db::pool`), the scopes a
+//!   unit of work runs in and what a failure means (`db::scope`: session, autocommit,
+//!   read, [`Database::read_replica`]), connections held between uses (`db::lease`),
+//!   several hosts (`db::hosts`), replicas that show a user their own writes
+//!   (`db::replicas`, [`Database::acting_for`]). [`Database::migrate`] is defined up in
+//!   `takeover`.
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
 //!   (`repo::keys`: request keys, for requests that happen at most once;
 //!   `repo::erasures`: erasing a user with a keyed-hash audit row; `repo::export`: a
@@ -118,39 +122,31 @@
 //!   set, bookkeeping `_app_migrations`), `migrations` ([`migrate::Migrations`]: the
 //!   verbs on both sets), `verbs` (upgrade, downgrade, current, history, new on botdb's
 //!   set alone).
-//! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`,
-//!   both sets of migrations).
-//! - [`retention`]: soft-deleted messages purged after a period, in small batches
-//!   that never make a turn wait, never shorter than the request keys' retention
-//!   (`BOTDB_KEY_RETENTION_HOURS`, parsed here for `serve` and `purge` alike); erasure
-//!   and export of a user are in [`repo::erasures`], [`repo::export`] and
-//!   [`actors::EraseUser`].
+//! - [`catalog`]: schema snapshots of the live catalog and their diff (`botdb check`).
+//!   [`retention`]: soft-deleted messages purged after a period, in small batches no
+//!   turn waits for, never sooner than the request keys' retention. `embedded` (feature
+//!   `embedded`): a throwaway cluster (`cluster`), a standby beside it (`standby`), what
+//!   they need of the machine (`host`).
 //! - [`takeover`]: `botdb migrate` on any database, the reference Python bot's taken
-//!   over first: `reference` (what was recognised), `recognise` ([`takeover::inspect`]),
-//!   `plan` ([`takeover::plan`], the `--dry-run` text), `carry_out` (repairs, the
-//!   normalising transaction and its record, then the migrations), `database`
-//!   ([`Database::migrate`], `migrate_with`); the top of the schema layer.
-//! - `embedded` (feature `embedded`): a throwaway PostgreSQL cluster from the installed
-//!   binaries (demo, tests), and a streaming standby beside it (synchronous or not,
-//!   promoted on demand).
-//! - [`actors`]: the actor layer: [`actors::DbSystem`] starts one supervised
-//!   [`actors::DbActor`] per registered table, botdb's and the application's (serial per
-//!   user, concurrent across users, bounded with a fair share per user, group commit of
-//!   what is ready at once), [`actors::DbHandle`] routes typed requests by table
-//!   ([`actors::TableHandle`]: one table, checked at compile time),
-//!   [`actors::Shutdown`] drains them (`actors::builder` starts, `handle` sends,
-//!   `endpoints` and `gate` admit, `actor/` queues per user, batches and runs, `system`
-//!   drains; the requests by concept: `users`, `messages`, `turns`, `settings`, `commands`).
-//! - [`shutdown`]: SIGINT / SIGTERM through ctrlc, one owner, second signal exits.
-//! - [`bot`]: the chat bot over the actors (every update once under its key: turns of
-//!   two requests, [`actors::BeginTurn`] then [`actors::AppendTurn`]; commands begun by
-//!   [`actors::BeginCommand`]; the [`bot::Model`] trait and its local
-//!   [`bot::EchoModel`], Telegram's Update and sendMessage).
-//! - `server` (feature `server`): `botdb serve` on actix-web: the webhook (secret token before the body,
-//!   body bounded in size and time), `/healthz` (cached) and `/metrics` (optionally on
-//!   an admin address behind a token), connection limits, and the ordered shutdown
-//!   (HTTP with a grace, actors, pool).
-//! - `telemetry` (feature `cli`): the `tracing` subscriber.
+//!   over first: `reference`, `recognise` ([`takeover::inspect`]), `plan`
+//!   ([`takeover::plan`], the `--dry-run` text), `carry_out`, and `database`
+//!   ([`Database::migrate`], `migrate_with`). [`actors`]: [`actors::DbSystem`] starts
+//!   one supervised [`actors::DbActor`] per registered table, botdb's and the
+//!   application's (serial per user, concurrent across users, bounded with a fair share
+//!   per user, group commit of what is ready at once); [`actors::DbHandle`] routes typed
+//!   requests by table; [`actors::Shutdown`] drains them (`builder` starts, `handle`
+//!   sends, `endpoints` and `gate` admit, `actor/` queues per user, batches and runs,
+//!   `system` drains; the requests: `users`, `messages`, `turns`, `settings`,
+//!   `commands`).
+//! - [`bot`]: the chat bot over the actors: every update once under its key (a text:
+//!   [`actors::BeginTurn`] then [`actors::AppendTurn`]; a command: [`actors::BeginCommand`]),
+//!   the [`bot::Model`] trait and its local [`bot::EchoModel`], Telegram's Update and
+//!   sendMessage.
+//! - `server` (feature `server`): `botdb serve` on actix-web: `webhook` (the secret
+//!   before the body, the body bounded in size and time), `admin` and `health`
+//!   (`/healthz` cached, `/metrics`, optionally on an admin address behind a token),
+//!   `state`, `respond` (errors as HTTP), `background` (the retention purges), and the
+//!   ordered shutdown (HTTP with a grace, actors, pool).
 //!
 //! The `botdb` binary (`src/main.rs`, `src/cli/`) wires these into commands.
 
