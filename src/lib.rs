@@ -105,6 +105,8 @@
 //!   context's budget ([`model::Budget`]), request keys ([`model::RequestKey`]), and
 //!   validated inputs ([`model::NewMessage`], [`model::Content`],
 //!   [`model::SettingsPatch`]).
+//! - [`llm`]: the language model ([`llm::Model`], [`llm::EchoModel`]); [`telegram`]:
+//!   Telegram's updates and the webhook answer.
 //! - [`db`]: [`Database`]: opening it (`db::open`), the pool (`db::pool`), the scopes a
 //!   unit of work runs in and what a failure means (`db::scope`: session, autocommit,
 //!   read, [`Database::read_replica`]), connections held between uses (`db::lease`),
@@ -140,8 +142,8 @@
 //!   `commands`).
 //! - [`bot`]: the chat bot over the actors: every update once under its key (a text:
 //!   [`actors::BeginTurn`] then [`actors::AppendTurn`]; a command: [`actors::BeginCommand`]),
-//!   the [`bot::Model`] trait and its local [`bot::EchoModel`], Telegram's Update and
-//!   sendMessage.
+//!   commands and turns (the model's and Telegram's types re-exported from [`llm`] and
+//!   [`telegram`]).
 //! - `server` (feature `server`): `botdb serve` on actix-web: `webhook` (the secret
 //!   before the body, the body bounded in size and time), `admin` and `health`
 //!   (`/healthz` cached, `/metrics`, optionally on an admin address behind a token),
@@ -160,6 +162,7 @@ pub mod db;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
+pub mod llm;
 pub mod migrate;
 pub mod model;
 pub mod repo;
@@ -168,6 +171,7 @@ pub mod retention;
 pub mod server;
 pub mod shutdown;
 pub mod takeover;
+pub mod telegram;
 #[cfg(feature = "cli")]
 pub mod telemetry;
 

@@ -20,8 +20,11 @@
 //! an erasure registers nobody.
 
 pub mod command;
-pub mod model;
-pub mod telegram;
+/// Telegram's updates and the webhook answer (moved to [`crate::telegram`]; kept here
+/// for the paths botdb 0.1 published).
+pub mod telegram {
+    pub use crate::telegram::update::*;
+}
 
 use std::sync::Arc;
 
@@ -34,9 +37,9 @@ use crate::model::{
     Dialogue, MAX_HISTORY_RANGE, Message, RequestKey, Role, UserSettings, check_history_limit, check_user_id,
 };
 
+pub use crate::llm::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
+pub use crate::telegram::{SendMessage, Update};
 pub use command::Command;
-pub use model::{ChatMessage, EchoModel, Model, ModelError, ModelInput};
-pub use telegram::{SendMessage, Update};
 
 const HELP: &str = "Commands:\n\
 /start: register\n\

@@ -18,6 +18,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("shutdown", 1),
     ("telemetry", 1),
     ("model", 2),
+    ("llm", 3),
+    ("telegram", 3),
     ("db", 3),
     ("repo", 4),
     ("migrate", 4),

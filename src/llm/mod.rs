@@ -1,5 +1,6 @@
-//! The language model behind the bot, as a trait, and a local default that needs no
-//! network.
+//! The language model behind the bot: the [`Model`] trait, what it is asked
+//! ([`ModelInput`]), how it fails ([`ModelError`]), and a local default that needs no
+//! network ([`EchoModel`]).
 
 use futures::future::BoxFuture;
 
