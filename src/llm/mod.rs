@@ -1,10 +1,16 @@
 //! The language model behind the bot: the [`Model`] trait, what it is asked
 //! ([`ModelInput`]), how it fails ([`ModelError`]), and a local default that needs no
 //! network ([`EchoModel`]).
+//!
+//! - `error`: [`ModelError`], what a caller can do about a failure.
+
+mod error;
 
 use futures::future::BoxFuture;
 
 use crate::model::Role;
+
+pub use error::ModelError;
 
 /// One message of the context sent to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,11 +31,6 @@ pub struct ModelInput<'a> {
     /// The context, oldest first; the last message is the user's new one.
     pub context: &'a [ChatMessage],
 }
-
-/// The model failed; the bot tells the user and stores nothing of the turn.
-#[derive(Debug, thiserror::Error)]
-#[error("the model failed: {0}")]
-pub struct ModelError(pub String);
 
 /// A language model. Plug a real client in by implementing this.
 pub trait Model: Send + Sync + 'static {
