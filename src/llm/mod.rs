@@ -2,15 +2,25 @@
 //! ([`ModelInput`]), how it fails ([`ModelError`]), and a local default that needs no
 //! network ([`EchoModel`]).
 //!
-//! - `error`: [`ModelError`], what a caller can do about a failure.
+//! - `error`: [`ModelError`], what a caller can do about a failure;
+//! - `openai` (feature `server`): `OpenAiModel`, a client of any OpenAI-compatible chat
+//!   completions API, and `from_config`, the model a
+//!   [`ModelConfig`](crate::config::ModelConfig) names;
+//! - `backoff` (feature `server`): the waits between its attempts.
 
+#[cfg(feature = "server")]
+mod backoff;
 mod error;
+#[cfg(feature = "server")]
+pub mod openai;
 
 use futures::future::BoxFuture;
 
 use crate::model::Role;
 
 pub use error::ModelError;
+#[cfg(feature = "server")]
+pub use openai::{OpenAiModel, from_config};
 
 /// One message of the context sent to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
