@@ -10,6 +10,7 @@ use sqlx::postgres::PgSslMode;
 
 use crate::config::audit::AuditKey;
 use crate::config::hosts::{self, TargetSessionAttrs};
+use crate::config::model::ModelConfig;
 use crate::config::settings::APP_MIGRATIONS_SETTING;
 use crate::config::urls::{self, readable_file};
 use crate::config::whole::{Config, Server};
@@ -282,6 +283,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// The language model the bot asks (`BOTDB_MODEL_*`), checked by
+    /// [`build`](Self::build) ([`ModelConfig::check`]).
+    pub fn model(mut self, model: ModelConfig) -> Self {
+        self.config.model = model;
+        self
+    }
+
     /// `application_name` reported to the server.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.config.application_name = name.into();
@@ -520,6 +528,7 @@ fn check(config: &Config) -> Result<()> {
             ),
         ));
     }
+    config.model.check()?;
     if let Server::Parts { .. } = config.server
         && config.hosts.iter().any(|(_, port)| *port == 0)
     {

@@ -8,6 +8,7 @@ use sqlx::postgres::PgSslMode;
 
 use crate::config::audit::AuditKey;
 use crate::config::builder::ConfigBuilder;
+use crate::config::model::ModelConfig;
 use crate::config::vars::SERVER_VARS;
 use crate::config::whole::Config;
 use crate::error::{Error, Result};
@@ -243,6 +244,29 @@ impl Config {
         if let Some(key) = get("BOTDB_AUDIT_KEY") {
             b = b.audit_key(AuditKey::new(key)?);
         }
+        // The language model (BOTDB_MODEL_*); `build` checks the values' ranges.
+        let mut model = ModelConfig::default();
+        if let Some(url) = get("BOTDB_MODEL_URL") {
+            // Not echoed: a URL may carry a key in its user info or query.
+            let url = url::Url::parse(url.trim()).map_err(|e| {
+                Error::config(
+                    "BOTDB_MODEL_URL",
+                    format!("expected the API's base URL (e.g. http://127.0.0.1:8000/v1): {e}"),
+                )
+            })?;
+            model.url = Some(url);
+        }
+        if let Some(name) = get("BOTDB_MODEL_NAME") {
+            model.name = name.trim().to_string();
+        }
+        model.api_key = get("BOTDB_MODEL_API_KEY").map(|key| key.trim().to_string().into());
+        if let Some(d) = secs("BOTDB_MODEL_TIMEOUT", "seconds from 1 to 3600", false)? {
+            model.timeout = d;
+        }
+        if let Some(n) = read("BOTDB_MODEL_ATTEMPTS", "a whole number from 1 to 10", &whole)? {
+            model.attempts = to_u32(n);
+        }
+        b = b.model(model);
         let mut config = b.build()?;
         // A DB_* variable set with DATABASE_URL (which wins) still says "a real server".
         config.server_configured = SERVER_VARS.iter().any(|k| get(k).is_some());

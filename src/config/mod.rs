@@ -13,12 +13,14 @@
 //! - `urls`: `DATABASE_URL` parsing and redaction, and the files a URL may name;
 //! - `hosts`: libpq's host lists and `target_session_attrs`;
 //! - `audit`: [`AuditKey`];
+//! - `model`: [`ModelConfig`], the language model the bot asks (`BOTDB_MODEL_*`);
 //! - `whole`: [`Config`] itself and [`ReplicaConfig`] (`DATABASE_REPLICA_URL`).
 
 mod audit;
 mod builder;
 mod env;
 mod hosts;
+mod model;
 mod settings;
 mod urls;
 mod vars;
@@ -27,6 +29,7 @@ mod whole;
 pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
 pub use hosts::TargetSessionAttrs;
+pub use model::{DEFAULT_MODEL_ATTEMPTS, DEFAULT_MODEL_MAX_BACKOFF, DEFAULT_MODEL_TIMEOUT, ModelConfig};
 pub use settings::{
     APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
     MigrateConfig, PoolConfig, TimeoutConfig,

@@ -178,6 +178,31 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "(unset)",
         "secret (16+ bytes) of erasures' audit rows; unset: users cannot be erased",
     ),
+    (
+        "BOTDB_MODEL_URL",
+        "(unset)",
+        "base URL of an OpenAI-compatible chat completions API (http://127.0.0.1:8000/v1); unset: the echo model",
+    ),
+    (
+        "BOTDB_MODEL_NAME",
+        "(unset)",
+        "the model's name as the API knows it (gpt-4o-mini); needed with BOTDB_MODEL_URL",
+    ),
+    (
+        "BOTDB_MODEL_API_KEY",
+        "(unset)",
+        "bearer token of the model's API (never printed)",
+    ),
+    (
+        "BOTDB_MODEL_TIMEOUT",
+        "120",
+        "seconds one attempt to ask the model may take (1 to 3600)",
+    ),
+    (
+        "BOTDB_MODEL_ATTEMPTS",
+        "3",
+        "times a question is asked on a transient failure (1 to 10)",
+    ),
 ];
 
 /// The `DB_*` variables that name the server: setting any of them means "this server",

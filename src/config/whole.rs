@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::config::audit::AuditKey;
 use crate::config::hosts::{self, TargetSessionAttrs};
+use crate::config::model::ModelConfig;
 use crate::config::settings::{
     ActorConfig, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
@@ -77,6 +78,8 @@ pub struct Config {
     /// [`DEFAULT_EXPORT_TIMEOUT`]): a reader that stops reading would otherwise hold
     /// the export's snapshot, and with it VACUUM, for as long as it stalls.
     pub export_timeout: Duration,
+    /// The language model the bot asks (`BOTDB_MODEL_*`); no URL: the echo model.
+    pub model: ModelConfig,
 }
 
 impl fmt::Debug for Config {
@@ -94,6 +97,7 @@ impl fmt::Debug for Config {
             .field("audit_key", &self.audit_key)
             .field("replicas", &self.replicas)
             .field("export_timeout", &self.export_timeout)
+            .field("model", &self.model)
             .finish()
     }
 }
@@ -142,6 +146,7 @@ impl Default for Config {
             audit_key: None,
             replicas: ReplicaConfig::default(),
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            model: ModelConfig::default(),
         }
     }
 }

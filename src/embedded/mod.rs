@@ -18,11 +18,17 @@
 //!   URLs that point at it;
 //! - `standby`: a streaming standby beside it (synchronous or not) and its promotion;
 //! - `host`: what it needs of this machine: the server binaries, a free port, the
-//!   unprivileged OS user it runs as.
+//!   unprivileged OS user it runs as;
+//! - `model_server` (with feature `server`): `LocalModelServer`, an OpenAI-compatible
+//!   chat completions server that plays the language model for the tests and the demo.
 
 mod cluster;
 mod host;
+#[cfg(feature = "server")]
+mod model_server;
 mod standby;
 
 pub use cluster::{EmbeddedPostgres, StopMode};
+#[cfg(feature = "server")]
+pub use model_server::{Failure, LocalModelServer, ModelBehaviour, ReplyStyle};
 pub use standby::Replication;

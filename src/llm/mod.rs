@@ -1,10 +1,26 @@
 //! The language model behind the bot: the [`Model`] trait, what it is asked
 //! ([`ModelInput`]), how it fails ([`ModelError`]), and a local default that needs no
 //! network ([`EchoModel`]).
+//!
+//! - `error`: [`ModelError`], what a caller can do about a failure;
+//! - `openai` (feature `server`): `OpenAiModel`, a client of any OpenAI-compatible chat
+//!   completions API, and `from_config`, the model a
+//!   [`ModelConfig`](crate::config::ModelConfig) names;
+//! - `backoff` (feature `server`): the waits between its attempts.
+
+#[cfg(feature = "server")]
+mod backoff;
+mod error;
+#[cfg(feature = "server")]
+pub mod openai;
 
 use futures::future::BoxFuture;
 
 use crate::model::Role;
+
+pub use error::ModelError;
+#[cfg(feature = "server")]
+pub use openai::{OpenAiModel, from_config};
 
 /// One message of the context sent to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,11 +41,6 @@ pub struct ModelInput<'a> {
     /// The context, oldest first; the last message is the user's new one.
     pub context: &'a [ChatMessage],
 }
-
-/// The model failed; the bot tells the user and stores nothing of the turn.
-#[derive(Debug, thiserror::Error)]
-#[error("the model failed: {0}")]
-pub struct ModelError(pub String);
 
 /// A language model. Plug a real client in by implementing this.
 pub trait Model: Send + Sync + 'static {

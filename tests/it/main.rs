@@ -37,6 +37,8 @@ mod http_hardening;
 mod key_owners;
 #[cfg(feature = "cli")]
 mod lifecycle_cli;
+#[cfg(feature = "cli")]
+mod llm;
 #[cfg(feature = "embedded")]
 mod lock_waits;
 mod locks;
