@@ -13,6 +13,7 @@
 //! - `urls`: `DATABASE_URL` parsing and redaction, and the files a URL may name;
 //! - `hosts`: libpq's host lists and `target_session_attrs`;
 //! - `audit`: [`AuditKey`];
+//! - `telegram`: [`TelegramConfig`], Telegram's Bot API (its token never printed);
 //! - `whole`: [`Config`] itself and [`ReplicaConfig`] (`DATABASE_REPLICA_URL`).
 
 mod audit;
@@ -20,6 +21,7 @@ mod builder;
 mod env;
 mod hosts;
 mod settings;
+mod telegram;
 mod urls;
 mod vars;
 mod whole;
@@ -31,5 +33,6 @@ pub use settings::{
     APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
     MigrateConfig, PoolConfig, TimeoutConfig,
 };
+pub use telegram::{DEFAULT_TELEGRAM_API_URL, TelegramConfig};
 pub use vars::ENV_VARS;
 pub use whole::{Config, DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig, ServerPart};

@@ -17,6 +17,7 @@ use crate::config::hosts::{self, TargetSessionAttrs};
 use crate::config::settings::{
     ActorConfig, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
+use crate::config::telegram::TelegramConfig;
 use crate::config::urls;
 use crate::error::{Error, Result};
 
@@ -77,6 +78,10 @@ pub struct Config {
     /// [`DEFAULT_EXPORT_TIMEOUT`]): a reader that stops reading would otherwise hold
     /// the export's snapshot, and with it VACUUM, for as long as it stalls.
     pub export_timeout: Duration,
+    /// Telegram's Bot API: the bot's token, the API's address, the sending limits
+    /// (`TELEGRAM_BOT_TOKEN`, `TELEGRAM_API_URL`, `BOTDB_TELEGRAM_TIMEOUT`,
+    /// `BOTDB_SEND_*`).
+    pub telegram: TelegramConfig,
 }
 
 impl fmt::Debug for Config {
@@ -94,6 +99,7 @@ impl fmt::Debug for Config {
             .field("audit_key", &self.audit_key)
             .field("replicas", &self.replicas)
             .field("export_timeout", &self.export_timeout)
+            .field("telegram", &self.telegram)
             .finish()
     }
 }
@@ -142,6 +148,7 @@ impl Default for Config {
             audit_key: None,
             replicas: ReplicaConfig::default(),
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            telegram: TelegramConfig::default(),
         }
     }
 }
