@@ -12,6 +12,7 @@ use crate::config::audit::AuditKey;
 use crate::config::hosts::{self, TargetSessionAttrs};
 use crate::config::model::ModelConfig;
 use crate::config::settings::APP_MIGRATIONS_SETTING;
+use crate::config::telegram::TelegramConfig;
 use crate::config::urls::{self, readable_file};
 use crate::config::whole::{Config, Server};
 use crate::error::{Error, Result};
@@ -316,6 +317,13 @@ impl ConfigBuilder {
         replica_wait: Duration => replicas.wait
     );
 
+    /// How Telegram's Bot API is reached (`TELEGRAM_BOT_TOKEN`, `TELEGRAM_API_URL`,
+    /// `BOTDB_TELEGRAM_TIMEOUT`, `BOTDB_SEND_*`); checked by [`build`](Self::build).
+    pub fn telegram(mut self, telegram: TelegramConfig) -> Self {
+        self.config.telegram = telegram;
+        self
+    }
+
     /// Checks every value and returns the [`Config`].
     ///
     /// # Errors
@@ -361,6 +369,7 @@ impl ConfigBuilder {
             config.replicas.server = Some(Box::new(replica));
         }
         check(&config)?;
+        config.telegram.check()?;
         Ok(config)
     }
 }

@@ -9,6 +9,7 @@ use sqlx::postgres::PgSslMode;
 use crate::config::audit::AuditKey;
 use crate::config::builder::ConfigBuilder;
 use crate::config::model::ModelConfig;
+use crate::config::telegram::TelegramConfig;
 use crate::config::vars::SERVER_VARS;
 use crate::config::whole::Config;
 use crate::error::{Error, Result};
@@ -267,6 +268,27 @@ impl Config {
             model.attempts = to_u32(n);
         }
         b = b.model(model);
+        // Telegram's Bot API (config/telegram.rs; `build` checks the values).
+        let mut telegram = TelegramConfig::default();
+        if let Some(token) = get("TELEGRAM_BOT_TOKEN") {
+            telegram.token = Some(token.trim().to_string().into());
+        }
+        if let Some(url) = get("TELEGRAM_API_URL") {
+            telegram.api_url = TelegramConfig::parse_api_url(&url)?;
+        }
+        if let Some(d) = secs("BOTDB_TELEGRAM_TIMEOUT", "seconds (more than 0)", false)? {
+            telegram.timeout = d;
+        }
+        if let Some(n) = read("BOTDB_SEND_PER_SECOND", "a whole number from 1 to 1000", &whole)? {
+            telegram.per_second = to_u32(n);
+        }
+        if let Some(d) = secs("BOTDB_SEND_CHAT_INTERVAL", "seconds (0 or more)", true)? {
+            telegram.per_chat_interval = d;
+        }
+        if let Some(n) = read("BOTDB_SEND_ATTEMPTS", "a whole number from 1 to 100", &whole)? {
+            telegram.attempts = to_u32(n);
+        }
+        b = b.telegram(telegram);
         let mut config = b.build()?;
         // A DB_* variable set with DATABASE_URL (which wins) still says "a real server".
         config.server_configured = SERVER_VARS.iter().any(|k| get(k).is_some());

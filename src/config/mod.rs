@@ -14,6 +14,7 @@
 //! - `hosts`: libpq's host lists and `target_session_attrs`;
 //! - `audit`: [`AuditKey`];
 //! - `model`: [`ModelConfig`], the language model the bot asks (`BOTDB_MODEL_*`);
+//! - `telegram`: [`TelegramConfig`], Telegram's Bot API (its token never printed);
 //! - `whole`: [`Config`] itself and [`ReplicaConfig`] (`DATABASE_REPLICA_URL`).
 
 mod audit;
@@ -22,6 +23,7 @@ mod env;
 mod hosts;
 mod model;
 mod settings;
+mod telegram;
 mod urls;
 mod vars;
 mod whole;
@@ -34,5 +36,6 @@ pub use settings::{
     APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
     MigrateConfig, PoolConfig, TimeoutConfig,
 };
+pub use telegram::{DEFAULT_TELEGRAM_API_URL, TelegramConfig};
 pub use vars::ENV_VARS;
 pub use whole::{Config, DEFAULT_REPLICA_MAX_LAG, DEFAULT_REPLICA_WAIT, ReplicaConfig, ServerPart};

@@ -203,6 +203,36 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "3",
         "times a question is asked on a transient failure (1 to 10)",
     ),
+    (
+        "TELEGRAM_BOT_TOKEN",
+        "(unset)",
+        "the bot's token from @BotFather (123456:ABC-...; never printed); unset: the bot cannot send",
+    ),
+    (
+        "TELEGRAM_API_URL",
+        "https://api.telegram.org",
+        "the Bot API server (http or https, no path): a local Bot API server or a test double",
+    ),
+    (
+        "BOTDB_TELEGRAM_TIMEOUT",
+        "10",
+        "seconds one Bot API call may take, connecting included",
+    ),
+    (
+        "BOTDB_SEND_PER_SECOND",
+        "30",
+        "messages sent a second at most, all chats together (1 to 1000)",
+    ),
+    (
+        "BOTDB_SEND_CHAT_INTERVAL",
+        "1",
+        "seconds between two messages to one chat at least (fractions allowed; 0: none)",
+    ),
+    (
+        "BOTDB_SEND_ATTEMPTS",
+        "5",
+        "tries of a send that failed for a reason that may pass (5xx, timeout, lost connection)",
+    ),
 ];
 
 /// The `DB_*` variables that name the server: setting any of them means "this server",

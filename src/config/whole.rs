@@ -18,6 +18,7 @@ use crate::config::model::ModelConfig;
 use crate::config::settings::{
     ActorConfig, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
+use crate::config::telegram::TelegramConfig;
 use crate::config::urls;
 use crate::error::{Error, Result};
 
@@ -80,6 +81,10 @@ pub struct Config {
     pub export_timeout: Duration,
     /// The language model the bot asks (`BOTDB_MODEL_*`); no URL: the echo model.
     pub model: ModelConfig,
+    /// Telegram's Bot API: the bot's token, the API's address, the sending limits
+    /// (`TELEGRAM_BOT_TOKEN`, `TELEGRAM_API_URL`, `BOTDB_TELEGRAM_TIMEOUT`,
+    /// `BOTDB_SEND_*`).
+    pub telegram: TelegramConfig,
 }
 
 impl fmt::Debug for Config {
@@ -98,6 +103,7 @@ impl fmt::Debug for Config {
             .field("replicas", &self.replicas)
             .field("export_timeout", &self.export_timeout)
             .field("model", &self.model)
+            .field("telegram", &self.telegram)
             .finish()
     }
 }
@@ -147,6 +153,7 @@ impl Default for Config {
             replicas: ReplicaConfig::default(),
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
             model: ModelConfig::default(),
+            telegram: TelegramConfig::default(),
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Telegram's longest message text, in characters.
+/// The longest text of a webhook answer ([`SendMessage`]), in characters (Rust
+/// `char`s), where [`SendMessage::new`] cuts it. Messages sent through the Bot API are
+/// measured as Telegram measures them, in UTF-16 code units, and split rather than cut:
+/// [`MAX_MESSAGE_UTF16`](crate::telegram::split::MAX_MESSAGE_UTF16).
 pub const MAX_TEXT_CHARS: usize = 4096;
 
 /// An incoming update. Only `message` is used; other kinds (edited messages, callback
