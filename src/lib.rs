@@ -165,6 +165,8 @@ pub mod error;
 pub mod llm;
 pub mod migrate;
 pub mod model;
+#[cfg(feature = "server")]
+pub mod pipeline;
 pub mod repo;
 pub mod retention;
 #[cfg(feature = "server")]

@@ -19,7 +19,7 @@ use crate::actors::actor::work::Env;
 use crate::actors::endpoints::{AnyEndpoint, Endpoint, Endpoints};
 use crate::actors::gate::Gate;
 use crate::actors::handle::DbHandle;
-use crate::actors::request::{Messages, Settings, Table, Users};
+use crate::actors::request::{Inbox, Messages, Outbox, Settings, Table, Users};
 use crate::actors::system::SystemActor;
 use crate::config::ActorConfig;
 use crate::db::Database;
@@ -120,9 +120,15 @@ impl DbSystemBuilder {
         self
     }
 
-    /// Registers botdb's three tables: [`Users`], [`Messages`], [`Settings`].
+    /// Registers botdb's tables: [`Users`], [`Messages`], [`Settings`], and the turn
+    /// pipeline's [`Inbox`] and [`Outbox`] (idle unless a bot answers through Telegram's
+    /// Bot API).
     pub fn botdb_tables(self) -> Self {
-        self.table::<Users>().table::<Messages>().table::<Settings>()
+        self.table::<Users>()
+            .table::<Messages>()
+            .table::<Settings>()
+            .table::<Inbox>()
+            .table::<Outbox>()
     }
 
     /// Starts the registered tables' actors and the system actor, on the current actix

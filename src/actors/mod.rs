@@ -22,6 +22,8 @@
 //! | `users` | [`GetUser`], [`CreateUser`], [`UpsertUser`], [`TouchUser`], [`RegisterUser`], [`EnsureUser`], [`BeginTurn`], [`BeginCommand`], [`EraseUser`] |
 //! | `messages` | [`AppendMessage`], [`AppendTurn`], [`TurnOf`], [`GetHistory`], [`GetContext`], [`ClearHistory`], [`CountMessages`] |
 //! | `user_settings` | [`GetSettings`], [`UpdateSettings`], [`SetSystemPrompt`] |
+//! | `inbox` | [`RecordUpdate`], [`ClaimTurns`], [`FinishTurn`], [`RenewLeases`], [`ReleaseLeases`], [`PipelineDepth`] |
+//! | `outbox` | [`ClaimSends`], [`RecordSend`] |
 //! | system | [`Shutdown`], [`Stats`] |
 //!
 //! # Layout
@@ -59,6 +61,7 @@ mod gate;
 mod handle;
 mod messages;
 mod once;
+mod pipeline;
 mod request;
 mod settings;
 mod stats;
@@ -73,7 +76,11 @@ pub use commands::BeginCommand;
 pub use gate::GateCounts;
 pub use handle::{DbHandle, TableHandle};
 pub use messages::{AppendMessage, ClearHistory, CountMessages, GetContext, GetHistory};
-pub use request::{BatchRunner, DbRequest, Messages, Ran, Settings, Table, Users};
+pub use pipeline::{
+    ClaimSends, ClaimTurns, Depth, FinishTurn, Finished, Leased, PipelineDepth, RecordSend, RecordUpdate,
+    ReleaseLeases, RenewLeases, Reply,
+};
+pub use request::{BatchRunner, DbRequest, Inbox, Messages, Outbox, Ran, Settings, Table, Users};
 pub use settings::{GetSettings, SetSystemPrompt, UpdateSettings};
 pub use stats::{ActorStats, Percentiles, SystemStats};
 pub use system::{Shutdown, ShutdownReport, Stats, SystemActor};

@@ -57,7 +57,8 @@ pub trait DbRequest: actix::Message<Result = Result<Self::Output>> + Clone + Sen
     }
 }
 
-/// A table served by one actor: botdb's ([`Users`], [`Messages`], [`Settings`]) and any
+/// A table served by one actor: botdb's ([`Users`], [`Messages`], [`Settings`],
+/// [`Inbox`], [`Outbox`]) and any
 /// of the application's own, registered with
 /// [`DbSystemBuilder::table`](crate::actors::DbSystemBuilder::table). A marker type:
 ///
@@ -82,6 +83,12 @@ pub struct Messages;
 /// The `user_settings` table.
 #[derive(Debug)]
 pub struct Settings;
+/// The `inbox` table: updates recorded until their turn is done.
+#[derive(Debug)]
+pub struct Inbox;
+/// The `outbox` table: messages to send through Telegram's Bot API.
+#[derive(Debug)]
+pub struct Outbox;
 
 impl Table for Users {
     const NAME: &'static str = "users";
@@ -91,6 +98,12 @@ impl Table for Messages {
 }
 impl Table for Settings {
     const NAME: &'static str = "user_settings";
+}
+impl Table for Inbox {
+    const NAME: &'static str = "inbox";
+}
+impl Table for Outbox {
+    const NAME: &'static str = "outbox";
 }
 
 /// Defines a request that carries only a user id and runs one repository function for

@@ -60,6 +60,55 @@ pub enum Outcome {
     Ignored(&'static str),
 }
 
+/// What the bot made of an update, the reply in full: the webhook's answer cuts it to
+/// Telegram's limit ([`Outcome`]); the turn pipeline sends it in as many messages as it
+/// takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Send `text` to `chat_id`.
+    Text {
+        /// Telegram's chat.
+        chat_id: i64,
+        /// The whole reply.
+        text: String,
+    },
+    /// Nothing to answer; why.
+    Ignored(&'static str),
+}
+
+/// The model call an update's turn made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelCall {
+    /// How long the model took (its retries included).
+    pub latency: std::time::Duration,
+    /// How it failed ([`ModelError::kind`]), if it did: the user was told, nothing of
+    /// the turn stored.
+    pub failure: Option<&'static str>,
+}
+
+/// An update handled: the answer, and the model call it made, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handled {
+    /// What to send.
+    pub answer: Answer,
+    /// The model call.
+    pub model: Option<ModelCall>,
+}
+
+/// Whose dialogue an update is ([`Bot::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The sender in the chat it was sent in.
+    Dialogue {
+        /// The sender (`from.id`).
+        user_id: i64,
+        /// The chat (`chat.id`).
+        chat_id: i64,
+    },
+    /// The bot ignores it; why.
+    Ignore(&'static str),
+}
+
 /// Why an update could not be handled.
 #[derive(Debug, thiserror::Error)]
 pub enum BotError {
@@ -117,45 +166,86 @@ impl Bot {
         &self.db
     }
 
-    /// Handles one update.
+    /// Handles one update; the reply is cut to Telegram's limit (a webhook's answer).
     ///
     /// # Errors
     /// [`BotError::BadUpdate`] for an update Telegram cannot have sent;
     /// [`BotError::Db`] when the database layer failed (nothing of the turn is stored).
     pub async fn handle(&self, update: Update) -> Result<Outcome, BotError> {
-        match self.handle_once(update).await {
+        Ok(match self.handle_traced(update).await?.answer {
+            Answer::Text { chat_id, text } => Outcome::Reply(SendMessage::new(chat_id, text)),
+            Answer::Ignored(why) => Outcome::Ignored(why),
+        })
+    }
+
+    /// Handles one update: the whole reply, and the model call its turn made.
+    ///
+    /// # Errors
+    /// As [`handle`](Self::handle).
+    pub async fn handle_traced(&self, update: Update) -> Result<Handled, BotError> {
+        let mut model = None;
+        let answer = match self.handle_once(update, &mut model).await {
             // A copy of an update handled before its user was erased: answered, and
             // nothing done (the erasure keeps the keys, owned by nobody).
             Err(BotError::Db(Error::NotFound { entity, .. }))
                 if entity == crate::repo::keys::ERASED_ENTITY =>
             {
-                Ok(Outcome::Ignored("sent before its user was erased"))
+                Answer::Ignored("sent before its user was erased")
             }
-            other => other,
-        }
+            other => other?,
+        };
+        Ok(Handled { answer, model })
     }
 
-    async fn handle_once(&self, update: Update) -> Result<Outcome, BotError> {
-        let Some(message) = update.message else {
-            return Ok(Outcome::Ignored("not a message"));
+    /// Whose dialogue an update belongs to, or why the bot ignores it (not a message, no
+    /// sender, a bot): the same rule [`handle`](Self::handle) applies, without the
+    /// database.
+    ///
+    /// # Errors
+    /// [`BotError::BadUpdate`] for a sender id Telegram cannot have sent.
+    pub fn route(update: &Update) -> Result<Route, BotError> {
+        let Some(message) = &update.message else {
+            return Ok(Route::Ignore("not a message"));
         };
-        let Some(from) = message.from else {
-            return Ok(Outcome::Ignored("no sender"));
+        let Some(from) = &message.from else {
+            return Ok(Route::Ignore("no sender"));
         };
         if from.is_bot {
-            return Ok(Outcome::Ignored("sent by a bot"));
+            return Ok(Route::Ignore("sent by a bot"));
         }
         let user_id = check_user_id(from.id).map_err(|e| BotError::BadUpdate(e.to_string()))?;
-        let chat_id = message.chat.id;
+        Ok(Route::Dialogue {
+            user_id,
+            chat_id: message.chat.id,
+        })
+    }
+
+    /// The update's key: the bot's name and the update id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an update id a key cannot hold.
+    pub fn key_of(&self, update: &Update) -> Result<RequestKey, Error> {
+        RequestKey::telegram_update(&self.name, update.update_id)
+    }
+
+    async fn handle_once(&self, update: Update, model: &mut Option<ModelCall>) -> Result<Answer, BotError> {
+        let (user_id, chat_id) = match Self::route(&update)? {
+            Route::Ignore(why) => return Ok(Answer::Ignored(why)),
+            Route::Dialogue { user_id, chat_id } => (user_id, chat_id),
+        };
+        let Some(message) = update.message else {
+            return Ok(Answer::Ignored("not a message"));
+        };
         // Whatever an update changes is recorded with its id, in the same transaction:
         // a copy (Telegram redelivers when a 200 is late or lost, possibly to another
         // instance) is answered as the first was and changes nothing.
         let key = RequestKey::telegram_update(&self.name, update.update_id)?;
+        let text = message.text;
         // The dialogue is the user's in THIS chat: a group never sees, nor feeds the
         // model with, what the user said in private, and the reverse.
         let dialogue = Dialogue::new(user_id, chat_id);
-        let reply = |text: String| Ok(Outcome::Reply(SendMessage::new(chat_id, text)));
-        let Some(text) = message.text else {
+        let reply = |text: String| Ok(Answer::Text { chat_id, text });
+        let Some(text) = text else {
             return reply("I only understand text messages.".into());
         };
         let command = Command::parse(&text);
@@ -279,7 +369,7 @@ impl Bot {
                 return match refused {
                     Some(reason) => reply(format!("Sorry, I cannot store that message: {reason}.")),
                     None => {
-                        self.turn(dialogue, chat_id, &registered.settings, text, key, context)
+                        self.turn(dialogue, chat_id, &registered.settings, text, key, context, model)
                             .await
                     }
                 };
@@ -299,7 +389,8 @@ impl Bot {
         text: String,
         key: RequestKey,
         context: Option<Vec<Message>>,
-    ) -> Result<Outcome, BotError> {
+        call: &mut Option<ModelCall>,
+    ) -> Result<Answer, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
         // The new message takes its share of both budgets; the history gets the rest.
@@ -336,14 +427,20 @@ impl Bot {
             system_prompt: settings.system_prompt.as_deref(),
             context: &context,
         };
-        let answer = match self.model.reply(input).await {
+        let asked = std::time::Instant::now();
+        let answered = self.model.reply(input).await;
+        *call = Some(ModelCall {
+            latency: asked.elapsed(),
+            failure: answered.as_ref().err().map(ModelError::kind),
+        });
+        let answer = match answered {
             Ok(answer) => storable(&answer, limits.max_content_chars),
             Err(e) => {
                 tracing::warn!(user_id, error = %e, "the model failed; nothing stored");
-                return Ok(Outcome::Reply(SendMessage::new(
+                return Ok(Answer::Text {
                     chat_id,
-                    "The model is not available right now; please try again.",
-                )));
+                    text: "The model is not available right now; please try again.".into(),
+                });
             }
         };
         // Stored once: if a copy of this update stored its turn meanwhile, that turn
@@ -359,14 +456,17 @@ impl Bot {
             })
             .await;
         match stored {
-            Ok(turn) => Ok(Outcome::Reply(SendMessage::new(chat_id, turn.reply.content))),
+            Ok(turn) => Ok(Answer::Text {
+                chat_id,
+                text: turn.reply.content,
+            }),
             // The user was erased while the model answered (`/forget yes` from another
             // chat, an operator): the turn is not stored, and answered so (a 200:
             // Telegram does not redeliver it, which would register the user again).
-            Err(Error::NotFound { entity: "user", .. }) => Ok(Outcome::Reply(SendMessage::new(
+            Err(Error::NotFound { entity: "user", .. }) => Ok(Answer::Text {
                 chat_id,
-                "Your data was erased while I was answering; this message was not stored.",
-            ))),
+                text: "Your data was erased while I was answering; this message was not stored.".into(),
+            }),
             Err(e) => Err(e.into()),
         }
     }

@@ -1,10 +1,10 @@
 //! `botdb serve`: the bot on actix-web until SIGINT / SIGTERM.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use botdb::pipeline::PipelineConfig;
 use botdb::server::{self, ServeOptions};
 use botdb::shutdown::Signals;
 use botdb::{Config, Database, migrate};
@@ -65,6 +65,18 @@ pub struct ServeArgs {
     /// Seconds a /healthz answer is reused before the database is asked again.
     #[arg(long, env = "BOTDB_HEALTH_CACHE", default_value = "1", value_parser = seconds)]
     health_cache: Duration,
+    /// With TELEGRAM_BOT_TOKEN: turns this instance runs at once (model calls in flight).
+    #[arg(long, env = "BOTDB_TURNS_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    turns_in_flight: u32,
+    /// With TELEGRAM_BOT_TOKEN: seconds a claimed update or message stays this
+    /// instance's without renewal (an instance that dies gives its work over after at
+    /// most this long).
+    #[arg(long, env = "BOTDB_LEASE", default_value = "30", value_parser = seconds)]
+    lease: Duration,
+    /// With TELEGRAM_BOT_TOKEN: seconds, at shutdown, the running turns get to finish
+    /// before they are given back to another instance.
+    #[arg(long, env = "BOTDB_TURN_GRACE", default_value = "20", value_parser = seconds)]
+    turn_grace: Duration,
 }
 
 fn purge_after(v: &str) -> Result<Duration, String> {
@@ -126,8 +138,29 @@ pub async fn run(config: &Config, embedded: bool, args: ServeArgs) -> anyhow::Re
         bot_name: args.bot_name.clone(),
         key_retention,
         purge_after: args.purge_after,
+        telegram: config.telegram.clone(),
+        pipeline: PipelineConfig {
+            turns_in_flight: args.turns_in_flight as usize,
+            lease: args.lease,
+            ..PipelineConfig::default()
+        },
+        pipeline_grace: args.turn_grace,
     };
-    let running = server::start(db, config.actors, options, Arc::new(botdb::bot::EchoModel))?;
+    // The configured model (BOTDB_MODEL_URL), or the echo model without one.
+    let model = botdb::llm::from_config(&config.model)?;
+    let replies = match &config.telegram.token {
+        Some(_) => format!(
+            "through the Bot API at {} (TELEGRAM_BOT_TOKEN set): the webhook records each update and answers 200",
+            config.telegram.api_url
+        ),
+        None => "in each webhook answer (no TELEGRAM_BOT_TOKEN)".into(),
+    };
+    let asks = match &config.model.url {
+        Some(url) => format!("{} at {}", config.model.name, url),
+        None => "the echo model (no BOTDB_MODEL_URL)".into(),
+    };
+    println!("replies: {replies}\nmodel: {asks}");
+    let running = server::start(db, config.actors, options, model)?;
     // Telegram's update ids are unique per bot only: two bots on one database under one
     // name would take each other's updates for copies.
     println!(

@@ -27,7 +27,8 @@ pub fn subject(key: &AuditKey, user_id: i64) -> [u8; 32] {
 /// Erases `user_id`, inside the caller's transaction: takes the user's row `FOR
 /// UPDATE` first (so a concurrent turn of the user, which needs that row to insert,
 /// either committed before, and its messages go too, or waits and then finds no user),
-/// deletes their messages (live and soft-deleted, every chat), settings and user row,
+/// deletes their messages (live and soft-deleted, every chat), settings, the turn
+/// pipeline's inbox and outbox rows and user row,
 /// scrubs their request keys (kept until the key retention, so that a copy of an
 /// update handled before the erasure does not run again, but owned by
 /// nobody (`user_id` NULL) with no outcome: nothing names the user), and
@@ -66,6 +67,14 @@ pub async fn erase(conn: &mut PgConnection, key: &AuditKey, user_id: i64) -> Res
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    // With the Bot API: what they sent that has not run, and the messages to or sent to
+    // them (the reply to an erasure itself is written after it, owned by nobody).
+    for table in [
+        "DELETE FROM inbox WHERE user_id = $1",
+        "DELETE FROM outbox WHERE user_id = $1",
+    ] {
+        sqlx::query(table).bind(user_id).execute(&mut *conn).await?;
+    }
     sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(user_id)
         .execute(&mut *conn)

@@ -109,6 +109,27 @@ impl<'a> From<&'a Message> for MessageOut<'a> {
     }
 }
 
+/// An update recorded and not yet run (the turn pipeline's inbox), as Telegram sent it.
+#[derive(Serialize, sqlx::FromRow)]
+struct PendingOut {
+    update_id: i64,
+    chat_id: i64,
+    received_at: DateTime<Utc>,
+    payload: serde_json::Value,
+}
+
+/// A message the bot sends, or sent, through the Bot API (the outbox): its text, where,
+/// and what Telegram answered.
+#[derive(Serialize, sqlx::FromRow)]
+struct OutboxOut {
+    chat_id: i64,
+    text: String,
+    state: String,
+    created_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    tg_message_id: Option<i64>,
+}
+
 #[derive(Serialize)]
 struct SummaryOut {
     messages: u64,
@@ -342,7 +363,26 @@ where
         }
     }
     w.put(if messages == 0 { b"],\n" } else { b"\n],\n" });
-    w.put(b"\"summary\":");
+    // With the Bot API: what the user sent that has not run yet, and the messages sent
+    // or to send them (few: the inbox and the outbox hold a day at most).
+    let pending: Vec<PendingOut> = sqlx::query_as(
+        "SELECT update_id, chat_id, received_at, payload FROM inbox WHERE user_id = $1 ORDER BY update_id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    w.put(b"\"pending_updates\":");
+    w.json(&pending)?;
+    let outbox: Vec<OutboxOut> = sqlx::query_as(
+        "SELECT chat_id, text, state, created_at, sent_at, tg_message_id FROM outbox \
+          WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    w.put(b",\n\"outbox\":");
+    w.json(&outbox)?;
+    w.put(b",\n\"summary\":");
     w.json(&SummaryOut { messages, deleted })?;
     w.put(b"}\n");
     w.finish().await?;

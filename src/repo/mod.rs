@@ -8,8 +8,10 @@
 
 pub mod erasures;
 pub mod export;
+pub mod inbox;
 pub mod keys;
 pub mod messages;
+pub mod outbox;
 pub mod settings;
 pub mod users;
 

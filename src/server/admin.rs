@@ -13,6 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
+use crate::actors::PipelineDepth;
 use crate::server::metrics;
 use crate::server::respond::json_error;
 use crate::server::state::AppState;
@@ -61,6 +62,15 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
         return unauthorized();
     }
     let actors = state.bot.db();
+    // With the Bot API, the inbox's and outbox's depth: one read (best effort: the
+    // families are left out when the database does not answer).
+    let pipeline = match &state.pipeline {
+        Some(pipeline) => Some((
+            pipeline.metrics().snapshot(),
+            actors.send(PipelineDepth).await.ok(),
+        )),
+        None => None,
+    };
     match actors.stats().await {
         Ok(stats) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -72,6 +82,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 actors.database().counters().snapshot(),
                 actors.database().replica_reads(),
                 actors.is_shutting_down(),
+                pipeline.as_ref().map(|(counts, depth)| (counts, *depth)),
             )),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),
     }

@@ -4,7 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::actors::{ActorStats, SystemStats};
+use crate::actors::{ActorStats, Depth, SystemStats};
+use crate::pipeline::MetricsSnapshot;
 use crate::server::health::HealthCache;
 
 /// The webhook's own counters.
@@ -18,6 +19,10 @@ pub struct WebhookMetrics {
     pub rejected: AtomicU64,
     /// Updates that failed in the database layer (5xx).
     pub failed: AtomicU64,
+    /// With the Bot API: updates recorded, their replies to be sent.
+    pub recorded: AtomicU64,
+    /// With the Bot API: copies of updates recorded before (answered 200, nothing done).
+    pub copies: AtomicU64,
 }
 
 impl WebhookMetrics {
@@ -45,6 +50,7 @@ pub(crate) fn render(
     removed: crate::db::Removed,
     replica_reads: crate::db::ReplicaReads,
     shutting_down: bool,
+    pipeline: Option<(&MetricsSnapshot, Option<Depth>)>,
 ) -> String {
     let mut out = String::new();
     let per_actor = |f: &dyn Fn(&ActorStats) -> f64| -> Vec<(String, f64)> {
@@ -183,6 +189,8 @@ pub(crate) fn render(
             ("{result=\"ignored\"}".into(), load(&webhook.ignored)),
             ("{result=\"rejected\"}".into(), load(&webhook.rejected)),
             ("{result=\"failed\"}".into(), load(&webhook.failed)),
+            ("{result=\"recorded\"}".into(), load(&webhook.recorded)),
+            ("{result=\"copy\"}".into(), load(&webhook.copies)),
         ],
     );
     family(
@@ -236,6 +244,9 @@ pub(crate) fn render(
         "Messages removed with erased users.",
         &[(String::new(), removed.erased_messages as f64)],
     );
+    if let Some((counts, depth)) = pipeline {
+        render_pipeline(&mut out, counts, depth);
+    }
     family(
         &mut out,
         "botdb_shutting_down",
@@ -244,4 +255,109 @@ pub(crate) fn render(
         &[(String::new(), if shutting_down { 1.0 } else { 0.0 })],
     );
     out
+}
+
+/// The turn pipeline's families (with the Bot API): the inbox's and outbox's depth (all
+/// instances'), and this instance's turns, model calls and sends.
+fn render_pipeline(out: &mut String, counts: &MetricsSnapshot, depth: Option<Depth>) {
+    if let Some(depth) = depth {
+        family(
+            out,
+            "botdb_inbox_depth",
+            "gauge",
+            "Updates recorded and not yet done (all instances), by state.",
+            &[
+                ("{state=\"waiting\"}".into(), (depth.inbox - depth.running) as f64),
+                ("{state=\"running\"}".into(), depth.running as f64),
+            ],
+        );
+        family(
+            out,
+            "botdb_inbox_oldest_waiting_seconds",
+            "gauge",
+            "How long the oldest update not yet begun has waited (0: none waits).",
+            &[(
+                String::new(),
+                depth.oldest_waiting.map_or(0.0, |d| d.as_secs_f64()),
+            )],
+        );
+        family(
+            out,
+            "botdb_outbox_depth",
+            "gauge",
+            "Messages not yet sent (all instances).",
+            &[(String::new(), depth.outbox as f64)],
+        );
+        family(
+            out,
+            "botdb_outbox_oldest_unsent_seconds",
+            "gauge",
+            "How long the oldest unsent message has waited (0: none).",
+            &[(
+                String::new(),
+                depth.oldest_unsent.map_or(0.0, |d| d.as_secs_f64()),
+            )],
+        );
+    }
+    family(
+        out,
+        "botdb_turns_total",
+        "counter",
+        "Updates this instance ran, by how they ended.",
+        &[
+            ("{result=\"done\"}".into(), counts.turns_done as f64),
+            ("{result=\"erased\"}".into(), counts.turns_erased as f64),
+            ("{result=\"fenced\"}".into(), counts.turns_fenced as f64),
+            ("{result=\"dropped\"}".into(), counts.turns_dropped as f64),
+        ],
+    );
+    family(
+        out,
+        "botdb_turns_reclaimed_total",
+        "counter",
+        "Updates this instance took over from an instance whose lease expired.",
+        &[(String::new(), counts.turns_reclaimed as f64)],
+    );
+    let mut latency: Vec<(String, f64)> = counts
+        .model_buckets
+        .iter()
+        .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), *n as f64))
+        .collect();
+    latency.push(("_bucket{le=\"+Inf\"}".into(), counts.model_calls as f64));
+    latency.push(("_sum".into(), counts.model_seconds));
+    latency.push(("_count".into(), counts.model_calls as f64));
+    family(
+        out,
+        "botdb_model_latency_seconds",
+        "histogram",
+        "How long the model took to answer (its retries included).",
+        &latency,
+    );
+    let labelled = |label: &str, counts: &[(&'static str, u64)]| -> Vec<(String, f64)> {
+        counts
+            .iter()
+            .map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), *n as f64))
+            .collect()
+    };
+    family(
+        out,
+        "botdb_model_failures_total",
+        "counter",
+        "Model calls that failed after their retries, by kind (the user was told).",
+        &labelled("kind", &counts.model_failures),
+    );
+    family(
+        out,
+        "botdb_sends_total",
+        "counter",
+        "Messages sent through the Bot API, by outcome (delivered, retry_after, transient, unknown, refused, gave_up).",
+        &labelled("outcome", &counts.sends),
+    );
+    family(
+        out,
+        "botdb_sends_resent_after_unknown_total",
+        "counter",
+        "Messages sent again after an attempt whose outcome is unknown: each may have reached its chat twice.",
+        &[(String::new(), counts.resent_after_unknown as f64)],
+    );
 }

@@ -44,6 +44,7 @@ use crate::bot::{Bot, Model};
 use crate::config::ActorConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::pipeline::Pipeline;
 use background::{purge_keys, purge_messages};
 use health::HealthCache;
 use metrics::WebhookMetrics;
@@ -98,6 +99,16 @@ pub struct ServeOptions {
     /// At least `key_retention`, or [`start`] refuses it
     /// ([`check_purge_period`](crate::retention::check_purge_period)).
     pub purge_after: Option<Duration>,
+    /// Telegram's Bot API (`TELEGRAM_BOT_TOKEN`, ...): with a token, the webhook only
+    /// records each update and answers 200 at once, and the turn pipeline runs the
+    /// updates and sends the replies through the Bot API; without one, each reply rides
+    /// on its webhook answer.
+    pub telegram: crate::config::TelegramConfig,
+    /// The pipeline's bounds and leases (with a token).
+    pub pipeline: crate::pipeline::PipelineConfig,
+    /// At shutdown, how long the pipeline's running turns may take to finish (then
+    /// they are given back for another instance to run).
+    pub pipeline_grace: Duration,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -119,6 +130,9 @@ impl std::fmt::Debug for ServeOptions {
             .field("bot_name", &self.bot_name)
             .field("key_retention", &self.key_retention)
             .field("purge_after", &self.purge_after)
+            .field("telegram", &self.telegram)
+            .field("pipeline", &self.pipeline)
+            .field("pipeline_grace", &self.pipeline_grace)
             .finish()
     }
 }
@@ -143,6 +157,9 @@ impl Default for ServeOptions {
             bot_name: "bot".into(),
             key_retention: crate::retention::DEFAULT_KEY_RETENTION,
             purge_after: None,
+            telegram: crate::config::TelegramConfig::default(),
+            pipeline: crate::pipeline::PipelineConfig::default(),
+            pipeline_grace: Duration::from_secs(20),
         }
     }
 }
@@ -160,6 +177,7 @@ pub struct RunningServer {
     shutdown_grace: Duration,
     key_retention: Duration,
     purge_after: Option<Duration>,
+    pipeline_grace: Duration,
     state: web::Data<AppState>,
 }
 
@@ -230,6 +248,12 @@ impl RunningServer {
             // shutdown timeout), close idle connections, then the workers stop.
             handle.stop(true).await;
             let _ = tokio::time::timeout(self.http_shutdown_timeout, &mut server).await;
+        }
+        if let Some(pipeline) = &self.state.pipeline {
+            // No update comes in any more: the running turns get the grace, their
+            // replies are sent, and what is left goes back for another instance.
+            tracing::info!("shutdown: HTTP stopped; stopping the turn pipeline");
+            pipeline.stop(self.pipeline_grace).await;
         }
         tracing::info!("shutdown: HTTP stopped; draining actors");
         // The purge works on the pool directly: it stops before the pool closes.
@@ -307,6 +331,14 @@ pub fn start(
     let bot = Bot::new(handle.clone(), model)
         .with_name(options.bot_name.clone())
         .map_err(|e| Error::config("BOTDB_BOT_NAME", e.to_string()))?;
+    let pipeline = match options.telegram.token {
+        Some(_) => Some(Arc::new(Pipeline::start(
+            bot.clone(),
+            &options.telegram,
+            options.pipeline,
+        )?)),
+        None => None,
+    };
     let state = web::Data::new(AppState {
         bot,
         secret: options.webhook_secret.clone(),
@@ -319,6 +351,7 @@ pub fn start(
         webhook: WebhookMetrics::default(),
         health: HealthCache::default(),
         keys_purged: AtomicU64::new(0),
+        pipeline,
     });
     let closing = Arc::new(AtomicBool::new(false));
     let public_routes = if options.admin_bind.is_some() {
@@ -364,6 +397,7 @@ pub fn start(
         shutdown_grace: options.shutdown_grace,
         key_retention: options.key_retention,
         purge_after: options.purge_after,
+        pipeline_grace: options.pipeline_grace,
         state,
     })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::bot::Bot;
+use crate::pipeline::Pipeline;
 use crate::server::health::HealthCache;
 use crate::server::metrics::WebhookMetrics;
 
@@ -28,4 +29,7 @@ pub(crate) struct AppState {
     pub(crate) health: HealthCache,
     /// Handled update ids removed by the retention purge.
     pub(crate) keys_purged: AtomicU64,
+    /// With the Bot API (`TELEGRAM_BOT_TOKEN`): the pipeline that runs the recorded
+    /// updates and sends their replies; `None`: each reply rides on its webhook answer.
+    pub(crate) pipeline: Option<std::sync::Arc<Pipeline>>,
 }

@@ -16,11 +16,15 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::bot::telegram::parse_update;
-use crate::bot::{BotError, Outcome};
+use crate::actors::RecordUpdate;
+use crate::bot::{Bot, BotError, Outcome, Route, Update};
+use crate::error::Error;
+use crate::pipeline::Pipeline;
+use crate::repo::inbox::Recorded;
 use crate::server::metrics::WebhookMetrics;
 use crate::server::respond::{closing, json_error};
 use crate::server::state::AppState;
+use crate::telegram::parse_update;
 
 /// The header Telegram puts its secret token in.
 pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
@@ -117,6 +121,9 @@ pub(crate) async fn webhook(
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
+    if let Some(pipeline) = &state.pipeline {
+        return record(&state, pipeline, update, &body).await;
+    }
     match state.bot.handle(update).await {
         Ok(Outcome::Reply(message)) => {
             WebhookMetrics::count(&state.webhook.replied);
@@ -131,6 +138,66 @@ pub(crate) async fn webhook(
             json_error(StatusCode::BAD_REQUEST, &why)
         }
         Err(BotError::Db(e)) => {
+            WebhookMetrics::count(&state.webhook.failed);
+            e.error_response()
+        }
+    }
+}
+
+/// With the Bot API (`TELEGRAM_BOT_TOKEN`): the update recorded, then 200 at once; the
+/// pipeline runs it and sends the reply. A copy (recorded before, running, done, or its
+/// user erased) is answered 200 and does nothing: it attaches to the first.
+async fn record(state: &AppState, pipeline: &Pipeline, update: Update, body: &[u8]) -> HttpResponse {
+    let (user_id, chat_id) = match Bot::route(&update) {
+        Ok(Route::Dialogue { user_id, chat_id }) => (user_id, chat_id),
+        Ok(Route::Ignore(_)) => {
+            WebhookMetrics::count(&state.webhook.ignored);
+            return HttpResponse::Ok().finish();
+        }
+        Err(e) => {
+            WebhookMetrics::count(&state.webhook.rejected);
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    // What Telegram sent, kept whole: the pipeline hands it to the bot as it came.
+    let payload = match (serde_json::from_slice(body), state.bot.key_of(&update)) {
+        (Ok(payload), Ok(key)) => (payload, key),
+        (Err(e), _) => {
+            WebhookMetrics::count(&state.webhook.rejected);
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+        (_, Err(e)) => {
+            WebhookMetrics::count(&state.webhook.rejected);
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    let (payload, key) = payload;
+    let recorded = state
+        .bot
+        .db()
+        .send(RecordUpdate {
+            user_id,
+            chat_id,
+            update_id: update.update_id,
+            key,
+            payload,
+        })
+        .await;
+    match recorded {
+        Ok(Recorded::New) => {
+            WebhookMetrics::count(&state.webhook.recorded);
+            pipeline.wake();
+            HttpResponse::Ok().finish()
+        }
+        Ok(Recorded::Copy | Recorded::Erased) => {
+            WebhookMetrics::count(&state.webhook.copies);
+            HttpResponse::Ok().finish()
+        }
+        Ok(Recorded::OtherUser) => {
+            WebhookMetrics::count(&state.webhook.failed);
+            Error::Conflict("the update's key was recorded by another user's request".into()).error_response()
+        }
+        Err(e) => {
             WebhookMetrics::count(&state.webhook.failed);
             e.error_response()
         }

@@ -29,7 +29,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("takeover", 6),
     ("actors", 6),
     ("bot", 7),
-    ("server", 8),
+    ("pipeline", 8),
+    ("server", 9),
 ];
 
 type Module = Vec<String>;
