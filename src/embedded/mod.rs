@@ -18,11 +18,17 @@
 //!   URLs that point at it;
 //! - `standby`: a streaming standby beside it (synchronous or not) and its promotion;
 //! - `host`: what it needs of this machine: the server binaries, a free port, the
-//!   unprivileged OS user it runs as.
+//!   unprivileged OS user it runs as;
+//! - `bot_api` (with the feature `server`): [`LocalBotApi`], a Bot API server on
+//!   127.0.0.1 that plays Telegram, faults included, for the tests and the demo.
 
+#[cfg(feature = "server")]
+mod bot_api;
 mod cluster;
 mod host;
 mod standby;
 
+#[cfg(feature = "server")]
+pub use bot_api::{Fault, LocalBotApi, SentMessage};
 pub use cluster::{EmbeddedPostgres, StopMode};
 pub use standby::Replication;
