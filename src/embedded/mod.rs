@@ -21,13 +21,19 @@
 //!   unprivileged OS user it runs as;
 //! - `model_server` (with feature `server`): `LocalModelServer`, an OpenAI-compatible
 //!   chat completions server that plays the language model for the tests and the demo.
+//! - `bot_api` (with the feature `server`): [`LocalBotApi`], a Bot API server on
+//!   127.0.0.1 that plays Telegram, faults included, for the tests and the demo.
 
+#[cfg(feature = "server")]
+mod bot_api;
 mod cluster;
 mod host;
 #[cfg(feature = "server")]
 mod model_server;
 mod standby;
 
+#[cfg(feature = "server")]
+pub use bot_api::{Fault, LocalBotApi, SentMessage};
 pub use cluster::{EmbeddedPostgres, StopMode};
 #[cfg(feature = "server")]
 pub use model_server::{Failure, LocalModelServer, ModelBehaviour, ReplyStyle};

@@ -150,6 +150,8 @@ impl BotApi {
             .connect_timeout(config.timeout / 2)
             // The Bot API never redirects; following one would send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
+            // One attempt: the caller's outbox decides about the next and records each.
+            .retry(reqwest::retry::never())
             .user_agent(concat!("botdb/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
@@ -402,6 +404,29 @@ mod tests {
         assert!(backoff(u32::MAX, max) <= max);
         let waits: std::collections::HashSet<Duration> = (0..20).map(|_| backoff(5, max)).collect();
         assert!(waits.len() > 1, "jitter");
+    }
+
+    #[test]
+    fn a_description_that_echoes_the_token_is_scrubbed() {
+        let token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ";
+        let config = TelegramConfig {
+            token: Some(SecretString::from(token.to_string())),
+            ..TelegramConfig::default()
+        };
+        let api = BotApi::new(&config).unwrap();
+        let echoed = format!("Bad Request: no such bot{token}/sendMessage");
+        for err in [
+            SendError::Refused {
+                code: 400,
+                description: echoed.clone(),
+            },
+            SendError::Transient(echoed.clone()),
+            SendError::Unknown(echoed),
+        ] {
+            let scrubbed = api.scrubbed(err);
+            assert!(!format!("{scrubbed} {scrubbed:?}").contains(token), "{scrubbed}");
+        }
+        assert!(!format!("{api:?}").contains(token));
     }
 
     #[test]

@@ -65,5 +65,7 @@ mod standby;
 #[cfg(feature = "cli")]
 mod takeover;
 #[cfg(feature = "cli")]
+mod telegram;
+#[cfg(feature = "cli")]
 mod tls;
 mod turns;
