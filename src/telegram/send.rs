@@ -55,7 +55,8 @@ pub enum SendError {
     /// the user blocked the bot, 404): the same call will never succeed.
     #[error("Telegram refused the call ({code}): {description}")]
     Refused {
-        /// Telegram's `error_code` (the HTTP status when the answer has none).
+        /// Telegram's `error_code` (the HTTP status when the answer has none; 0 when
+        /// the request could not even be made, so was never sent).
         code: u16,
         /// Telegram's `description`.
         description: String,
