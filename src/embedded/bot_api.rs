@@ -79,6 +79,8 @@ struct State {
     next_id: HashMap<i64, i64>,
     sends: usize,
     faults: VecDeque<Fault>,
+    /// Faults for `sendMessage` calls only (chat actions pass them by).
+    message_faults: VecDeque<Fault>,
     blocked: HashSet<i64>,
     per_chat_interval: Option<Duration>,
     last_accepted: HashMap<i64, Instant>,
@@ -105,6 +107,7 @@ impl LocalBotApi {
             next_id: HashMap::new(),
             sends: 0,
             faults: VecDeque::new(),
+            message_faults: VecDeque::new(),
             blocked: HashSet::new(),
             per_chat_interval: None,
             last_accepted: HashMap::new(),
@@ -192,6 +195,12 @@ impl LocalBotApi {
     /// one each, in order, after those already scripted.
     pub fn script(&self, faults: Vec<Fault>) {
         self.lock().faults.extend(faults);
+    }
+
+    /// The next `sendMessage` calls fail as `faults` say, in order (`sendChatAction`
+    /// calls, a bot's `typing`, pass them by), then the calls work again.
+    pub fn script_messages(&self, faults: Vec<Fault>) {
+        self.lock().message_faults.extend(faults);
     }
 
     /// Calls to `chat_id` are answered `403 Forbidden: bot was blocked by the user`.
@@ -296,7 +305,11 @@ impl State {
         if method != "sendmessage" && method != "sendchataction" {
             return Reply::Answer(StatusCode::NOT_FOUND, error(404, "Not Found: method not found"));
         }
-        let after = match self.faults.pop_front() {
+        let scripted = match method.as_str() {
+            "sendmessage" => self.message_faults.pop_front(),
+            _ => None,
+        };
+        let after = match scripted.or_else(|| self.faults.pop_front()) {
             Some(Fault::TooManyRequests { retry_after }) => return too_many(retry_after),
             Some(Fault::Status(code)) => return status(code),
             Some(Fault::Hang) => return Reply::Hang,

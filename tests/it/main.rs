@@ -45,6 +45,8 @@ mod locks;
 mod migrations;
 mod once;
 mod own_tables;
+#[cfg(feature = "cli")]
+mod pipeline;
 mod pool;
 mod purge;
 #[cfg(feature = "cli")]
