@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 /// A primary (database `botdb`, migrated) and its synchronous standby, each shared with
 /// the blocking tasks that stop and promote them.
-async fn pair() -> (Arc<EmbeddedPostgres>, Arc<EmbeddedPostgres>) {
+pub async fn pair() -> (Arc<EmbeddedPostgres>, Arc<EmbeddedPostgres>) {
     let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
         .await
         .unwrap()
@@ -38,7 +38,7 @@ async fn pair() -> (Arc<EmbeddedPostgres>, Arc<EmbeddedPostgres>) {
 
 /// `postgres://postgres:PW@127.0.0.1:PRIMARY,127.0.0.1:STANDBY/botdb?target_session_attrs=read-write`:
 /// a secret (it holds the password), for the configuration or a child's environment.
-fn two_host_url(pg: &EmbeddedPostgres, standby: &EmbeddedPostgres) -> String {
+pub fn two_host_url(pg: &EmbeddedPostgres, standby: &EmbeddedPostgres) -> String {
     format!(
         "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/botdb?target_session_attrs=read-write",
         pg.password().expose_secret(),
@@ -47,7 +47,7 @@ fn two_host_url(pg: &EmbeddedPostgres, standby: &EmbeddedPostgres) -> String {
     )
 }
 
-async fn stop(pg: &Arc<EmbeddedPostgres>) {
+pub async fn stop(pg: &Arc<EmbeddedPostgres>) {
     let pg = pg.clone();
     tokio::task::spawn_blocking(move || pg.stop(StopMode::Immediate))
         .await
@@ -55,7 +55,7 @@ async fn stop(pg: &Arc<EmbeddedPostgres>) {
         .unwrap();
 }
 
-async fn promote(standby: &Arc<EmbeddedPostgres>) {
+pub async fn promote(standby: &Arc<EmbeddedPostgres>) {
     let standby = standby.clone();
     tokio::task::spawn_blocking(move || standby.promote())
         .await
@@ -63,7 +63,7 @@ async fn promote(standby: &Arc<EmbeddedPostgres>) {
         .unwrap();
 }
 
-async fn conn_to(pg: &EmbeddedPostgres) -> PgConnection {
+pub async fn conn_to(pg: &EmbeddedPostgres) -> PgConnection {
     pg.config("botdb")
         .connect_options()
         .unwrap()

@@ -448,3 +448,230 @@ async fn commands_run_in_update_order_with_the_turns() {
     );
     rig.stop().await;
 }
+
+/// Two `botdb serve` processes on one database, 200 dialogues mid-turn (the model takes
+/// 2 s), one process killed with SIGKILL, then started again: every update gets its
+/// whole reply, each turn is stored once, and what the survivor took over is counted.
+#[actix_rt::test]
+async fn sigkill_of_one_of_two_instances_mid_turn_loses_nothing() {
+    let t = TestDb::new().await;
+    let model = LocalModelServer::start(ModelBehaviour {
+        latency: Duration::from_secs(2),
+        ..ModelBehaviour::default()
+    })
+    .unwrap();
+    let telegram = LocalBotApi::start(TOKEN).unwrap();
+    let (model_url, api_url) = (model.url().to_string(), telegram.url().to_string());
+    let env = [
+        ("TELEGRAM_BOT_TOKEN", TOKEN),
+        ("TELEGRAM_API_URL", api_url.as_str()),
+        ("BOTDB_MODEL_URL", model_url.as_str()),
+        ("BOTDB_MODEL_NAME", "local"),
+        ("BOTDB_LEASE", "2"),
+        ("BOTDB_SEND_CHAT_INTERVAL", "0"),
+        ("BOTDB_SEND_PER_SECOND", "1000"),
+    ];
+    let mut a = crate::serve::spawn_serve_with(&t.url(), &[], &env).await;
+    let b = crate::serve::spawn_serve_with(&t.url(), &[], &env).await;
+    const USERS: i64 = 200;
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    for user in 1..=USERS {
+        let base = if user % 2 == 0 { &a.base } else { &b.base };
+        let status = client
+            .post(format!("{base}/telegram/webhook"))
+            .insert_header((SECRET_HEADER, crate::serve::SECRET))
+            .send_json(&text(1000 + user, user, &format!("question {user}")))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "user {user}");
+    }
+    // Mid-turn: the model is answering, no reply has gone yet.
+    let m = &model;
+    until("the turns to be at the model", || m.calls() >= 150).await;
+    assert!(telegram.all_messages().len() < USERS as usize);
+    a.child.start_kill().unwrap();
+    let _ = a.child.wait().await;
+    // B takes A's updates over once their leases expire; then A comes back.
+    let tg = &telegram;
+    until("every user's reply", || {
+        let got: std::collections::BTreeSet<i64> = tg.all_messages().iter().map(|m| m.chat_id).collect();
+        got.len() == USERS as usize
+    })
+    .await;
+    let a2 = crate::serve::spawn_serve_with(&t.url(), &[], &env).await;
+    let mut c = t.conn().await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM inbox) + (SELECT count(*) FROM outbox WHERE state <> 'sent')",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "nothing left to run or send");
+    for user in 1..=USERS {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(stored, 2, "user {user}: the turn stored once");
+        let replies = telegram.messages(user);
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.starts_with(&format!("You said: question {user}\n"))),
+            "user {user}: {replies:?}"
+        );
+    }
+    // Each update one reply, except those a dead sender may have sent before recording
+    // it: counted by the survivor.
+    let sent = telegram.all_messages().len() as i64;
+    let client = awc::Client::default();
+    let metrics = client
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let resent = sample("botdb_sends_resent_after_unknown_total") as i64;
+    assert!(
+        sent - USERS <= resent,
+        "{sent} messages for {USERS} updates, {resent} counted as possible resends"
+    );
+    let reclaimed = sample("botdb_turns_reclaimed_total");
+    assert!(
+        reclaimed > 0.0,
+        "the survivor took updates over from the killed instance"
+    );
+    // The model was asked again only for turns the kill cut.
+    assert!(
+        model.calls() as i64 <= USERS + reclaimed as i64,
+        "{} calls",
+        model.calls()
+    );
+    eprintln!(
+        "SIGKILL mid-turn: {USERS} updates, {sent} messages sent, {resent} counted possible resends, \
+         {reclaimed} turns taken over, {} model calls",
+        model.calls()
+    );
+    drop(a2);
+    drop(b);
+}
+
+/// The database fails over while 40 dialogues are at the model: the primary killed, its
+/// synchronous standby promoted. Updates recorded before (every 200 was a commit the
+/// standby had) run on the promoted one; every user gets their reply, each turn stored
+/// once; `serve` rides it out through its retries.
+#[actix_rt::test]
+async fn a_failover_mid_turn_loses_no_recorded_update() {
+    use crate::failover::{conn_to, pair, promote, stop, two_host_url};
+    let (pg, standby) = pair().await;
+    let model = LocalModelServer::start(ModelBehaviour {
+        latency: Duration::from_secs(1),
+        ..ModelBehaviour::default()
+    })
+    .unwrap();
+    let telegram = LocalBotApi::start(TOKEN).unwrap();
+    let (model_url, api_url) = (model.url().to_string(), telegram.url().to_string());
+    let env = [
+        ("TELEGRAM_BOT_TOKEN", TOKEN),
+        ("TELEGRAM_API_URL", api_url.as_str()),
+        ("BOTDB_MODEL_URL", model_url.as_str()),
+        ("BOTDB_MODEL_NAME", "local"),
+        ("BOTDB_SEND_CHAT_INTERVAL", "0"),
+    ];
+    let served = crate::serve::spawn_serve_with(&two_host_url(&pg, &standby), &[], &env).await;
+    const USERS: i64 = 40;
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    for user in 1..=USERS {
+        let status = client
+            .post(format!("{}/telegram/webhook", served.base))
+            .insert_header((SECRET_HEADER, crate::serve::SECRET))
+            .send_json(&text(user, user, &format!("before the failover {user}")))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let m = &model;
+    until("the turns to be at the model", || m.calls() >= 1).await;
+    stop(&pg).await;
+    promote(&standby).await;
+    let tg = &telegram;
+    until("every user's reply", || {
+        let got: std::collections::BTreeSet<i64> = tg.all_messages().iter().map(|m| m.chat_id).collect();
+        got.len() == USERS as usize
+    })
+    .await;
+    let mut c = conn_to(&standby).await;
+    for user in 1..=USERS {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(stored, 2, "user {user}: the turn on the promoted standby, once");
+    }
+    drop(served);
+}
+
+/// What the pipeline holds of a user (an update not yet run: what they sent; the
+/// messages to them, sent or not) is in their export, and goes with their erasure.
+#[actix_rt::test]
+async fn the_export_has_and_the_erasure_takes_the_users_inbox_and_outbox_rows() {
+    use botdb::actors::{DbSystem, EraseUser, RecordUpdate, RegisterUser};
+    use botdb::config::AuditKey;
+    use botdb::model::RequestKey;
+    let t = TestDb::with(|b| b.audit_key(AuditKey::new("test-audit-key-0123456789").unwrap())).await;
+    let h = DbSystem::start(t.db.clone(), ActorConfig::default());
+    h.send(RegisterUser {
+        user_id: 42,
+        max_history_messages: None,
+        system_prompt: None,
+    })
+    .await
+    .unwrap();
+    let update = text(77, 42, "a secret not yet answered");
+    let recorded = h
+        .send(RecordUpdate {
+            user_id: 42,
+            chat_id: 42,
+            update_id: 77,
+            key: RequestKey::telegram_update("bot", 77).unwrap(),
+            payload: update.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(recorded, botdb::repo::inbox::Recorded::New);
+    let mut c = t.conn().await;
+    botdb::repo::outbox::enqueue(&mut c, Some(42), 42, &["a reply on its way".to_string()], "reply")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    botdb::repo::export::export_user(&mut c, 42, &mut out, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let document: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(document["pending_updates"][0]["payload"], update);
+    assert_eq!(document["outbox"][0]["text"], "a reply on its way");
+    h.send(EraseUser {
+        user_id: 42,
+        key: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows(&t, "inbox", 42).await, rows(&t, "outbox", 42).await),
+        (0, 0)
+    );
+    h.shutdown().await;
+}
