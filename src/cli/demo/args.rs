@@ -30,6 +30,12 @@ pub struct DemoArgs {
     /// failing meanwhile are redelivered until answered [default: 50%].
     #[arg(long, value_name = "SHARE", requires = "standby", value_parser = share)]
     pub(super) failover_at: Option<f64>,
+    /// Run the bot as it runs with a real model and Telegram's Bot API: a local
+    /// OpenAI-compatible model that takes this long (`2s`, `500ms`), a local Bot API
+    /// server, and serve's turn pipeline between them; each user sends all their
+    /// messages at once, and every reply is checked (once, in order, complete context).
+    #[arg(long, value_name = "DURATION", value_parser = latency, conflicts_with_all = ["standby", "redeliver"])]
+    pub(super) model_latency: Option<std::time::Duration>,
 }
 
 impl DemoArgs {
@@ -48,6 +54,14 @@ fn share(v: &str) -> Result<f64, String> {
     match parsed {
         Ok(s) if (0.0..=1.0).contains(&s) => Ok(s),
         _ => Err(format!("expected a share from 0% to 100% (or 0 to 1), got {v:?}")),
+    }
+}
+
+/// A model's latency: `2s`, `500ms` (0 to 10 minutes).
+fn latency(v: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) if d <= std::time::Duration::from_secs(600) => Ok(d),
+        _ => Err(format!("expected a duration up to 10m (2s, 500ms), got {v:?}")),
     }
 }
 

@@ -19,6 +19,7 @@
 //! failover), `summary` (what is printed of the run), `verify` (the read-back).
 
 mod args;
+mod pipeline;
 mod simulation;
 mod standby;
 mod summary;
@@ -56,6 +57,11 @@ pub async fn run(
     let run_started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(db.pool())
         .await?;
+    if let Some(latency) = args.model_latency {
+        let ok = pipeline::run(config, db, &args, latency, run_started).await?;
+        println!("{}", if ok { "demo OK" } else { "demo FAILED" });
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
     let ran = simulation::simulate(&db, config, &args, pair.as_ref(), signals).await?;
     summary::print(&ran, args.redeliver);
     let verified = verify::verify(config, &ran.logs, args.users, run_started).await?;
