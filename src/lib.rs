@@ -144,6 +144,10 @@
 //!   [`actors::BeginTurn`] then [`actors::AppendTurn`]; a command: [`actors::BeginCommand`]),
 //!   commands and turns (the model's and Telegram's types re-exported from [`llm`] and
 //!   [`telegram`]).
+//! - `pipeline` (feature `server`): the turn pipeline of a bot that answers through
+//!   Telegram's Bot API: `turns` (one turn at a time per dialogue, in update order,
+//!   across instances, leases fenced), `sends` (each chat's messages in order, within
+//!   Telegram's limits), `metrics`.
 //! - `server` (feature `server`): `botdb serve` on actix-web: `webhook` (the secret
 //!   before the body, the body bounded in size and time), `admin` and `health`
 //!   (`/healthz` cached, `/metrics`, optionally on an admin address behind a token),

@@ -369,7 +369,7 @@ impl Bot {
                 return match refused {
                     Some(reason) => reply(format!("Sorry, I cannot store that message: {reason}.")),
                     None => {
-                        self.turn(dialogue, chat_id, &registered.settings, text, key, context, model)
+                        self.turn(dialogue, &registered.settings, text, key, context, model)
                             .await
                     }
                 };
@@ -384,7 +384,6 @@ impl Bot {
     async fn turn(
         &self,
         dialogue: Dialogue,
-        chat_id: i64,
         settings: &UserSettings,
         text: String,
         key: RequestKey,
@@ -393,6 +392,8 @@ impl Bot {
     ) -> Result<Answer, BotError> {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
+        // Telegram's id of the chat: a private chat's is the user's own.
+        let chat_id = if dialogue.is_private() { user_id } else { dialogue.chat_id };
         // The new message takes its share of both budgets; the history gets the rest.
         let newest_first = match context {
             Some(read) => read,

@@ -84,6 +84,24 @@ struct Ctx {
     stop: watch::Receiver<Option<Instant>>,
     /// Set when the turn loop has ended: no more replies will be queued here.
     turns_stopped: std::sync::atomic::AtomicBool,
+    /// `typing` actions sent in the current second, and when it began.
+    typing: std::sync::Mutex<(Instant, u32)>,
+}
+
+impl Ctx {
+    /// Whether one more `typing` action fits in this second's budget (the sending
+    /// limit's, `per_second`): thousands of turns at once must not become thousands of
+    /// actions a second.
+    fn typing_allowed(&self) -> bool {
+        let Ok(mut budget) = self.typing.lock() else {
+            return false;
+        };
+        if budget.0.elapsed() >= Duration::from_secs(1) {
+            *budget = (Instant::now(), 0);
+        }
+        budget.1 += 1;
+        budget.1 <= self.telegram.per_second
+    }
 }
 
 /// A running pipeline (on the current actix arbiter), until [`Pipeline::stop`].
@@ -124,6 +142,7 @@ impl Pipeline {
             wake_sends: Notify::new(),
             stop: stopping,
             turns_stopped: std::sync::atomic::AtomicBool::new(false),
+            typing: std::sync::Mutex::new((Instant::now(), 0)),
         });
         let loops = vec![
             actix_rt::spawn(turns::run(ctx.clone())),

@@ -228,10 +228,14 @@ async fn handle(ctx: &Ctx, update: &Update) -> Result<Option<Handled>, Error> {
     let Some(chat_id) = model_turn_chat(update) else {
         return turn.await;
     };
-    // `typing` until the turn ends (best effort: a failure is only logged).
+    // `typing` until the turn ends (best effort: a failure is only logged, and past
+    // `BOTDB_SEND_PER_SECOND` actions a second the action is skipped rather than let it
+    // crowd out the replies).
     let typing = async {
         loop {
-            if let Err(e) = ctx.api.send_chat_action(chat_id, "typing").await {
+            if ctx.typing_allowed()
+                && let Err(e) = ctx.api.send_chat_action(chat_id, "typing").await
+            {
                 tracing::debug!(error = %e, "sendChatAction failed");
             }
             tokio::time::sleep(TYPING_EVERY).await;

@@ -74,16 +74,16 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
     match actors.stats().await {
         Ok(stats) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(metrics::render(
-                &stats,
-                &state.webhook,
-                &state.health,
-                state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
-                actors.database().counters().snapshot(),
-                actors.database().replica_reads(),
-                actors.is_shutting_down(),
-                pipeline.as_ref().map(|(counts, depth)| (counts, *depth)),
-            )),
+            .body(metrics::render(&metrics::Scrape {
+                stats: &stats,
+                webhook: &state.webhook,
+                health: &state.health,
+                keys_purged: state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
+                removed: actors.database().counters().snapshot(),
+                replica_reads: actors.database().replica_reads(),
+                shutting_down: actors.is_shutting_down(),
+                pipeline: pipeline.as_ref().map(|(counts, depth)| (counts, *depth)),
+            })),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "actors unavailable"),
     }
 }

@@ -41,17 +41,33 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+/// Everything `/metrics` shows, gathered for one scrape.
+pub(crate) struct Scrape<'a> {
+    pub(crate) stats: &'a SystemStats,
+    pub(crate) webhook: &'a WebhookMetrics,
+    pub(crate) health: &'a HealthCache,
+    pub(crate) keys_purged: u64,
+    pub(crate) removed: crate::db::Removed,
+    pub(crate) replica_reads: crate::db::ReplicaReads,
+    pub(crate) shutting_down: bool,
+    /// With the Bot API: this instance's pipeline counts, and the inbox's and outbox's
+    /// depth when the database answered.
+    pub(crate) pipeline: Option<(&'a MetricsSnapshot, Option<Depth>)>,
+}
+
 /// Renders everything as Prometheus text.
-pub(crate) fn render(
-    stats: &SystemStats,
-    webhook: &WebhookMetrics,
-    health: &HealthCache,
-    keys_purged: u64,
-    removed: crate::db::Removed,
-    replica_reads: crate::db::ReplicaReads,
-    shutting_down: bool,
-    pipeline: Option<(&MetricsSnapshot, Option<Depth>)>,
-) -> String {
+pub(crate) fn render(scrape: &Scrape<'_>) -> String {
+    let Scrape {
+        stats,
+        webhook,
+        health,
+        keys_purged,
+        removed,
+        replica_reads,
+        shutting_down,
+        pipeline,
+    } = scrape;
+    let (keys_purged, shutting_down) = (*keys_purged, *shutting_down);
     let mut out = String::new();
     let per_actor = |f: &dyn Fn(&ActorStats) -> f64| -> Vec<(String, f64)> {
         stats
@@ -245,7 +261,7 @@ pub(crate) fn render(
         &[(String::new(), removed.erased_messages as f64)],
     );
     if let Some((counts, depth)) = pipeline {
-        render_pipeline(&mut out, counts, depth);
+        render_pipeline(&mut out, counts, *depth);
     }
     family(
         &mut out,

@@ -22,6 +22,8 @@ mod http_hardening;
 mod key_owners;
 #[path = "../it/own_tables.rs"]
 mod own_tables;
+#[path = "../it/pipeline.rs"]
+mod pipeline;
 #[path = "../it/replicas.rs"]
 mod replicas;
 #[path = "../it/scenarios.rs"]

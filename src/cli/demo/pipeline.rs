@@ -109,11 +109,16 @@ pub(super) async fn run(
     let want = 2 * i64::from(args.turns);
     for (user, n) in &stored {
         if *n != want {
-            ran.problems.push(format!("user {user}: {n} messages stored, not {want}"));
+            ran.problems
+                .push(format!("user {user}: {n} messages stored, not {want}"));
         }
     }
     if stored.len() as i64 != args.users {
-        ran.problems.push(format!("{} of {} users have their turns stored", stored.len(), args.users));
+        ran.problems.push(format!(
+            "{} of {} users have their turns stored",
+            stored.len(),
+            args.users
+        ));
     }
     let ms = |q: f64| ran.webhook.value_at_quantile(q) as f64 / 1000.0;
     println!();
@@ -152,7 +157,12 @@ pub(super) async fn run(
 
 /// Posts every user's messages (at most `--concurrency` requests at once), waits for
 /// every reply, and checks them.
-async fn drive(base: &str, args: &DemoArgs, telegram: &LocalBotApi, model: &LocalModelServer) -> anyhow::Result<Ran> {
+async fn drive(
+    base: &str,
+    args: &DemoArgs,
+    telegram: &LocalBotApi,
+    model: &LocalModelServer,
+) -> anyhow::Result<Ran> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -186,7 +196,11 @@ async fn drive(base: &str, args: &DemoArgs, telegram: &LocalBotApi, model: &Loca
                     .json(&update)
                     .send()
                     .await?;
-                anyhow::ensure!(response.status().is_success(), "the webhook answered {}", response.status());
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "the webhook answered {}",
+                    response.status()
+                );
                 Ok(sent.elapsed())
             }
         })
@@ -230,7 +244,10 @@ async fn drive(base: &str, args: &DemoArgs, telegram: &LocalBotApi, model: &Loca
 /// earlier, of which the user's own are at most 9 beside the model's 10).
 fn check_dialogue(user: i64, turns: i64, replies: &[String], problems: &mut Vec<String>) {
     if replies.len() as i64 != turns {
-        problems.push(format!("user {user}: {} replies to {turns} messages", replies.len()));
+        problems.push(format!(
+            "user {user}: {} replies to {turns} messages",
+            replies.len()
+        ));
         return;
     }
     let earlier_fit = i64::from(DEFAULT_MAX_HISTORY - 1) / 2;
@@ -242,7 +259,9 @@ fn check_dialogue(user: i64, turns: i64, replies: &[String], problems: &mut Vec<
         let first = (k - earlier_fit).max(0);
         let earlier: Vec<String> = (first..k).map(|i| format!("m{i}")).collect();
         if !reply.contains(&format!("earlier user messages: {})", earlier.join(" | "))) {
-            problems.push(format!("user {user}: reply {k} saw an incomplete context: {reply:?}"));
+            problems.push(format!(
+                "user {user}: reply {k} saw an incomplete context: {reply:?}"
+            ));
         }
     }
 }
