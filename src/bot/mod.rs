@@ -393,7 +393,11 @@ impl Bot {
         let limits = *self.db.database().limits();
         let user_id = dialogue.user_id;
         // Telegram's id of the chat: a private chat's is the user's own.
-        let chat_id = if dialogue.is_private() { user_id } else { dialogue.chat_id };
+        let chat_id = if dialogue.is_private() {
+            user_id
+        } else {
+            dialogue.chat_id
+        };
         // The new message takes its share of both budgets; the history gets the rest.
         let newest_first = match context {
             Some(read) => read,

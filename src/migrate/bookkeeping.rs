@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn embedded_migrations_are_reversible_and_numbered() {
         let ups: Vec<i64> = up_migrations().map(|m| m.version).collect();
-        assert_eq!(ups, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(ups, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         for v in ups {
             assert!(
                 MIGRATOR
@@ -232,7 +232,7 @@ mod tests {
                 "migration {v} has no down script"
             );
         }
-        assert_eq!(head(), Some(9));
+        assert_eq!(head(), Some(10));
         assert!(describe_version(3).contains("content length and history index"));
     }
 }

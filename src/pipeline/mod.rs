@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::actors::{Leased, RenewLeases};
 use crate::bot::Bot;
 use crate::config::TelegramConfig;
 use crate::telegram::limits::RateLimits;
@@ -202,4 +203,30 @@ fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     // Up to a quarter off, so that many waiting together do not come back together.
     let jitter = (Uuid::new_v4().as_u128() % 1000) as f64 / 4000.0;
     capped.mul_f64(1.0 - jitter)
+}
+
+/// The rows (updates or messages) an instance is working on, by id: the only leases it
+/// renews (a row it gave up on is not renewed, and its lease expires).
+type Active = Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>;
+
+/// Keeps the leases of the rows `active` holds alive.
+async fn renew(ctx: &Ctx, what: Leased, active: &Active) {
+    let ids: Vec<i64> = lock(active).iter().copied().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let renew = RenewLeases {
+        owner: ctx.owner,
+        what,
+        ids,
+        lease: ctx.config.lease,
+    };
+    if let Err(e) = ctx.bot.db().send(renew).await {
+        tracing::warn!(error = %e, ?what, "renewing leases failed");
+    }
+}
+
+/// A poisoned lock still holds a consistent set (each change is one insert or remove).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

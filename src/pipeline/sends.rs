@@ -1,20 +1,16 @@
 //! The send loop: claims each chat's next unsent message, sends it within Telegram's
 //! limits, and records what Telegram answered.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::actors::{ClaimSends, Leased, RecordSend, ReleaseLeases, RenewLeases};
-use crate::pipeline::{Ctx, PipelineMetrics, backoff, stopping};
+use crate::actors::{ClaimSends, Leased, RecordSend, ReleaseLeases};
+use crate::pipeline::{Active, Ctx, PipelineMetrics, backoff, lock, renew, stopping};
 use crate::repo::outbox::{Claimed, Sent};
 use crate::telegram::send::SendError;
-
-/// The messages this instance is sending, by outbox id: the only leases it renews.
-type Active = Arc<Mutex<BTreeSet<i64>>>;
 
 /// Runs until the pipeline stops and the turn loop has queued its last replies (or the
 /// grace is over).
@@ -59,7 +55,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
         }
         if last_renewal.elapsed() >= ctx.config.lease / 3 {
             last_renewal = Instant::now();
-            renew(&ctx, &active).await;
+            renew(&ctx, Leased::Sends, &active).await;
         }
         let wait = match (failures, stop) {
             (0, None) => ctx.config.poll.min(ctx.config.lease / 3),
@@ -84,22 +80,6 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
         if let Err(e) = ctx.bot.db().send(release).await {
             tracing::warn!(error = %e, "giving unsent messages back failed: their leases will expire");
         }
-    }
-}
-
-async fn renew(ctx: &Ctx, active: &Active) {
-    let ids: Vec<i64> = lock(active).iter().copied().collect();
-    if ids.is_empty() {
-        return;
-    }
-    let renew = RenewLeases {
-        owner: ctx.owner,
-        what: Leased::Sends,
-        ids,
-        lease: ctx.config.lease,
-    };
-    if let Err(e) = ctx.bot.db().send(renew).await {
-        tracing::warn!(error = %e, "renewing the leases of messages being sent failed");
     }
 }
 
@@ -164,8 +144,4 @@ async fn one(ctx: Arc<Ctx>, active: Active, message: Claimed) {
         }
     }
     lock(&active).remove(&message.id);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

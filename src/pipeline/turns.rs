@@ -1,17 +1,16 @@
 //! The turn loop: claims updates (each dialogue's next, when nothing of it runs), runs
 //! each through the bot, and finishes it with its reply queued, fenced by its lease.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::actors::{ClaimTurns, FinishTurn, Finished, Leased, ReleaseLeases, RenewLeases, Reply};
+use crate::actors::{ClaimTurns, FinishTurn, Finished, Leased, ReleaseLeases, Reply};
 use crate::bot::{Answer, BotError, Command, Handled, Update};
 use crate::error::Error;
-use crate::pipeline::{Ctx, PipelineMetrics, backoff, stopping};
+use crate::pipeline::{Active, Ctx, PipelineMetrics, backoff, lock, renew, stopping};
 use crate::repo::inbox::Claimed;
 use crate::telegram::split::{MAX_MESSAGE_UTF16, split_message};
 
@@ -21,9 +20,6 @@ const TYPING_EVERY: Duration = Duration::from_millis(4500);
 /// How many times a turn is tried again after a transient database failure before it
 /// is given back (another instance, or this one later, takes it).
 const DB_ATTEMPTS: u32 = 5;
-
-/// The updates this instance runs, by inbox id: the only leases it renews.
-type Active = Arc<Mutex<BTreeSet<i64>>>;
 
 /// Runs until the pipeline stops: claims while there is room, drives the running
 /// turns, renews their leases; at the stop, finishes what it can within the grace and
@@ -72,7 +68,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
         }
         if last_renewal.elapsed() >= ctx.config.lease / 3 {
             last_renewal = Instant::now();
-            renew(&ctx, &active).await;
+            renew(&ctx, Leased::Turns, &active).await;
         }
         // Wait for a turn to end, a new update, the next claim or poll, or the stop.
         let wait = if failures > 0 {
@@ -114,23 +110,6 @@ async fn drain(
             Ok(n) => tracing::info!(given_back = n, "stopped with turns unfinished: given back"),
             Err(e) => tracing::warn!(error = %e, "giving turns back failed: their leases will expire"),
         }
-    }
-}
-
-/// Keeps the leases of the updates this instance runs (and only those) alive.
-async fn renew(ctx: &Ctx, active: &Active) {
-    let ids: Vec<i64> = lock(active).iter().copied().collect();
-    if ids.is_empty() {
-        return;
-    }
-    let renew = RenewLeases {
-        owner: ctx.owner,
-        what: Leased::Turns,
-        ids,
-        lease: ctx.config.lease,
-    };
-    if let Err(e) = ctx.bot.db().send(renew).await {
-        tracing::warn!(error = %e, "renewing the leases of running turns failed");
     }
 }
 
@@ -272,8 +251,4 @@ async fn with_retries<T>(mut attempt: impl AsyncFnMut() -> Result<T, Error>) -> 
             other => return other,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -119,12 +119,12 @@ async fn migrate_applies_botdb_then_the_app_and_a_second_migrate_does_nothing() 
     let mut expected = all_botdb();
     expected.extend(app_ids([1, 2]));
     assert_eq!(ids(&applied), expected, "botdb's first, then the app's");
-    assert_eq!(applied[9].description, "reminders");
-    assert_eq!(applied[10].label(), "app 0002 reminders due index");
+    assert_eq!(applied[10].description, "reminders");
+    assert_eq!(applied[11].label(), "app 0002 reminders due index");
     // Each set in its own bookkeeping table.
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     assert!(exists(&mut conn, "reminders").await);
@@ -166,7 +166,7 @@ async fn migrate_applies_botdb_then_the_app_and_a_second_migrate_does_nothing() 
     let history = migrations.history(&mut conn).await.unwrap();
     assert_eq!(ids(&history), expected);
     assert!(history.iter().all(|s| s.is_applied() && s.checksum_matches));
-    let json = serde_json::to_value(&history[9]).unwrap();
+    let json = serde_json::to_value(&history[10]).unwrap();
     assert_eq!(json["set"], "app");
     assert_eq!(serde_json::to_value(&history[0]).unwrap()["set"], "botdb");
 }
@@ -181,7 +181,7 @@ async fn botdb_migrate_to_a_version_below_head_applies_no_app_migration() {
     assert_eq!(ids(&applied), botdb_ids(1..=4));
     assert!(recorded(&mut conn, "_app_migrations").await.is_empty());
     let applied = migrations.upgrade(&mut conn, None, &policy()).await.unwrap();
-    let mut expected = botdb_ids(5..=9);
+    let mut expected = botdb_ids(5..=10);
     expected.extend(app_ids([1, 2]));
     assert_eq!(ids(&applied), expected);
 }
@@ -258,7 +258,7 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
     );
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await.len(),
-        9,
+        10,
         "nothing rolled back"
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
@@ -269,7 +269,7 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
         .await
         .unwrap();
     let mut expected = app_ids([2, 1]);
-    expected.extend(botdb_ids((1..=9).rev()));
+    expected.extend(botdb_ids((1..=10).rev()));
     assert_eq!(ids(&reverted), expected);
     assert!(Snapshot::read(&mut conn).await.unwrap().objects.is_empty());
     assert!(recorded(&mut conn, "_sqlx_migrations").await.is_empty());
@@ -282,16 +282,16 @@ async fn rollback_reverts_the_newest_first_across_both_sets() {
             .is_empty()
     );
 
-    // An older botdb (head 0008) applied the app's; this one adds 0009, applied after
+    // An older botdb (head 0009) applied the app's; this one adds 0010, applied after
     // them: it is the newest, and rolled back first.
-    migrate::upgrade_to(&mut conn, Some(8)).await.unwrap();
+    migrate::upgrade_to(&mut conn, Some(9)).await.unwrap();
     migrations.app().unwrap().run(&mut conn).await.unwrap();
     let applied = migrations.upgrade(&mut conn, None, &policy()).await.unwrap();
-    assert_eq!(ids(&applied), botdb_ids([9]));
+    assert_eq!(ids(&applied), botdb_ids([10]));
     let reverted = migrations.downgrade(&mut conn, 2, &policy()).await.unwrap();
     assert_eq!(
         ids(&reverted),
-        vec![(MigrationSet::Botdb, 9), (MigrationSet::App, 2)]
+        vec![(MigrationSet::Botdb, 10), (MigrationSet::App, 2)]
     );
 }
 
@@ -435,7 +435,7 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
     assert_eq!(ids(&applied), expected);
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(
         recorded(&mut conn, "_app_migrations").await,
@@ -444,7 +444,7 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
     // botdb's own verbs still see botdb's set exactly.
     assert_eq!(
         migrate::current(&mut conn).await.unwrap().unwrap().description,
-        "validate request key owners"
+        "turn pipeline"
     );
     assert!(
         botdb::catalog::check_with(&t.config, &migrations)
@@ -457,7 +457,7 @@ async fn app_versions_equal_to_botdbs_do_not_clash() {
         .await
         .unwrap();
     let mut expected = app_ids((1..=6).rev());
-    expected.extend(botdb_ids((1..=9).rev()));
+    expected.extend(botdb_ids((1..=10).rev()));
     assert_eq!(ids(&reverted), expected);
     assert!(Snapshot::read(&mut conn).await.unwrap().objects.is_empty());
 }
@@ -491,7 +491,7 @@ async fn sqlx_cli_timestamp_versions_work() {
     let o = run(&["current"], &env).await;
     assert_eq!(
         stdout(&o).trim(),
-        "botdb: 0009 validate request key owners (head)\napp:   20240601093000 reminders due index (head)"
+        "botdb: 0010 turn pipeline (head)\napp:   20240601093000 reminders due index (head)"
     );
     let o = run(&["rollback", "-n", "2"], &env).await;
     assert_eq!(
@@ -510,14 +510,11 @@ async fn the_cli_flag_and_the_environment_variable_both_work() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let applied: Vec<&str> = out.lines().filter(|l| l.starts_with("applied ")).collect();
-    assert_eq!(applied.len(), 11, "{out}");
+    assert_eq!(applied.len(), 12, "{out}");
+    assert!(applied[9].starts_with("applied 0010 turn pipeline"), "{out}");
+    assert!(applied[10].starts_with("applied app 0001 reminders ("), "{out}");
     assert!(
-        applied[8].starts_with("applied 0009 validate request key owners"),
-        "{out}"
-    );
-    assert!(applied[9].starts_with("applied app 0001 reminders ("), "{out}");
-    assert!(
-        applied[10].starts_with("applied app 0002 reminders due index ("),
+        applied[11].starts_with("applied app 0002 reminders due index ("),
         "{out}"
     );
 
@@ -526,24 +523,24 @@ async fn the_cli_flag_and_the_environment_variable_both_work() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).trim(),
-        "botdb: 0009 validate request key owners (head)\napp:   0002 reminders due index (head)"
+        "botdb: 0010 turn pipeline (head)\napp:   0002 reminders due index (head)"
     );
     let o = run(&["history"], &env).await;
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 1 + 9 + 2, "{out}");
+    assert_eq!(lines.len(), 1 + 10 + 2, "{out}");
     assert!(
         lines[0].starts_with("version") && lines[0].contains("set"),
         "{out}"
     );
     assert!(
-        lines[1..10]
+        lines[1..11]
             .iter()
             .all(|l| l.contains(" botdb ") && l.contains("applied")),
         "{out}"
     );
     assert!(
-        lines[10].starts_with("0001") && lines[10].contains(" app ") && lines[10].contains("reminders"),
+        lines[11].starts_with("0001") && lines[11].contains(" app ") && lines[11].contains("reminders"),
         "{out}"
     );
     let o = run(&["migrate", "--dry-run"], &env).await;
@@ -665,7 +662,7 @@ async fn database_migrate_applies_both_sets_from_the_configuration() {
     let mut conn = other.conn().await;
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     // The same files through the directory: the same checksums, nothing to do.
@@ -692,10 +689,7 @@ async fn the_takeover_of_a_reference_database_applies_the_app_set_too() {
     let out = stdout(&o);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.contains("found: the reference bot's schema"), "{out}");
-    assert!(
-        out.contains("apply:     0009 validate request key owners\n"),
-        "{out}"
-    );
+    assert!(out.contains("apply:     0010 turn pipeline\n"), "{out}");
     assert!(
         out.contains("apply:     app 0001 reminders\napply:     app 0002 reminders due index\n"),
         "{out}"
@@ -709,11 +703,11 @@ async fn the_takeover_of_a_reference_database_applies_the_app_set_too() {
     let out = stdout(&o);
     assert!(o.status.success(), "{}\n{out}", stderr(&o));
     assert!(out.contains("took over the reference bot's database"), "{out}");
-    assert!(out.contains("applied 0009 validate request key owners"), "{out}");
+    assert!(out.contains("applied 0010 turn pipeline"), "{out}");
     assert!(out.contains("applied app 0002 reminders due index"), "{out}");
     assert_eq!(
         recorded(&mut conn, "_sqlx_migrations").await,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(recorded(&mut conn, "_app_migrations").await, vec![1, 2]);
     // The reference's users can have reminders.

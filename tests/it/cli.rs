@@ -69,19 +69,19 @@ async fn operator_verbs_migrate_current_history_rollback() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).lines().filter(|l| l.starts_with("applied ")).count(),
-        9,
+        10,
         "{}",
         stdout(&o)
     );
 
     let o = run(&["current"], &env).await;
-    assert_eq!(stdout(&o).trim(), "0009 validate request key owners (head)");
+    assert_eq!(stdout(&o).trim(), "0010 turn pipeline (head)");
 
-    let o = run(&["rollback", "-n", "6"], &env).await;
+    let o = run(&["rollback", "-n", "7"], &env).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o).trim(),
-        "reverted 0009 validate request key owners\nreverted 0008 request keys owned by users\n\
+        "reverted 0010 turn pipeline\nreverted 0009 validate request key owners\nreverted 0008 request keys owned by users\n\
          reverted 0007 erasures and retention\nreverted 0006 request keys\nreverted 0005 dialogues per chat\n\
          reverted 0004 integrity and ordering"
     );
@@ -104,7 +104,7 @@ async fn operator_verbs_migrate_current_history_rollback() {
     let o = run(&["migrate", "--to", "2"], &env).await;
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
     let o = run(&["migrate"], &env).await;
-    assert_eq!(stdout(&o).lines().count(), 7, "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().count(), 8, "{}", stdout(&o));
 }
 
 #[tokio::test]
@@ -144,7 +144,7 @@ async fn two_migrate_commands_at_once_one_applies_the_other_finds_nothing_to_do(
     outs.sort_by_key(|o| o.contains("nothing to do"));
     assert_eq!(
         outs[0].lines().filter(|l| l.starts_with("applied")).count(),
-        9,
+        10,
         "{outs:?}"
     );
     assert!(outs[1].starts_with("nothing to do"), "{outs:?}");

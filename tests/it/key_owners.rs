@@ -449,7 +449,7 @@ async fn migrating_request_keys_scrubs_owners_that_do_not_exist_and_outcomes_wit
         Some("23503")
     );
     // Back to 0007: nobody is 0 again.
-    migrate::downgrade(&mut c, 2).await.unwrap();
+    migrate::downgrade(&mut c, 3).await.unwrap();
     let erased: Vec<String> =
         sqlx::query_scalar("SELECT key FROM request_keys WHERE user_id = 0 ORDER BY key")
             .fetch_all(&mut c)

@@ -63,9 +63,12 @@ async fn rollback_n_steps_and_all() {
     let t = TestDb::new().await;
     let mut conn = t.conn().await;
     let reverted = migrate::downgrade(&mut conn, 2).await.unwrap();
-    assert_eq!(reverted.iter().map(|s| s.version).collect::<Vec<_>>(), vec![9, 8]);
-    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 7);
-    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 7);
+    assert_eq!(
+        reverted.iter().map(|s| s.version).collect::<Vec<_>>(),
+        vec![10, 9]
+    );
+    assert_eq!(migrate::current(&mut conn).await.unwrap().unwrap().version, 8);
+    assert_eq!(migrate::downgrade_all(&mut conn).await.unwrap().len(), 8);
     assert!(migrate::downgrade(&mut conn, 1).await.unwrap().is_empty());
 }
 
@@ -197,11 +200,11 @@ async fn check_passes_on_a_migrated_database_and_lists_a_manual_change() {
 #[tokio::test]
 async fn check_reports_pending_migrations() {
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 3).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 4).await.unwrap();
     let report = catalog::check(&t.config).await.unwrap();
     assert_eq!(
         report.pending.iter().map(|s| s.version).collect::<Vec<_>>(),
-        vec![7, 8, 9]
+        vec![7, 8, 9, 10]
     );
     assert!(report.differences.iter().any(|d| d.object() == "table erasures"));
 }
@@ -292,7 +295,7 @@ async fn private_dialogues_written_before_chats_were_told_apart_keep_working() {
     .execute(&mut conn)
     .await
     .unwrap();
-    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 5);
+    assert_eq!(migrate::upgrade(&mut conn).await.unwrap().len(), 6);
     // They are the user's private dialogue: what botdb reads for the private chat.
     let private: Vec<String> = botdb::repo::messages::history(&mut conn, 77, 20)
         .await
@@ -357,7 +360,7 @@ async fn lock_waiter_on_messages(observer: &mut PgConnection, name: &str) -> boo
 async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its_lock_timeout() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 5).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 6).await.unwrap();
     // An operator's long transaction reads messages and stays open.
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
@@ -421,7 +424,7 @@ async fn a_migration_queued_behind_a_long_transaction_delays_traffic_at_most_its
         .unwrap();
     assert_eq!(
         applied.iter().map(|s| s.version).collect::<Vec<_>>(),
-        vec![5, 6, 7, 8, 9]
+        vec![5, 6, 7, 8, 9, 10]
     );
 }
 
@@ -433,7 +436,7 @@ async fn repo_user(t: &TestDb, id: i64) {
 async fn a_migration_that_never_gets_its_lock_fails_named_and_applies_nothing() {
     use sqlx::Connection;
     let t = TestDb::new().await;
-    migrate::downgrade(&mut t.conn().await, 5).await.unwrap();
+    migrate::downgrade(&mut t.conn().await, 6).await.unwrap();
     let mut blocker = t.conn().await;
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query("SELECT count(*) FROM messages")
