@@ -8,7 +8,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::actors::{ClaimSends, Leased, RecordSend, ReleaseLeases};
-use crate::pipeline::{Active, Ctx, PipelineMetrics, backoff, lock, renew, stopping};
+use crate::pipeline::ctx::{Active, Ctx, backoff, lock, renew, stopping};
+use crate::pipeline::metrics::PipelineMetrics;
 use crate::repo::outbox::{Claimed, Sent};
 use crate::telegram::send::SendError;
 

@@ -10,7 +10,8 @@ use futures::stream::FuturesUnordered;
 use crate::actors::{ClaimTurns, FinishTurn, Finished, Leased, ReleaseLeases, Reply};
 use crate::bot::{Answer, BotError, Command, Handled, Update};
 use crate::error::Error;
-use crate::pipeline::{Active, Ctx, PipelineMetrics, backoff, lock, renew, stopping};
+use crate::pipeline::ctx::{Active, Ctx, backoff, lock, renew, stopping};
+use crate::pipeline::metrics::PipelineMetrics;
 use crate::repo::inbox::Claimed;
 use crate::telegram::split::{MAX_MESSAGE_UTF16, split_message};
 

@@ -79,6 +79,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 webhook: &state.webhook,
                 health: &state.health,
                 keys_purged: state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
+                outbox_purged: state.outbox_purged.load(std::sync::atomic::Ordering::Relaxed),
                 removed: actors.database().counters().snapshot(),
                 replica_reads: actors.database().replica_reads(),
                 shutting_down: actors.is_shutting_down(),

@@ -9,9 +9,10 @@ use actix_web::web;
 use crate::db::Database;
 use crate::server::state::AppState;
 
-/// Removes handled update ids older than `retention`, every minute, 1,000 at a time
-/// (each batch one short statement, locking only rows nobody else touches), until the
-/// task is aborted at shutdown.
+/// Removes handled update ids older than `retention`, and the turn pipeline's sent and
+/// failed messages as old (their copies are settled by then), every minute, 1,000 at a
+/// time (each batch one short statement, locking only rows nobody else touches), until
+/// the task is aborted at shutdown.
 pub(crate) async fn purge_keys(db: Database, retention: Duration, state: web::Data<AppState>) {
     const BATCH: i64 = 1000;
     loop {
@@ -28,6 +29,23 @@ pub(crate) async fn purge_keys(db: Database, retention: Duration, state: web::Da
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "purging old request keys failed; trying again later");
+                    break;
+                }
+            }
+        }
+        loop {
+            match db
+                .autocommit(async |c| crate::repo::outbox::purge_done(c, retention, BATCH).await)
+                .await
+            {
+                Ok(n) => {
+                    state.outbox_purged.fetch_add(n, Ordering::Relaxed);
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging sent outbox messages failed; trying again later");
                     break;
                 }
             }

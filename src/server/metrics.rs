@@ -47,6 +47,7 @@ pub(crate) struct Scrape<'a> {
     pub(crate) webhook: &'a WebhookMetrics,
     pub(crate) health: &'a HealthCache,
     pub(crate) keys_purged: u64,
+    pub(crate) outbox_purged: u64,
     pub(crate) removed: crate::db::Removed,
     pub(crate) replica_reads: crate::db::ReplicaReads,
     pub(crate) shutting_down: bool,
@@ -62,12 +63,13 @@ pub(crate) fn render(scrape: &Scrape<'_>) -> String {
         webhook,
         health,
         keys_purged,
+        outbox_purged,
         removed,
         replica_reads,
         shutting_down,
         pipeline,
     } = scrape;
-    let (keys_purged, shutting_down) = (*keys_purged, *shutting_down);
+    let (keys_purged, outbox_purged, shutting_down) = (*keys_purged, *outbox_purged, *shutting_down);
     let mut out = String::new();
     let per_actor = |f: &dyn Fn(&ActorStats) -> f64| -> Vec<(String, f64)> {
         stats
@@ -225,6 +227,13 @@ pub(crate) fn render(scrape: &Scrape<'_>) -> String {
         "counter",
         "Handled update ids removed after the retention period.",
         &[(String::new(), keys_purged as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_outbox_purged_total",
+        "counter",
+        "Sent and failed Bot API messages removed after the request keys' retention period.",
+        &[(String::new(), outbox_purged as f64)],
     );
     family(
         &mut out,

@@ -351,6 +351,7 @@ pub fn start(
         webhook: WebhookMetrics::default(),
         health: HealthCache::default(),
         keys_purged: AtomicU64::new(0),
+        outbox_purged: AtomicU64::new(0),
         pipeline,
     });
     let closing = Arc::new(AtomicBool::new(false));

@@ -29,6 +29,8 @@ pub(crate) struct AppState {
     pub(crate) health: HealthCache,
     /// Handled update ids removed by the retention purge.
     pub(crate) keys_purged: AtomicU64,
+    /// Sent and failed outbox messages removed by the same purge.
+    pub(crate) outbox_purged: AtomicU64,
     /// With the Bot API (`TELEGRAM_BOT_TOKEN`): the pipeline that runs the recorded
     /// updates and sends their replies; `None`: each reply rides on its webhook answer.
     pub(crate) pipeline: Option<std::sync::Arc<Pipeline>>,

@@ -340,8 +340,8 @@ async fn hostile_inputs_through_the_library_and_the_actors() {
         .await
         .unwrap();
     assert_eq!(
-        tables, 6,
-        "the five tables and the migrations table are all still there"
+        tables, 8,
+        "the seven tables and the migrations table are all still there"
     );
     // The actors survived every one of them.
     let stats = h.stats().await.unwrap();

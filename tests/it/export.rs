@@ -31,6 +31,8 @@ struct Export {
     user: ExportedUser,
     settings: Option<ExportedSettings>,
     messages: Vec<ExportedMessage>,
+    pending_updates: Vec<serde_json::Value>,
+    outbox: Vec<serde_json::Value>,
     summary: Summary,
 }
 
@@ -166,6 +168,8 @@ async fn export_user_writes_every_message_soft_deleted_included_and_the_settings
     let doc: Export = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
 
     assert_eq!(doc.format, "botdb.export.v1");
+    // Without the Bot API nothing waits in the inbox or the outbox.
+    assert!(doc.pending_updates.is_empty() && doc.outbox.is_empty());
     let user = repo::users::get(t.db.pool(), ALICE).await.unwrap().unwrap();
     assert_eq!(
         doc.user,

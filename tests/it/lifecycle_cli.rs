@@ -283,3 +283,62 @@ async fn serve_refuses_botdb_purge_after_shorter_than_the_key_retention() {
     );
     assert_eq!(left(&t, "recent").await, 1, "serve purged before refusing");
 }
+
+/// The turn pipeline's outbox: 1,500 messages sent two days ago, one failed as long ago,
+/// one sent an hour ago and one still waiting for two days (Telegram down).
+async fn outbox_rows(t: &TestDb) {
+    sqlx::raw_sql(
+        "INSERT INTO outbox (user_id, chat_id, text, state, created_at, sent_at, tg_message_id) \
+         SELECT 1, 1, 'old', 'sent', now() - interval '2 days', now() - interval '2 days', g \
+           FROM generate_series(1, 1500) g; \
+         INSERT INTO outbox (user_id, chat_id, text, state, created_at, outcome) \
+         VALUES (1, 1, 'old', 'failed', now() - interval '2 days', '403 Forbidden: bot was blocked by the user'); \
+         INSERT INTO outbox (user_id, chat_id, text, state, created_at, sent_at, tg_message_id) \
+         VALUES (1, 1, 'recent', 'sent', now() - interval '1 hour', now() - interval '1 hour', 2000); \
+         INSERT INTO outbox (user_id, chat_id, text, created_at) \
+         VALUES (1, 1, 'waiting', now() - interval '2 days')",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+}
+
+async fn outbox_left(t: &TestDb, text: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE text = $1")
+        .bind(text)
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn serve_purges_sent_and_failed_outbox_messages_past_the_key_retention_and_keeps_the_rest() {
+    let t = TestDb::new().await;
+    outbox_rows(&t).await;
+    let served = spawn_serve_with(&t.url(), &[], &[]).await;
+    assert!(
+        eventually(Duration::from_secs(60), async || outbox_left(&t, "old").await
+            == 0)
+        .await,
+        "serve purged the settled outbox messages in the background"
+    );
+    assert_eq!(
+        outbox_left(&t, "recent").await,
+        1,
+        "sent within the retention: kept"
+    );
+    assert_eq!(outbox_left(&t, "waiting").await, 1, "not sent yet: never purged");
+    let text = String::from_utf8(
+        client()
+            .get(format!("{}/metrics", served.base))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("botdb_outbox_purged_total 1501"), "{text}");
+}

@@ -154,7 +154,9 @@ async fn the_final_schema_is_the_specs() {
         tables,
         [
             "table erasures",
+            "table inbox",
             "table messages",
+            "table outbox",
             "table request_keys",
             "table user_settings",
             "table users"

@@ -263,7 +263,10 @@ async fn a_table_handle_sends_its_tables_requests_and_shares_the_systems_shutdow
     assert!(unknown.is_err(), "{unknown:?}");
     let stats = h.stats().await.unwrap();
     let names: Vec<&str> = stats.actors.iter().map(|a| a.actor).collect();
-    assert_eq!(names, ["users", "messages", "user_settings", "notes"]);
+    assert_eq!(
+        names,
+        ["users", "messages", "user_settings", "inbox", "outbox", "notes"]
+    );
     let report = notes.system().shutdown().await;
     assert!(report.drained && report.pool_closed, "{report}");
     assert!(matches!(

@@ -37,9 +37,9 @@ const DISTRIBUTED: [(&str, &str); 3] = [
     ("user_settings", "user_id"),
 ];
 
-/// The tables that stay whole (docs/scaling.md: request_keys on the coordinator,
-/// erasures a reference table), with no distribution column to include.
-const NOT_DISTRIBUTED: [&str; 2] = ["request_keys", "erasures"];
+/// The tables that stay whole (docs/scaling.md: request_keys, inbox and outbox on the
+/// coordinator, erasures a reference table), with no distribution column to include.
+const NOT_DISTRIBUTED: [&str; 4] = ["request_keys", "erasures", "inbox", "outbox"];
 
 /// What Citus would refuse in this schema, checked on plain PostgreSQL: a unique index
 /// (primary key, unique constraint or plain) of a distributed table without its
