@@ -23,6 +23,9 @@
 //!   chat completions server that plays the language model for the tests and the demo.
 //! - `bot_api` (with the feature `server`): [`LocalBotApi`], a Bot API server on
 //!   127.0.0.1 that plays Telegram, faults included, for the tests and the demo.
+//! - `tcp_proxy`: [`TcpProxy`], a TCP proxy on 127.0.0.1 that tests put between botdb
+//!   and the server, and that goes silent on demand (no FIN, no RST, no bytes), as a
+//!   failover behind a moved address or a dropped route looks to a client.
 
 #[cfg(feature = "server")]
 mod bot_api;
@@ -31,6 +34,7 @@ mod host;
 #[cfg(feature = "server")]
 mod model_server;
 mod standby;
+mod tcp_proxy;
 
 #[cfg(feature = "server")]
 pub use bot_api::{Fault, LocalBotApi, SentMessage};
@@ -38,3 +42,4 @@ pub use cluster::{EmbeddedPostgres, StopMode};
 #[cfg(feature = "server")]
 pub use model_server::{Failure, LocalModelServer, ModelBehaviour, ReplyStyle};
 pub use standby::Replication;
+pub use tcp_proxy::{ProxyStats, TcpProxy};
