@@ -111,8 +111,9 @@
 //!   unit of work runs in and what a failure means (`db::scope`: session, autocommit,
 //!   read, [`Database::read_replica`]), connections held between uses (`db::lease`),
 //!   several hosts (`db::hosts`), replicas that show a user their own writes
-//!   (`db::replicas`, [`Database::acting_for`]). [`Database::migrate`] is defined up in
-//!   `takeover`.
+//!   (`db::replicas`, [`Database::acting_for`]), botdb's own deadlines on the server's
+//!   answers (`db::deadline`) and every socket's keepalives (`db::socket`).
+//!   [`Database::migrate`] is defined up in `takeover`.
 //! - [`repo`]: the SQL, one module per table, as functions over any executor
 //!   (`repo::keys`: request keys, for requests that happen at most once;
 //!   `repo::erasures`: erasing a user with a keyed-hash audit row; `repo::export`: a
@@ -128,7 +129,7 @@
 //!   [`retention`]: soft-deleted messages purged after a period, in small batches no
 //!   turn waits for, never sooner than the request keys' retention. `embedded` (feature
 //!   `embedded`): a throwaway cluster (`cluster`), a standby beside it (`standby`), what
-//!   they need of the machine (`host`).
+//!   they need of the machine (`host`), a TCP proxy that goes silent (`tcp_proxy`).
 //! - [`takeover`]: `botdb migrate` on any database, the reference Python bot's taken
 //!   over first: `reference`, `recognise` ([`takeover::inspect`]), `plan`
 //!   ([`takeover::plan`], the `--dry-run` text), `carry_out`, and `database`

@@ -11,6 +11,7 @@ use sqlx::postgres::PgSslMode;
 use crate::config::audit::AuditKey;
 use crate::config::hosts::{self, TargetSessionAttrs};
 use crate::config::model::ModelConfig;
+use crate::config::network::NetworkConfig;
 use crate::config::settings::APP_MIGRATIONS_SETTING;
 use crate::config::telegram::TelegramConfig;
 use crate::config::urls::{self, readable_file};
@@ -204,6 +205,16 @@ impl ConfigBuilder {
         idle_in_transaction_timeout: Option<Duration> => timeouts.idle_in_transaction
     );
     setter!(
+        /// How long botdb waits for the server beyond the server's own limits
+        /// (`DB_NETWORK_TIMEOUT`, see [`NetworkConfig::timeout`]).
+        network_timeout: Duration => network.timeout
+    );
+    setter!(
+        /// TCP keepalives and `TCP_USER_TIMEOUT` of every connection (`DB_KEEPALIVES*`,
+        /// `DB_TCP_USER_TIMEOUT`; libpq's names in `DATABASE_URL` win over these).
+        network: NetworkConfig => network
+    );
+    setter!(
         /// The longest a user's export may take (`BOTDB_EXPORT_TIMEOUT`).
         export_timeout: Duration => export_timeout
     );
@@ -338,6 +349,12 @@ impl ConfigBuilder {
             let split = hosts::split_url(&url)?;
             // Parse now so that a broken URL fails at configuration time.
             let options = urls::parse_url(&split.first)?;
+            for (key, value) in urls::network_params(&split.first) {
+                config
+                    .network
+                    .apply_url_param(&key, &value)
+                    .map_err(|message| Error::config("DATABASE_URL", message))?;
+            }
             config.hosts = if split.hosts.is_empty() {
                 vec![(options.get_host().to_string(), options.get_port())]
             } else {
@@ -413,6 +430,11 @@ fn check(config: &Config) -> Result<()> {
         "connections (DB_POOL_SIZE + DB_MAX_OVERFLOW)",
     )?;
     positive("DB_POOL_TIMEOUT", pool.timeout)?;
+    positive("DB_NETWORK_TIMEOUT", config.network.timeout)?;
+    let net = &config.network;
+    positive("DB_KEEPALIVES_IDLE", net.keepalives_idle)?;
+    positive("DB_KEEPALIVES_INTERVAL", net.keepalives_interval)?;
+    within("DB_KEEPALIVES_COUNT", net.keepalives_count, 1..=127, "probes")?;
     positive("DB_POOL_IDLE_TIMEOUT", pool.idle_timeout)?;
     if pool.recycle.is_some_and(|d| d.is_zero()) {
         return Err(Error::config(

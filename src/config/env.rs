@@ -166,6 +166,26 @@ impl Config {
                 b = set(b, (!d.is_zero()).then_some(d));
             }
         }
+        let mut network = crate::config::NetworkConfig::default();
+        if let Some(d) = secs("DB_NETWORK_TIMEOUT", "seconds (more than 0)", false)? {
+            network.timeout = d;
+        }
+        if let Some(v) = get("DB_KEEPALIVES") {
+            network.keepalives = parse_env("DB_KEEPALIVES", &v, "true or false", parse_bool)?;
+        }
+        if let Some(d) = secs("DB_KEEPALIVES_IDLE", "seconds (more than 0)", false)? {
+            network.keepalives_idle = d;
+        }
+        if let Some(d) = secs("DB_KEEPALIVES_INTERVAL", "seconds (more than 0)", false)? {
+            network.keepalives_interval = d;
+        }
+        if let Some(n) = read("DB_KEEPALIVES_COUNT", "a whole number from 1 to 127", &whole)? {
+            network.keepalives_count = to_u32(n);
+        }
+        if let Some(d) = secs("DB_TCP_USER_TIMEOUT", "seconds (0: the system's)", true)? {
+            network.tcp_user_timeout = (!d.is_zero()).then_some(d);
+        }
+        b = b.network(network);
         if let Some(v) = get("DB_ECHO") {
             b = b.echo(parse_env("DB_ECHO", &v, "true or false", parse_bool)?);
         }

@@ -13,6 +13,8 @@
 //! - `urls`: `DATABASE_URL` parsing and redaction, and the files a URL may name;
 //! - `hosts`: libpq's host lists and `target_session_attrs`;
 //! - `audit`: [`AuditKey`];
+//! - `network`: [`NetworkConfig`], botdb's own deadlines on the network and the TCP
+//!   keepalives and `TCP_USER_TIMEOUT` of every connection;
 //! - `model`: [`ModelConfig`], the language model the bot asks (`BOTDB_MODEL_*`);
 //! - `telegram`: [`TelegramConfig`], Telegram's Bot API (its token never printed);
 //! - `whole`: [`Config`] itself and [`ReplicaConfig`] (`DATABASE_REPLICA_URL`).
@@ -22,6 +24,7 @@ mod builder;
 mod env;
 mod hosts;
 mod model;
+mod network;
 mod settings;
 mod telegram;
 mod urls;
@@ -32,6 +35,7 @@ pub use audit::AuditKey;
 pub use builder::ConfigBuilder;
 pub use hosts::TargetSessionAttrs;
 pub use model::{DEFAULT_MODEL_ATTEMPTS, DEFAULT_MODEL_MAX_BACKOFF, DEFAULT_MODEL_TIMEOUT, ModelConfig};
+pub use network::NetworkConfig;
 pub use settings::{
     APP_MIGRATIONS_SETTING, ActorConfig, DEFAULT_CONTEXT_MAX_CHARS, DEFAULT_EXPORT_TIMEOUT, Limits,
     MigrateConfig, PoolConfig, TimeoutConfig,

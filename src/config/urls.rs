@@ -13,6 +13,7 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::config::network;
 use crate::error::{Error, Result};
 
 /// What a malformed URL should look like instead.
@@ -131,6 +132,8 @@ pub(super) fn parse_url(url: &str) -> Result<PgConnectOptions> {
     if !pairs.is_empty() {
         let (mut known, unknown): (Vec<_>, Vec<_>) = pairs
             .into_iter()
+            // libpq's socket settings are botdb's to apply (`url_params`), not sqlx's.
+            .filter(|(k, _)| !network::URL_PARAMS.contains(&k.as_str()))
             .partition(|(k, _)| KNOWN_PARAMS.contains(&k.as_str()));
         let root_cert = known
             .iter()
@@ -162,6 +165,20 @@ pub(super) fn parse_url(url: &str) -> Result<PgConnectOptions> {
             format!("expected {URL_FORM}: {}", scrub(&e.to_string(), &secrets)),
         )
     })
+}
+
+/// The values of libpq's socket parameters (`keepalives*`, `tcp_user_timeout`) in
+/// `url`'s query, in order.
+pub(super) fn network_params(url: &str) -> Vec<(String, String)> {
+    url::Url::parse(url)
+        .map(|parsed| {
+            parsed
+                .query_pairs()
+                .into_owned()
+                .filter(|(k, _)| network::URL_PARAMS.contains(&k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `url` safe to print: the user-info password and every `*password*` query value

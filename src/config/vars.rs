@@ -99,6 +99,36 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "seconds a session may sit idle in a transaction (0: no limit)",
     ),
     (
+        "DB_NETWORK_TIMEOUT",
+        "5",
+        "seconds botdb waits for the server beyond its own limits (BEGIN, ping: this; statements and COMMIT: DB_STATEMENT_TIMEOUT + this); a connection that misses it is closed",
+    ),
+    (
+        "DB_KEEPALIVES",
+        "true",
+        "TCP keepalives on every connection (libpq's keepalives in DATABASE_URL)",
+    ),
+    (
+        "DB_KEEPALIVES_IDLE",
+        "5",
+        "seconds idle before the first keepalive probe (keepalives_idle)",
+    ),
+    (
+        "DB_KEEPALIVES_INTERVAL",
+        "2",
+        "seconds between keepalive probes (keepalives_interval)",
+    ),
+    (
+        "DB_KEEPALIVES_COUNT",
+        "3",
+        "probes unanswered before the connection is dropped (keepalives_count)",
+    ),
+    (
+        "DB_TCP_USER_TIMEOUT",
+        "10",
+        "seconds data may stay unacknowledged before the connection is dropped (TCP_USER_TIMEOUT; libpq's tcp_user_timeout is in ms; 0: the system's)",
+    ),
+    (
         "DB_MAX_CONTENT_CHARS",
         "65536",
         "longest message content accepted, in characters",

@@ -15,6 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use crate::config::audit::AuditKey;
 use crate::config::hosts::{self, TargetSessionAttrs};
 use crate::config::model::ModelConfig;
+use crate::config::network::NetworkConfig;
 use crate::config::settings::{
     ActorConfig, DEFAULT_EXPORT_TIMEOUT, Limits, MigrateConfig, PoolConfig, TimeoutConfig,
 };
@@ -55,6 +56,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Server-side limits on waiting, set on every connection.
     pub timeouts: TimeoutConfig,
+    /// botdb's own limits on waiting for the server, and every socket's keepalives.
+    pub network: NetworkConfig,
     /// Log every SQL statement through `tracing` (`echo`).
     pub echo: bool,
     /// Text size limits.
@@ -93,6 +96,7 @@ impl fmt::Debug for Config {
             .field("server", &self.redacted_url())
             .field("pool", &self.pool)
             .field("timeouts", &self.timeouts)
+            .field("network", &self.network)
             .field("echo", &self.echo)
             .field("limits", &self.limits)
             .field("actors", &self.actors)
@@ -143,6 +147,7 @@ impl Default for Config {
             server_configured: false,
             pool: PoolConfig::default(),
             timeouts: TimeoutConfig::default(),
+            network: NetworkConfig::default(),
             echo: false,
             limits: Limits::default(),
             actors: ActorConfig::default(),

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::oneshot;
 
 use crate::config::PoolConfig;
@@ -61,10 +61,13 @@ pub(crate) struct Parking {
     idle_limit: Duration,
     /// How long a connection may be kept out of the pool in total.
     lease_limit: Option<Duration>,
+    /// How long a connection going back to the pool may take to answer a ping
+    /// (`DB_NETWORK_TIMEOUT`; see [`give_back`]).
+    round_trip: Duration,
 }
 
 impl Parking {
-    pub(crate) fn new(pool: PgPool, config: &PoolConfig) -> Arc<Self> {
+    pub(crate) fn new(pool: PgPool, config: &PoolConfig, round_trip: Duration) -> Arc<Self> {
         let idle_limit = if config.pre_ping {
             config.pre_ping_idle
         } else {
@@ -77,6 +80,7 @@ impl Parking {
             closed: AtomicBool::new(false),
             idle_limit,
             lease_limit: config.recycle,
+            round_trip,
         });
         if !idle_limit.is_zero()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -94,6 +98,7 @@ impl Parking {
             conn: Some(conn),
             leased_at,
             clean: false,
+            abandoned: false,
             parking: self.clone(),
         };
         if let Some(parked) = self.pop_fresh() {
@@ -144,8 +149,10 @@ impl Parking {
                 }
             }
         };
-        // Dropped outside the lock: each goes back through sqlx's release.
-        drop(stale);
+        // Outside the lock: each goes back to sqlx's pool once it answers.
+        for p in stale {
+            give_back(p.conn, self.round_trip);
+        }
         fresh
     }
 
@@ -156,7 +163,7 @@ impl Parking {
             && !self.closed.load(Ordering::Acquire)
             && self.lease_limit.is_none_or(|limit| leased_at.elapsed() < limit);
         if !keep {
-            drop(conn);
+            give_back(conn, self.round_trip);
             return;
         }
         let mut handed = Handed { conn, leased_at };
@@ -190,7 +197,9 @@ impl Parking {
             }
             Err(_) => Vec::new(),
         };
-        drop(stale);
+        for p in stale {
+            give_back(p.conn, self.round_trip);
+        }
     }
 
     /// Stops parking and returns every parked connection to the pool.
@@ -206,12 +215,24 @@ impl Parking {
     /// Returns every parked connection to the pool (whose checks then apply before
     /// it is handed out again); parking goes on.
     pub(crate) fn flush(&self) {
-        let all: Vec<Parked> = self
-            .parked
+        for p in self.drain() {
+            give_back(p.conn, self.round_trip);
+        }
+    }
+
+    /// Closes every parked connection without a word to the server: a deadline was
+    /// missed, and the path they all share may be silent (see `deadline`).
+    pub(crate) fn retire(&self) {
+        for p in self.drain() {
+            drop(p.conn.detach());
+        }
+    }
+
+    fn drain(&self) -> Vec<Parked> {
+        self.parked
             .lock()
             .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
-        drop(all);
+            .unwrap_or_default()
     }
 
     /// How many connections are parked.
@@ -260,6 +281,8 @@ pub(crate) struct Lease {
     conn: Option<PoolConnection<Postgres>>,
     leased_at: Instant,
     clean: bool,
+    /// Closed at once when the lease ends, without a word to the server.
+    abandoned: bool,
     parking: Arc<Parking>,
 }
 
@@ -276,6 +299,14 @@ impl Lease {
         if let Some(conn) = self.conn.as_mut() {
             conn.close_on_drop();
         }
+    }
+
+    /// The server did not answer in time: the connection is closed when the lease ends
+    /// without sending or waiting for anything (a goodbye on a silent socket would wait
+    /// too), and the pool opens another.
+    pub(crate) fn abandon(&mut self) {
+        self.clean = false;
+        self.abandoned = true;
     }
 }
 
@@ -302,9 +333,32 @@ impl Drop for Lease {
         if let Some(conn) = self.conn.take() {
             if self.clean {
                 self.parking.release(conn, self.leased_at);
+            } else if self.abandoned {
+                drop(conn.detach());
             } else {
-                drop(conn);
+                give_back(conn, self.parking.round_trip);
             }
         }
     }
+}
+
+/// Gives a connection back to sqlx's pool once it has answered a ping within `limit`.
+/// sqlx checks every connection it gets back with a ping of its own that waits as long
+/// as the socket does: a connection whose server went silent would hold its place in
+/// the pool for as long as the kernel keeps the socket (about 15 minutes), and with a
+/// few of them the pool is full of connections nobody can use. One that does not
+/// answer in time is closed instead, without a word to the server. Without a Tokio
+/// runtime (the process is ending) it goes back as it is.
+fn give_back(conn: PoolConnection<Postgres>, limit: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        drop(conn);
+        return;
+    };
+    runtime.spawn(async move {
+        let mut conn = conn;
+        match tokio::time::timeout(limit, conn.ping()).await {
+            Ok(Ok(())) => drop(conn),
+            _ => drop(conn.detach()),
+        }
+    });
 }

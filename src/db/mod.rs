@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use crate::config::{AuditKey, Limits, MigrateConfig};
 
 mod counters;
+mod deadline;
 // The migrator's dedicated connections choose their host here too (it needs only config).
 pub(crate) mod hosts;
 mod lease;
@@ -22,8 +23,10 @@ mod open;
 mod pool;
 mod replicas;
 mod scope;
+mod socket;
 
 pub use counters::{Counters, Removed};
+use deadline::Deadlines;
 use hosts::HostsLink;
 use lease::Parking;
 pub use replicas::ReplicaReads;
@@ -54,6 +57,8 @@ pub struct Database {
     audit_key: Option<AuditKey>,
     /// Rows removed for good (erasures, purges), for `/metrics`.
     counters: Arc<Counters>,
+    /// botdb's own deadlines on the server's answers (`DB_NETWORK_TIMEOUT`).
+    deadlines: Arc<Deadlines>,
     /// The host list, when the configuration names several hosts or a
     /// `target_session_attrs` other than `any`.
     hosts: Option<Arc<HostsLink>>,
@@ -164,6 +169,13 @@ impl Database {
         &self.counters
     }
 
+    /// How many times the server (or the network to it) did not answer within
+    /// botdb's own deadline (`DB_NETWORK_TIMEOUT`, `DB_STATEMENT_TIMEOUT`); each closed
+    /// its connection and retired those opened before it.
+    pub fn deadline_misses(&self) -> u64 {
+        self.deadlines.misses()
+    }
+
     /// The server's URL, password redacted.
     pub fn server(&self) -> &str {
         &self.server
@@ -185,11 +197,24 @@ impl Database {
     /// [`Error::ShuttingDown`](crate::Error::ShuttingDown)), waits for every checked-out connection to come back
     /// (a running query is not cut), then closes them all.
     ///
-    /// It waits as long as a checked-out connection is held; bound it with
-    /// [`close_within`](Self::close_within).
+    /// With `DB_STATEMENT_TIMEOUT` set it waits at most that plus twice
+    /// `DB_NETWORK_TIMEOUT`: botdb's own units of work end within it, and a connection
+    /// still being opened to a server that went silent (sqlx keeps up the pool's
+    /// minimum for minutes) is not worth waiting for. Without it, it waits as long as a
+    /// checked-out connection is held; bound it with [`close_within`](Self::close_within).
     pub async fn close(&self) {
         self.parking.close();
-        self.pool.close().await;
+        match self.deadlines.close_bound() {
+            Some(bound) => {
+                if tokio::time::timeout(bound, self.pool.close()).await.is_err() {
+                    tracing::warn!(
+                        ?bound,
+                        "closing the pool: connections still out or being opened after the bound; they close when they come back"
+                    );
+                }
+            }
+            None => self.pool.close().await,
+        }
         if let Some(replicas) = &self.replicas {
             replicas.close().await;
         }

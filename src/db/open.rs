@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::db::Database;
+use crate::db::deadline::Deadlines;
 use crate::db::hosts::{Hosts, HostsLink};
 use crate::db::lease::Parking;
 use crate::db::pool::{connect_error, pool_options};
@@ -36,14 +37,15 @@ impl Database {
     /// server no longer satisfies it. [`Error::Unavailable`](crate::Error::Unavailable) then names every host and
     /// what it was when none satisfied the attribute within the pool timeout.
     pub async fn connect(config: &Config) -> Result<Self> {
+        let deadlines = Arc::new(Deadlines::new(&config.network, &config.timeouts));
         let Some(hosts) = Hosts::from_config(config)? else {
             let options = config.connect_options()?;
-            let pool = pool_options(config, None)
+            let pool = pool_options(config, None, &deadlines)
                 .connect_with(options)
                 .await
                 .map_err(|e| connect_error(config, e))?;
             tracing::debug!(server = %config.redacted_url(), "database pool ready");
-            return Self::from_pool(pool, config, None)?
+            return Self::from_pool(pool, config, None, deadlines)?
                 .with_floor()
                 .await?
                 .probed(config)
@@ -51,13 +53,13 @@ impl Database {
         };
         let deadline = tokio::time::Instant::now() + config.pool.timeout;
         hosts.resolve(deadline).await?;
-        let pool = pool_options(config, Some(&hosts)).connect_lazy_with(hosts.current_options());
+        let pool = pool_options(config, Some(&hosts), &deadlines).connect_lazy_with(hosts.current_options());
         let link = hosts.attach(&pool);
         // As `connect_with`: one connection now, so that a failure shows here.
         let conn = pool.acquire().await.map_err(|e| connect_error(config, e))?;
         drop(conn);
         tracing::debug!(server = %config.redacted_url(), "database pool ready");
-        Self::from_pool(pool, config, Some(link))?
+        Self::from_pool(pool, config, Some(link), deadlines)?
             .with_floor()
             .await?
             .probed(config)
@@ -69,18 +71,25 @@ impl Database {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for a malformed URL.
     pub fn connect_lazy(config: &Config) -> Result<Self> {
+        let deadlines = Arc::new(Deadlines::new(&config.network, &config.timeouts));
         let Some(hosts) = Hosts::from_config(config)? else {
-            let pool = pool_options(config, None).connect_lazy_with(config.connect_options()?);
-            return Self::from_pool(pool, config, None);
+            let pool = pool_options(config, None, &deadlines).connect_lazy_with(config.connect_options()?);
+            return Self::from_pool(pool, config, None, deadlines);
         };
-        let pool = pool_options(config, Some(&hosts)).connect_lazy_with(hosts.current_options());
+        let pool = pool_options(config, Some(&hosts), &deadlines).connect_lazy_with(hosts.current_options());
         let link = hosts.attach(&pool);
-        Self::from_pool(pool, config, Some(link))
+        Self::from_pool(pool, config, Some(link), deadlines)
     }
 
-    fn from_pool(pool: PgPool, config: &Config, hosts: Option<HostsLink>) -> Result<Self> {
+    fn from_pool(
+        pool: PgPool,
+        config: &Config,
+        hosts: Option<HostsLink>,
+        deadlines: Arc<Deadlines>,
+    ) -> Result<Self> {
         Ok(Database {
-            parking: Parking::new(pool.clone(), &config.pool),
+            parking: Parking::new(pool.clone(), &config.pool, config.network.round_trip()),
+            deadlines,
             pool,
             limits: config.limits,
             migrate: config.migrate,

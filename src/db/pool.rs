@@ -1,7 +1,8 @@
 //! The pool as the configuration builds it: its sizes and timeouts, the liveness check
-//! before a connection is handed out, and with several hosts the check that a
-//! connection is on the host that takes writes; and the error a failed first
-//! connection becomes.
+//! before a connection is handed out (bounded by botdb's round-trip deadline), the
+//! retirement of connections opened before a missed deadline, the TCP settings of each
+//! new connection, and with several hosts the check that a connection is on the host
+//! that takes writes; and the error a failed first connection becomes.
 
 use std::sync::Arc;
 
@@ -9,10 +10,22 @@ use sqlx::Connection;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::config::Config;
+use crate::db::deadline::{Deadlines, Wait};
 use crate::db::hosts::Hosts;
+use crate::db::socket;
 use crate::error::Error;
 
-pub(super) fn pool_options(config: &Config, hosts: Option<&Arc<Hosts>>) -> PgPoolOptions {
+/// A missed deadline as the driver's error, for sqlx's connection hooks (which close
+/// a connection whose hook failed).
+fn timed_out(e: Error) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()))
+}
+
+pub(super) fn pool_options(
+    config: &Config,
+    hosts: Option<&Arc<Hosts>>,
+    deadlines: &Arc<Deadlines>,
+) -> PgPoolOptions {
     let pool = &config.pool;
     let mut options = PgPoolOptions::new()
         .min_connections(pool.size)
@@ -20,42 +33,72 @@ pub(super) fn pool_options(config: &Config, hosts: Option<&Arc<Hosts>>) -> PgPoo
         .acquire_timeout(pool.timeout)
         .idle_timeout(pool.idle_timeout)
         .max_lifetime(pool.recycle)
-        // With several hosts botdb pings itself, to notice a lost server at once.
-        .test_before_acquire(pool.pre_ping && pool.pre_ping_idle.is_zero() && hosts.is_none());
-    let ping_idle = if hosts.is_some() {
-        pool.pre_ping.then_some(pool.pre_ping_idle)
-    } else {
-        (pool.pre_ping && !pool.pre_ping_idle.is_zero()).then_some(pool.pre_ping_idle)
-    };
-    if ping_idle.is_some() || hosts.is_some() {
+        // botdb pings itself (below), within its round-trip deadline: sqlx's own ping
+        // waits as long as the socket does.
+        .test_before_acquire(false);
+    // With several hosts botdb pings idle connections, to notice a lost server at once.
+    let ping_idle = pool.pre_ping.then_some(pool.pre_ping_idle);
+    {
         let hosts = hosts.cloned();
+        let deadlines = deadlines.clone();
         options = options.before_acquire(move |conn, meta| {
             let hosts = hosts.clone();
+            let deadlines = deadlines.clone();
             Box::pin(async move {
+                if deadlines.is_retired(meta.age) {
+                    // Opened before a deadline was missed: replaced, not pinged.
+                    return Ok(false);
+                }
                 if let Some(threshold) = ping_idle
                     && meta.idle_for >= threshold
-                    && let Err(e) = conn.ping().await
                 {
-                    if let Some(hosts) = &hosts {
-                        hosts.kick();
+                    let ping = deadlines.within(Wait::RoundTrip, "a ping", conn.ping()).await;
+                    if let Err(e) = ping.map_err(timed_out).and_then(|r| r) {
+                        if let Some(hosts) = &hosts {
+                            hosts.kick();
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
                 match hosts {
-                    Some(hosts) => hosts.before_acquire(conn, meta.age).await,
+                    Some(hosts) => deadlines
+                        .within(
+                            Wait::RoundTrip,
+                            "the host's state",
+                            hosts.before_acquire(conn, meta.age),
+                        )
+                        .await
+                        .map_err(timed_out)?,
                     None => Ok(true),
                 }
             })
         });
     }
-    if let Some(hosts) = hosts {
+    let hosts = hosts.cloned();
+    let deadlines = deadlines.clone();
+    let network = config.network;
+    let addresses = Arc::new(config.hosts().to_vec());
+    options.after_connect(move |conn, _meta| {
         let hosts = hosts.clone();
-        options = options.after_connect(move |conn, _meta| {
-            let hosts = hosts.clone();
-            Box::pin(async move { hosts.after_connect(conn).await })
-        });
-    }
-    options
+        let deadlines = deadlines.clone();
+        let addresses = addresses.clone();
+        Box::pin(async move {
+            let peers = socket::resolve(&addresses).await;
+            match socket::tune(&peers, &network) {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP keepalives could not be set on a new database connection")
+                }
+            }
+            match hosts {
+                Some(hosts) => deadlines
+                    .within(Wait::RoundTrip, "the host's state", hosts.after_connect(conn))
+                    .await
+                    .map_err(timed_out)?,
+                None => Ok(()),
+            }
+        })
+    })
 }
 
 /// Turns a failed first connection into an error that names the server (never the

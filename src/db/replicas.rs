@@ -156,10 +156,17 @@ impl Replicas {
             .host_options()?
             .into_iter()
             .map(|options| Server {
-                pool: crate::db::pool::pool_options(&replica, None)
-                    .min_connections(0)
-                    .acquire_timeout(replica.pool.timeout.min(ACQUIRE_AT_MOST))
-                    .connect_lazy_with(options),
+                pool: crate::db::pool::pool_options(
+                    &replica,
+                    None,
+                    &std::sync::Arc::new(crate::db::deadline::Deadlines::new(
+                        &replica.network,
+                        &replica.timeouts,
+                    )),
+                )
+                .min_connections(0)
+                .acquire_timeout(replica.pool.timeout.min(ACQUIRE_AT_MOST))
+                .connect_lazy_with(options),
                 state: Mutex::new(State {
                     standby: false,
                     replay: 0,

@@ -9,6 +9,7 @@ use futures::FutureExt;
 use sqlx::{Connection, PgConnection};
 
 use crate::db::Database;
+use crate::db::deadline::Wait;
 use crate::db::lease::Lease;
 use crate::db::replicas::Replicas;
 use crate::error::{Error, Result};
@@ -39,9 +40,12 @@ impl Database {
             return true;
         };
         self.follow_primary(replicas);
-        match sqlx::query_scalar::<_, i64>(crate::db::replicas::POSITION_SQL)
-            .fetch_one(conn)
+        let position = sqlx::query_scalar::<_, i64>(crate::db::replicas::POSITION_SQL).fetch_one(conn);
+        match self
+            .deadlines
+            .within(Wait::RoundTrip, "the WAL position", position)
             .await
+            .and_then(|r| r.map_err(Error::from))
         {
             Ok(lsn) => {
                 replicas.record(&acting.users, &acting.tables, u64::try_from(lsn).ok());
@@ -79,6 +83,15 @@ impl Database {
         {
             link.hosts().kick();
         }
+    }
+
+    /// The server did not answer `conn` within botdb's deadline (`missed`): the
+    /// connection is closed without a word, the parked ones (which share its path)
+    /// too, and with several hosts a search for the host begins.
+    fn after_missed(&self, conn: &mut Lease, missed: &Error) {
+        conn.abandon();
+        self.parking.retire();
+        self.kick_if_lost(missed);
     }
 
     /// A connection for one unit of work; with several hosts, a failure to get one
@@ -124,52 +137,115 @@ impl Database {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
         let mut conn = self.lease().await?;
-        let mut tx = match conn.begin().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                // BEGIN is never refused as read-only: only a lost connection matters.
-                let err = Error::from(e);
-                self.kick_if_lost(&err);
-                return Err(err);
+        let deadlines = self.deadlines.clone();
+        // Everything that holds the connection as a transaction happens in this block;
+        // what its end means for the connection is applied after it.
+        let end = {
+            let begun = deadlines.within(Wait::RoundTrip, "BEGIN", conn.begin()).await;
+            match begun {
+                // Nothing was committed: the transaction never began.
+                Err(missed) => End::Missed(missed),
+                Ok(Err(e)) => End::NotBegun(Error::from(e)),
+                Ok(Ok(mut tx)) => {
+                    let ran = deadlines
+                        .within(
+                            Wait::Work,
+                            "the unit of work",
+                            AssertUnwindSafe(body(&mut tx)).catch_unwind().map(Ok::<_, Error>),
+                        )
+                        .await;
+                    match ran {
+                        // COMMIT was never sent: nothing of the unit is committed, and the
+                        // server rolls it back when it notices the connection is gone.
+                        Err(missed) => End::Missed(missed),
+                        // `Ok::<_, Error>` above: never an inner error.
+                        Ok(Err(never)) => End::NotBegun(never),
+                        Ok(Ok(Ok(Ok(value)))) => {
+                            match deadlines.within(Wait::Work, "COMMIT", tx.commit()).await {
+                                Ok(Ok(())) => End::Committed(value),
+                                Ok(Err(e)) => End::CommitFailed(Error::from(e).after_send()),
+                                // COMMIT was sent and no answer came: it may have committed.
+                                Err(missed) => End::CommitMissed(missed),
+                            }
+                        }
+                        Ok(Ok(Ok(Err(err)))) => {
+                            match deadlines.within(Wait::RoundTrip, "ROLLBACK", tx.rollback()).await {
+                                Ok(Ok(())) => End::RolledBack(err),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
+                                    End::RollbackFailed(err, None)
+                                }
+                                Err(missed) => End::RollbackFailed(err, Some(missed)),
+                            }
+                        }
+                        Ok(Ok(Err(panic))) => {
+                            let missed = match deadlines
+                                .within(Wait::RoundTrip, "ROLLBACK", tx.rollback())
+                                .await
+                            {
+                                Ok(Ok(())) => None,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "rollback after a panic failed; the connection is discarded");
+                                    None
+                                }
+                                Err(missed) => Some(missed),
+                            };
+                            End::Panicked(panic, missed)
+                        }
+                    }
+                }
             }
         };
-        let result = match AssertUnwindSafe(body(&mut tx)).catch_unwind().await {
-            Ok(Ok(value)) => match tx.commit().await {
-                Ok(()) => {
-                    if !self.note_write(&mut conn).await {
-                        // Committed, but the connection failed after: not put back as good.
-                        return Ok(value);
-                    }
-                    Ok(value)
+        match end {
+            End::Committed(value) => {
+                if self.note_write(&mut conn).await {
+                    // Committed: the connection is as good as new.
+                    conn.clean();
                 }
-                Err(e) => {
-                    let err = Error::from(e).after_send();
-                    self.after_failure(&mut conn, &err);
-                    self.note_unknown(&err);
-                    return Err(err);
-                }
-            },
-            Ok(Err(err)) => {
-                let rolled_back = tx.rollback().await;
-                self.after_failure(&mut conn, &err);
-                if let Err(e) = rolled_back {
-                    tracing::debug!(error = %e, "rollback after an error failed; the connection is discarded");
-                    return Err(err);
-                }
+                // Otherwise committed, but the connection failed after: not put back as good.
+                Ok(value)
+            }
+            End::NotBegun(err) => {
+                // BEGIN is never refused as read-only: only a lost connection matters.
+                self.kick_if_lost(&err);
                 Err(err)
             }
-            Err(panic) => {
-                if let Err(e) = tx.rollback().await {
-                    tracing::debug!(error = %e, "rollback after a panic failed; the connection is discarded");
+            End::Missed(missed) => {
+                self.after_missed(&mut conn, &missed);
+                Err(missed)
+            }
+            End::CommitFailed(err) => {
+                self.after_failure(&mut conn, &err);
+                self.note_unknown(&err);
+                Err(err)
+            }
+            End::CommitMissed(missed) => {
+                self.after_missed(&mut conn, &missed);
+                let err = missed.after_send();
+                self.note_unknown(&err);
+                Err(err)
+            }
+            End::RolledBack(err) => {
+                self.after_failure(&mut conn, &err);
+                // Rolled back: the connection is as good as new.
+                conn.clean();
+                Err(err)
+            }
+            End::RollbackFailed(err, missed) => {
+                self.after_failure(&mut conn, &err);
+                if let Some(missed) = missed {
+                    self.after_missed(&mut conn, &missed);
+                }
+                // Not put back as good: it goes through sqlx's (bounded) release check.
+                Err(err)
+            }
+            End::Panicked(panic, missed) => {
+                if let Some(missed) = missed {
+                    self.after_missed(&mut conn, &missed);
                 }
                 std::panic::resume_unwind(panic)
             }
-        };
-        // Committed or rolled back: the connection is as good as new. (Left before this
-        // point, it goes back through sqlx, which flushes the rollback a dropped
-        // transaction queued.)
-        conn.clean();
-        result
+        }
     }
 
     /// Runs `body` on one pooled connection without an explicit transaction: each
@@ -243,7 +319,24 @@ impl Database {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
     {
         let mut conn = self.lease().await?;
-        match body(&mut conn).await {
+        let ran = self
+            .deadlines
+            .clone()
+            .within(Wait::Work, "the statement", body(&mut conn))
+            .await;
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(missed) => {
+                // Sent, and no answer: for a write, it may have committed on its own.
+                self.after_missed(&mut conn, &missed);
+                let e = failed(missed);
+                if writes {
+                    self.note_unknown(&e);
+                }
+                return Err(e);
+            }
+        };
+        match ran {
             Ok(value) => {
                 if writes && !self.note_write(&mut conn).await {
                     return Ok(value);
@@ -261,4 +354,23 @@ impl Database {
             }
         }
     }
+}
+
+/// How a [`Database::session`] ended, for what it means for its connection.
+enum End<T> {
+    Committed(T),
+    /// BEGIN failed (or a body that could not run).
+    NotBegun(Error),
+    /// BEGIN or the body got no answer within botdb's deadline: nothing committed.
+    Missed(Error),
+    /// COMMIT failed: after a lost connection, the outcome is unknown.
+    CommitFailed(Error),
+    /// COMMIT got no answer within botdb's deadline: the outcome is unknown.
+    CommitMissed(Error),
+    /// The body's error, rolled back.
+    RolledBack(Error),
+    /// The body's error; the rollback failed, or got no answer in time (`Some`).
+    RollbackFailed(Error, Option<Error>),
+    /// The body panicked; the rollback got no answer in time (`Some`).
+    Panicked(Box<dyn std::any::Any + Send>, Option<Error>),
 }

@@ -62,6 +62,8 @@ mod secrets;
 #[cfg(feature = "cli")]
 mod serve;
 mod session;
+#[cfg(feature = "cli")]
+mod silent_network;
 #[cfg(feature = "embedded")]
 mod standby;
 #[cfg(feature = "cli")]
