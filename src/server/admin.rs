@@ -80,6 +80,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
                 health: &state.health,
                 keys_purged: state.keys_purged.load(std::sync::atomic::Ordering::Relaxed),
                 outbox_purged: state.outbox_purged.load(std::sync::atomic::Ordering::Relaxed),
+                deadline_misses: actors.database().deadline_misses(),
                 removed: actors.database().counters().snapshot(),
                 replica_reads: actors.database().replica_reads(),
                 shutting_down: actors.is_shutting_down(),

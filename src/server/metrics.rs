@@ -48,6 +48,8 @@ pub(crate) struct Scrape<'a> {
     pub(crate) health: &'a HealthCache,
     pub(crate) keys_purged: u64,
     pub(crate) outbox_purged: u64,
+    /// Waits on the server past botdb's own deadline (`Database::deadline_misses`).
+    pub(crate) deadline_misses: u64,
     pub(crate) removed: crate::db::Removed,
     pub(crate) replica_reads: crate::db::ReplicaReads,
     pub(crate) shutting_down: bool,
@@ -64,6 +66,7 @@ pub(crate) fn render(scrape: &Scrape<'_>) -> String {
         health,
         keys_purged,
         outbox_purged,
+        deadline_misses,
         removed,
         replica_reads,
         shutting_down,
@@ -227,6 +230,13 @@ pub(crate) fn render(scrape: &Scrape<'_>) -> String {
         "counter",
         "Handled update ids removed after the retention period.",
         &[(String::new(), keys_purged as f64)],
+    );
+    family(
+        &mut out,
+        "botdb_db_deadline_misses_total",
+        "counter",
+        "Waits on the database past botdb's own deadline (DB_NETWORK_TIMEOUT): each closed its connection and replaced those opened before it.",
+        &[(String::new(), *deadline_misses as f64)],
     );
     family(
         &mut out,

@@ -268,6 +268,24 @@ async fn a_silent_network_answers_every_webhook_within_its_bound_and_turns_resum
         "every acknowledged turn stored, in order"
     );
 
+    let metrics = String::from_utf8(
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let misses: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("botdb_db_deadline_misses_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(misses >= 1.0, "the misses are counted: {metrics}");
     let before = answers
         .iter()
         .filter(|a| a.status == 200 && a.sent < silenced_at)
