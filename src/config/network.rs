@@ -68,16 +68,17 @@ impl NetworkConfig {
     /// [`timeout`](Self::timeout). `None` when `statement_timeout` is off: then only the
     /// kernel (keepalives, `TCP_USER_TIMEOUT`) bounds the wait.
     pub fn work_deadline(&self, timeouts: &TimeoutConfig) -> Option<Duration> {
-        timeouts.statement.map(|s| s + self.timeout)
+        timeouts.statement.map(|s| s.saturating_add(self.timeout))
     }
 
     /// How long a dead peer goes unnoticed by the kernel at most, on an idle
     /// connection: the keepalive idle time plus its probes, or `TCP_USER_TIMEOUT`
     /// when that is shorter (Linux lets it cut the probes short).
     pub fn dead_peer_after(&self) -> Option<Duration> {
-        let probes = self
-            .keepalives
-            .then(|| self.keepalives_idle + self.keepalives_interval * self.keepalives_count);
+        let probes = self.keepalives.then(|| {
+            self.keepalives_idle
+                .saturating_add(self.keepalives_interval.saturating_mul(self.keepalives_count))
+        });
         match (probes, self.tcp_user_timeout) {
             (Some(p), Some(u)) => Some(p.min(u.max(self.keepalives_idle))),
             (p, u) => p.or(u),

@@ -123,7 +123,8 @@ impl Deadlines {
     /// deadline and a round trip on either side of it (`None`: no unit of work is
     /// bounded, so neither is this).
     pub(crate) fn close_bound(&self) -> Option<Duration> {
-        self.work.map(|w| w + 2 * self.round_trip)
+        self.work
+            .map(|w| w.saturating_add(self.round_trip.saturating_mul(2)))
     }
 
     /// How many deadlines were missed.

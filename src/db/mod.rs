@@ -203,29 +203,43 @@ impl Database {
     /// minimum for minutes) is not worth waiting for. Without it, it waits as long as a
     /// checked-out connection is held; bound it with [`close_within`](Self::close_within).
     pub async fn close(&self) {
+        self.close_all().await;
+    }
+
+    /// [`close`](Self::close); `true` when every connection came back and was closed
+    /// within the bound.
+    async fn close_all(&self) -> bool {
         self.parking.close();
-        match self.deadlines.close_bound() {
+        let closed = match self.deadlines.close_bound() {
             Some(bound) => {
-                if tokio::time::timeout(bound, self.pool.close()).await.is_err() {
+                let closed = tokio::time::timeout(bound, self.pool.close()).await.is_ok();
+                if !closed {
                     tracing::warn!(
                         ?bound,
                         "closing the pool: connections still out or being opened after the bound; they close when they come back"
                     );
                 }
+                closed
             }
-            None => self.pool.close().await,
-        }
+            None => {
+                self.pool.close().await;
+                true
+            }
+        };
         if let Some(replicas) = &self.replicas {
             replicas.close().await;
         }
         tracing::debug!(server = %self.server, "database pool closed");
+        closed
     }
 
     /// [`close`](Self::close), giving up after `limit`. Returns `true` if every connection
     /// was returned and closed in time; otherwise the pool stays closed to new callers and
     /// the stragglers are closed when they come back.
     pub async fn close_within(&self, limit: std::time::Duration) -> bool {
-        tokio::time::timeout(limit, self.close()).await.is_ok()
+        tokio::time::timeout(limit, self.close_all())
+            .await
+            .unwrap_or(false)
     }
 
     /// `true` once [`close`](Self::close) has started.

@@ -132,6 +132,13 @@ impl Database {
     /// connection can be had; [`Error::OutcomeUnknown`] when the connection broke while
     /// COMMIT was under way (it may have been committed); [`Error::ShuttingDown`] after
     /// [`close`](Self::close).
+    ///
+    /// With `DB_STATEMENT_TIMEOUT` set, `body` as a whole, and then COMMIT, each get at
+    /// most `DB_STATEMENT_TIMEOUT` + `DB_NETWORK_TIMEOUT` (botdb's own bodies take
+    /// milliseconds): past it the connection is closed and the call is
+    /// [`Error::Unavailable`] (nothing committed) or, for COMMIT,
+    /// [`Error::OutcomeUnknown`]. Work that legitimately takes longer belongs on a
+    /// connection of its own ([`pool`](Self::pool)).
     pub async fn session<T, F>(&self, body: F) -> Result<T>
     where
         F: AsyncFnOnce(&mut PgConnection) -> Result<T>,
@@ -227,8 +234,11 @@ impl Database {
             }
             End::RolledBack(err) => {
                 self.after_failure(&mut conn, &err);
-                // Rolled back: the connection is as good as new.
-                conn.clean();
+                // Rolled back: the connection is as good as new, unless its server
+                // refused the write as read-only (then it is closed, `after_failure`).
+                if !err.is_read_only() {
+                    conn.clean();
+                }
                 Err(err)
             }
             End::RollbackFailed(err, missed) => {
